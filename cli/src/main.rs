@@ -1,0 +1,2 @@
+//! The `edgeward` command line.
+fn main() {}

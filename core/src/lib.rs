@@ -1,0 +1,6 @@
+//! Edgeward: an in-process guard for AI inference endpoints.
+#![forbid(unsafe_code)]
+
+pub mod field;
+
+pub use field::{Field, FieldFlags, FieldKind, FieldKindSet, FieldSink, Finding, ParseLimits, Role};
