@@ -1,0 +1,248 @@
+//! Query strings and `application/x-www-form-urlencoded` bodies.
+//!
+//! Pairs are split on `&` only. `;` was a separator in old HTML recommendations, and some
+//! back ends once honoured it, but WHATWG URL, Python (since 3.9.2), Go (since 1.17) and
+//! most frameworks no longer do. Splitting on `&` alone loses nothing for inspection: a
+//! back end that also splits on `;` sees `a=1;b=<payload>` as two pairs, and here the
+//! payload is still inspected, as part of `a`'s value.
+
+use memchr::memchr;
+
+use super::{percent_decode, Emitter, ParseScratch};
+use crate::field::{Field, FieldKind};
+
+/// Walks a query string (without the leading `?`) or a form body.
+///
+/// Splits on `&` (see the module documentation for `;`), then each pair at its first `=`;
+/// `+` becomes a space and percent-escapes are decoded ([`percent_decode`]); a malformed
+/// escape is kept literally and flagged, which also reports one
+/// [`Finding::MalformedEscape`](crate::field::Finding::MalformedEscape) per request.
+/// Repeated keys are each emitted, empty pairs (`&&`) are skipped, and a key without `=`
+/// gets an empty value. For each pair it emits a `name_kind` field (name and value both the
+/// decoded name; skipped when the name is empty, as there is nothing to inspect) and then a
+/// `value_kind` field (name = decoded name, value = decoded value).
+pub fn walk(
+    input: &[u8],
+    value_kind: FieldKind,
+    name_kind: FieldKind,
+    scratch: &mut ParseScratch,
+    em: &mut Emitter<'_>,
+) {
+    let mut rest = input;
+    while !rest.is_empty() {
+        let (pair, next) = match memchr(b'&', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &[][..]),
+        };
+        rest = next;
+        if pair.is_empty() {
+            continue;
+        }
+        let (raw_name, raw_value) = match memchr(b'=', pair) {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &[][..]),
+        };
+        let (name, name_flags) = percent_decode(raw_name, true, &mut scratch.name);
+        if !name.is_empty()
+            && !em.field(&Field {
+                kind: name_kind,
+                name,
+                value: name,
+                role: None,
+                flags: name_flags,
+            })
+        {
+            return;
+        }
+        let (value, value_flags) = percent_decode(raw_value, true, &mut scratch.value);
+        if !em.field(&Field {
+            kind: value_kind,
+            name,
+            value,
+            role: None,
+            flags: value_flags,
+        }) {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::field::{FieldFlags, Finding, ParseLimits};
+    use crate::parse::testutil::Collect;
+
+    fn run(input: &[u8]) -> Collect {
+        run_with(input, ParseLimits::default())
+    }
+
+    fn run_with(input: &[u8], limits: ParseLimits) -> Collect {
+        let mut sink = Collect::default();
+        let mut scratch = ParseScratch::default();
+        let mut em = Emitter::new(&mut sink, limits);
+        walk(
+            input,
+            FieldKind::Query,
+            FieldKind::QueryName,
+            &mut scratch,
+            &mut em,
+        );
+        sink
+    }
+
+    fn p(a: &str, b: &str) -> (String, String) {
+        (a.to_string(), b.to_string())
+    }
+
+    #[test]
+    fn basic_pairs_and_names() {
+        let c = run(b"a=1&b=two+words&c=%3Cscript%3E");
+        assert_eq!(
+            c.pairs(FieldKind::Query),
+            vec![p("a", "1"), p("b", "two words"), p("c", "<script>")]
+        );
+        assert_eq!(
+            c.pairs(FieldKind::QueryName),
+            vec![p("a", "a"), p("b", "b"), p("c", "c")]
+        );
+        assert!(c.findings.is_empty());
+        let b = c.get(FieldKind::Query, "b").unwrap();
+        assert_eq!(b.flags, FieldFlags::DECODED);
+        let a = c.get(FieldKind::Query, "a").unwrap();
+        assert_eq!(a.flags, FieldFlags::default());
+        // Names come before their values, in input order.
+        assert_eq!(c.fields[0].kind, FieldKind::QueryName);
+        assert_eq!(c.fields[1].kind, FieldKind::Query);
+    }
+
+    #[test]
+    fn repeated_empty_and_bare_keys() {
+        let c = run(b"&&a=1&&a=2&flag&=orphan&b=&");
+        assert_eq!(
+            c.pairs(FieldKind::Query),
+            vec![
+                p("a", "1"),
+                p("a", "2"),
+                p("flag", ""),
+                p("", "orphan"),
+                p("b", "")
+            ]
+        );
+        assert_eq!(
+            c.pairs(FieldKind::QueryName),
+            vec![p("a", "a"), p("a", "a"), p("flag", "flag"), p("b", "b")]
+        );
+        assert!(run(b"").fields.is_empty());
+        assert!(run(b"&&&").fields.is_empty());
+    }
+
+    #[test]
+    fn only_first_equals_splits() {
+        let c = run(b"q=a=b==c");
+        assert_eq!(c.pairs(FieldKind::Query), vec![p("q", "a=b==c")]);
+    }
+
+    #[test]
+    fn semicolon_is_not_a_separator() {
+        let c = run(b"a=1;b=2");
+        assert_eq!(c.pairs(FieldKind::Query), vec![p("a", "1;b=2")]);
+    }
+
+    #[test]
+    fn plus_and_encoded_names() {
+        let c = run(b"first+name=J%C3%BCrgen+M&x%2By=%2B");
+        assert_eq!(
+            c.pairs(FieldKind::Query),
+            vec![p("first name", "Jürgen M"), p("x+y", "+")]
+        );
+        let n = c.get(FieldKind::QueryName, "first name").unwrap();
+        assert!(n.flags.has(FieldFlags::DECODED));
+    }
+
+    #[test]
+    fn malformed_escapes_kept_and_flagged_once() {
+        let c = run(b"a=%zz&b=%4&c=x%&d=%41");
+        assert_eq!(
+            c.pairs(FieldKind::Query),
+            vec![p("a", "%zz"), p("b", "%4"), p("c", "x%"), p("d", "A")]
+        );
+        for n in ["a", "b", "c"] {
+            let f = c.get(FieldKind::Query, n).unwrap();
+            assert!(f.flags.has(FieldFlags::MALFORMED_ESCAPE), "{n}");
+            assert!(!f.flags.has(FieldFlags::DECODED), "{n}");
+        }
+        assert_eq!(c.findings, vec![Finding::MalformedEscape]);
+    }
+
+    #[test]
+    fn invalid_utf8_is_flagged() {
+        let c = run(b"a=%ff&b=\xfe\xff&c=ok");
+        assert!(c
+            .get(FieldKind::Query, "a")
+            .unwrap()
+            .flags
+            .has(FieldFlags::INVALID_UTF8));
+        let b = c.get(FieldKind::Query, "b").unwrap();
+        assert_eq!(b.value, b"\xfe\xff");
+        assert_eq!(b.flags, FieldFlags::INVALID_UTF8);
+        assert_eq!(c.findings, vec![Finding::InvalidUtf8]);
+    }
+
+    #[test]
+    fn stops_at_field_limit() {
+        let limits = ParseLimits {
+            max_fields: 3,
+            ..ParseLimits::default()
+        };
+        let c = run_with(b"a=1&b=2&c=3", limits);
+        assert_eq!(c.fields.len(), 3);
+        assert_eq!(c.findings, vec![Finding::TooManyFields]);
+    }
+
+    #[test]
+    fn form_kinds_are_used() {
+        let mut sink = Collect::default();
+        let mut scratch = ParseScratch::default();
+        let mut em = Emitter::new(&mut sink, ParseLimits::default());
+        walk(
+            b"x=1",
+            FieldKind::Form,
+            FieldKind::FormName,
+            &mut scratch,
+            &mut em,
+        );
+        assert_eq!(sink.pairs(FieldKind::Form), vec![p("x", "1")]);
+        assert_eq!(sink.pairs(FieldKind::FormName), vec![p("x", "x")]);
+    }
+
+    #[test]
+    fn warm_scratch_does_not_grow() {
+        let input = b"a=%3Cb%3E+c&name%20x=v+w";
+        let mut scratch = ParseScratch::default();
+        let mut sink = Collect::default();
+        let mut cap = None;
+        for _ in 0..3 {
+            let mut em = Emitter::new(&mut sink, ParseLimits::default());
+            walk(
+                input,
+                FieldKind::Query,
+                FieldKind::QueryName,
+                &mut scratch,
+                &mut em,
+            );
+            assert_eq!(*cap.get_or_insert(scratch.capacity()), scratch.capacity());
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        #[test]
+        fn never_panics(input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let c = run(&input);
+            // Every value byte of the input is inspected somewhere: decoding only shrinks.
+            let total: usize = c.fields.iter().filter(|r| r.kind == FieldKind::Query).map(|r| r.value.len()).sum();
+            proptest::prop_assert!(total <= input.len());
+        }
+    }
+}
