@@ -10,6 +10,7 @@
 //! they could parse.
 
 pub mod cookie;
+pub mod multipart;
 pub mod urlencoded;
 
 use crate::field::{Field, FieldFlags, FieldSink, Finding, ParseLimits};
@@ -24,6 +25,8 @@ pub struct ParseScratch {
     name: Vec<u8>,
     /// Decoded values.
     value: Vec<u8>,
+    /// `--boundary`, contiguous so one substring finder can search for it.
+    delim: Vec<u8>,
 }
 
 impl ParseScratch {
@@ -35,7 +38,7 @@ impl ParseScratch {
     /// Total bytes reserved by all buffers, to check that a warm scratch stops growing.
     #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
-        self.name.capacity() + self.value.capacity()
+        self.name.capacity() + self.value.capacity() + self.delim.capacity()
     }
 }
 
