@@ -10,8 +10,11 @@
 //! they could parse.
 
 pub mod cookie;
+pub mod json;
 pub mod multipart;
 pub mod urlencoded;
+
+pub use json::ChatShape;
 
 use crate::field::{Field, FieldFlags, FieldSink, Finding, ParseLimits};
 
@@ -27,6 +30,8 @@ pub struct ParseScratch {
     value: Vec<u8>,
     /// `--boundary`, contiguous so one substring finder can search for it.
     delim: Vec<u8>,
+    /// The JSON walker's stacks, pointer and per-nesting-level buffers.
+    json: json::JsonScratch,
 }
 
 impl ParseScratch {
@@ -38,7 +43,7 @@ impl ParseScratch {
     /// Total bytes reserved by all buffers, to check that a warm scratch stops growing.
     #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
-        self.name.capacity() + self.value.capacity() + self.delim.capacity()
+        self.name.capacity() + self.value.capacity() + self.delim.capacity() + self.json.capacity()
     }
 }
 
@@ -360,6 +365,10 @@ pub(crate) mod testutil {
             self.fields
                 .iter()
                 .find(|r| r.kind == kind && r.name == name.as_bytes())
+        }
+
+        pub fn has(&self, f: Finding) -> bool {
+            self.findings.contains(&f)
         }
     }
 }
