@@ -2,5 +2,8 @@
 #![forbid(unsafe_code)]
 
 pub mod field;
+pub mod transform;
 
-pub use field::{Field, FieldFlags, FieldKind, FieldKindSet, FieldSink, Finding, ParseLimits, Role};
+pub use field::{
+    Field, FieldFlags, FieldKind, FieldKindSet, FieldSink, Finding, ParseLimits, Role,
+};
