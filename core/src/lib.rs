@@ -3,6 +3,7 @@
 
 pub mod field;
 pub mod parse;
+pub mod transform;
 
 pub use field::{
     Field, FieldFlags, FieldKind, FieldKindSet, FieldSink, Finding, ParseLimits, Role,
