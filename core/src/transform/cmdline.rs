@@ -8,9 +8,10 @@
 //!   `cat`); `^` is the `cmd.exe` escape character with the same effect (`c^a^t`). The cost is
 //!   that Windows paths lose their backslashes (`c:\windows` → `c:windows`), which rules
 //!   written for this transform have to expect.
-//! * `,` and `;` count as **whitespace**. `cmd.exe` treats both as argument delimiters
-//!   (`cmd,/c,dir`), and for a shell `;` separates commands, so `id;whoami` becomes
-//!   `id whoami` and both commands stay separate words.
+//! * `,` counts as **whitespace**: `cmd.exe` treats it as an argument delimiter
+//!   (`cmd,/c,dir`). `;` is **kept**: `cmd.exe` also splits on it, but to a POSIX shell it
+//!   separates commands, and "a separator followed by a command" is exactly what rules look
+//!   for; turning `x;id` into `x id` would make it indistinguishable from prose.
 //! * Whitespace runs (space, `\t`, `\n`, `\r`, `\f`, `\v`) become **one space**; leading
 //!   and trailing whitespace stays as one space rather than being trimmed, so a word
 //!   boundary is never invented or lost at the edges.
@@ -51,7 +52,6 @@ static CLASS: [u8; 256] = {
     t[0x0b] = SPACE;
     t[0x0c] = SPACE;
     t[b',' as usize] = SPACE;
-    t[b';' as usize] = SPACE;
     t
 };
 
@@ -145,7 +145,7 @@ mod tests {
         let spaced: Vec<u8> = deleted
             .iter()
             .map(|&b| {
-                if b" \t\n\r\x0b\x0c,;".contains(&b) {
+                if b" \t\n\r\x0b\x0c,".contains(&b) {
                     b' '
                 } else {
                     b
@@ -175,8 +175,8 @@ mod tests {
         assert_eq!(cmd("C\\at \"/etc/passwd\""), "cat/etc/passwd");
         assert_eq!(cmd("cmd,/c,dir"), "cmd/c dir");
         assert_eq!(cmd("CMD.EXE   /C  \"dir\""), "cmd.exe/c dir");
-        assert_eq!(cmd("id;whoami"), "id whoami");
-        assert_eq!(cmd("; ls\t-la"), " ls -la");
+        assert_eq!(cmd("id;whoami"), "id;whoami");
+        assert_eq!(cmd("; ls\t-la"), "; ls -la");
         assert_eq!(cmd("system ('id')"), "system(id)");
         assert_eq!(cmd("a ' /b"), "a/b");
         assert_eq!(cmd("ping  "), "ping ");

@@ -1,0 +1,50 @@
+//! `inspect` on OpenAI chat requests, compile, and bundle load.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use edgeward::{Engine, Policy, Request};
+use edgeward_benches::{chat_body, HEADERS};
+
+fn inspect(c: &mut Criterion) {
+    let engine = Engine::default_engine();
+    let mut g = c.benchmark_group("inspect");
+    for kib in [1usize, 4, 16, 64] {
+        for (kind, attack) in [("benign", false), ("attack", true)] {
+            let body = chat_body(kib * 1024, attack);
+            let req = Request::new(b"POST", b"/v1/chat/completions")
+                .with_headers(HEADERS)
+                .with_body(&body);
+            let mut scratch = engine.new_scratch();
+            let d = engine.inspect_with(&mut scratch, &req);
+            assert_eq!(d.is_allowed(), !attack, "{}", d.to_json());
+            g.throughput(Throughput::Bytes(body.len() as u64));
+            g.bench_with_input(
+                BenchmarkId::new(kind, format!("{kib}KiB")),
+                &req,
+                |b, req| b.iter(|| black_box(engine.inspect_with(&mut scratch, black_box(req)))),
+            );
+        }
+    }
+    g.finish();
+}
+
+fn compile(c: &mut Criterion) {
+    let policy = Policy::default_policy();
+    let mut g = c.benchmark_group("build");
+    g.sample_size(10);
+    g.bench_function("parse_default_policy", |b| {
+        b.iter(|| black_box(Policy::default_policy()))
+    });
+    g.bench_function("compile_default_policy", |b| {
+        b.iter(|| black_box(Engine::new(&policy).unwrap()))
+    });
+    let bundle = Engine::new(&policy).unwrap().to_bundle();
+    g.bench_function("load_bundle", |b| {
+        b.iter(|| black_box(Engine::from_bundle(&bundle).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, inspect, compile);
+criterion_main!(benches);

@@ -1,0 +1,33 @@
+//! Each transform on 4 KiB of chat prose (the common "nothing or little to do" case) and on
+//! 4 KiB of attack-like text with escapes (the rewrite case).
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use edgeward::transform::Transform;
+use edgeward_benches::chat_body;
+
+fn transforms(c: &mut Criterion) {
+    let prose = chat_body(4096, false);
+    let escaped: Vec<u8> =
+        b"%3Cscript%3E&lt;img onerror=x&gt; \\u0041 SELECT  *\tFROM ../../etc/passwd "
+            .iter()
+            .copied()
+            .cycle()
+            .take(4096)
+            .collect();
+    let mut g = c.benchmark_group("transform");
+    let mut out = Vec::with_capacity(8192);
+    for (name, input) in [("prose", &prose), ("escaped", &escaped)] {
+        g.throughput(Throughput::Bytes(input.len() as u64));
+        for t in Transform::ALL {
+            g.bench_with_input(BenchmarkId::new(t.name(), name), input, |b, input| {
+                b.iter(|| black_box(t.apply(black_box(input), &mut out)))
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, transforms);
+criterion_main!(benches);

@@ -1,0 +1,34 @@
+//! Runs `inspect` on a chat request in a loop, for profilers (`perf record`, callgrind).
+//! Usage: `cargo run --release -p edgeward-benches --example profile -- [KiB] [iterations] [rule-id-prefix]`.
+//! With a rule-id prefix, only built-in rules whose id starts with it are loaded, to see
+//! what one rule file costs.
+use edgeward::{Engine, Policy, Request};
+use edgeward_benches::{chat_body, HEADERS};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let kib: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(4);
+    let iters: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let mut policy = Policy::default_policy();
+    if let Some(prefix) = args.next() {
+        policy
+            .rules
+            .retain(|r| r.id.to_string().starts_with(&prefix));
+    }
+    let engine = Engine::new(&policy).expect("policy compiles");
+    let body = chat_body(kib * 1024, false);
+    let req = Request::new(b"POST", b"/v1/chat/completions")
+        .with_headers(HEADERS)
+        .with_body(&body);
+    let mut scratch = engine.new_scratch();
+    let start = std::time::Instant::now();
+    let mut denied = 0;
+    for _ in 0..iters {
+        denied += usize::from(!engine.inspect_with(&mut scratch, &req).is_allowed());
+    }
+    let per = start.elapsed() / iters as u32;
+    println!(
+        "{kib} KiB, {} rules: {per:?} per inspect ({denied} denied)",
+        policy.rules.len()
+    );
+}

@@ -1,0 +1,224 @@
+//! The decision: what the host should do and why, in a stable JSON form for audit logs.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+
+use crate::policy::Mode;
+use crate::rules::Category;
+
+/// Which pipeline stage decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Route selection.
+    Route,
+    /// Size limits, checked before any parsing.
+    Size,
+    /// Content inspection (rules, parser findings, anomaly scores).
+    Inspect,
+}
+
+/// Why a request was denied. Each variant has a stable [`code`](Reason::code).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum Reason {
+    /// The body is larger than the route allows.
+    BodyTooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// More headers than the route allows.
+    TooManyHeaders {
+        /// The configured limit.
+        limit: u32,
+    },
+    /// One header is larger than the route allows.
+    HeaderTooLarge {
+        /// The configured limit.
+        limit: u32,
+    },
+    /// Path and query are longer than the route allows.
+    UriTooLarge {
+        /// The configured limit.
+        limit: u32,
+    },
+    /// The anomaly score reached the threshold.
+    AnomalyScore {
+        /// The category contributing most.
+        category: Category,
+        /// The total score (or the category's, for a category threshold).
+        score: u32,
+        /// The threshold reached.
+        threshold: u32,
+    },
+}
+
+impl Reason {
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reason::BodyTooLarge { .. } => "body_too_large",
+            Reason::TooManyHeaders { .. } => "too_many_headers",
+            Reason::HeaderTooLarge { .. } => "header_too_large",
+            Reason::UriTooLarge { .. } => "uri_too_large",
+            Reason::AnomalyScore { .. } => "anomaly_score",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::BodyTooLarge { limit } => write!(f, "body larger than {limit} bytes"),
+            Reason::TooManyHeaders { limit } => write!(f, "more than {limit} headers"),
+            Reason::HeaderTooLarge { limit } => write!(f, "a header larger than {limit} bytes"),
+            Reason::UriTooLarge { limit } => write!(f, "URI longer than {limit} bytes"),
+            Reason::AnomalyScore {
+                category,
+                score,
+                threshold,
+            } => write!(
+                f,
+                "{} detected (score {score} >= {threshold})",
+                category.as_str()
+            ),
+        }
+    }
+}
+
+/// What the host should do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Forward the request.
+    Allow,
+    /// Refuse it with this status.
+    Deny {
+        /// HTTP status to send.
+        status: u16,
+        /// Why.
+        reason: Reason,
+    },
+}
+
+/// One rule (or parser finding) that matched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleMatch {
+    /// The rule id (1–999 are parser findings).
+    pub rule_id: u32,
+    /// The rule's name.
+    pub name: Arc<str>,
+    /// Its category.
+    pub category: Category,
+    /// Score added (0 if this rule already scored on another field).
+    pub score: u32,
+    /// Where: `json:/messages/0/content`, `query:id`, `header:user-agent`, `path`, `body`.
+    pub location: String,
+    /// Span of the match in the transformed value.
+    pub span: (u32, u32),
+    /// A short excerpt around the match (lossy UTF-8, at most 80 bytes of the value).
+    pub excerpt: String,
+}
+
+/// Anomaly scores per category.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scores(pub [u32; Category::COUNT]);
+
+impl Scores {
+    /// The score of one category.
+    pub fn get(&self, c: Category) -> u32 {
+        self.0[c as usize]
+    }
+
+    /// The sum over categories.
+    pub fn total(&self) -> u32 {
+        self.0.iter().sum()
+    }
+
+    /// The category with the highest score, if any scored.
+    pub fn top(&self) -> Option<Category> {
+        let (i, s) = self
+            .0
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, s)| (**s, usize::MAX - *i))?;
+        (*s > 0).then(|| Category::ALL[i])
+    }
+}
+
+impl Serialize for Scores {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let n = self.0.iter().filter(|v| **v > 0).count();
+        let mut m = s.serialize_map(Some(n))?;
+        for c in Category::ALL {
+            if self.0[c as usize] > 0 {
+                m.serialize_entry(c.as_str(), &self.0[c as usize])?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// The outcome of [`crate::Engine::inspect`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// Allow or deny.
+    #[serde(flatten)]
+    pub action: Action,
+    /// The stage that decided (for an allow: the last stage run).
+    pub stage: Stage,
+    /// The route name.
+    pub route: Arc<str>,
+    /// The route's mode.
+    pub mode: Mode,
+    /// In monitor mode: what enforce mode would have done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_deny: Option<Reason>,
+    /// Total anomaly score.
+    pub score: u32,
+    /// Scores per category.
+    pub scores: Scores,
+    /// The route's threshold.
+    pub threshold: u32,
+    /// Matches, in request order (bounded; see `matches_truncated`).
+    pub matches: Vec<RuleMatch>,
+    /// Whether more matches were found than recorded.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub matches_truncated: bool,
+}
+
+impl Decision {
+    /// Whether the host should forward the request.
+    pub fn is_allowed(&self) -> bool {
+        matches!(self.action, Action::Allow)
+    }
+
+    /// The HTTP status for a denial.
+    pub fn status(&self) -> Option<u16> {
+        match &self.action {
+            Action::Deny { status, .. } => Some(*status),
+            Action::Allow => None,
+        }
+    }
+
+    /// The denial reason.
+    pub fn reason(&self) -> Option<&Reason> {
+        match &self.action {
+            Action::Deny { reason, .. } => Some(reason),
+            Action::Allow => None,
+        }
+    }
+
+    /// Whether a rule with this id matched.
+    pub fn matched(&self, rule_id: u32) -> bool {
+        self.matches.iter().any(|m| m.rule_id == rule_id)
+    }
+
+    /// The stable JSON form.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}

@@ -1,0 +1,887 @@
+//! The engine: built once from a policy, then shared by every worker.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::decision::{Action, Decision, Reason, RuleMatch, Scores, Stage};
+use crate::error::{CompileError, CompileErrorKind};
+use crate::field::{Field, FieldFlags, FieldKind, FieldSink, Finding, ParseLimits};
+use crate::parse::{self, Emitter, ParseScratch};
+use crate::policy::{Limits, Mode, OnOversize, Policy, RouteSettings, Schema};
+use crate::request::Request;
+use crate::rules::compile::{Program, ProgramCaches, TransformCache};
+use crate::rules::{glob_match, Category, RuleDef, Target};
+
+/// Knobs that are not part of the policy: they change how, not what, the engine decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Use the literal prefilter (on by default; off only to prove it changes nothing).
+    pub prefilter: bool,
+    /// Most matches recorded in one decision; scoring continues past it.
+    pub max_matches: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            prefilter: true,
+            max_matches: 32,
+        }
+    }
+}
+
+/// Builds an [`Engine`] with non-default [`Config`].
+#[derive(Debug, Clone, Default)]
+pub struct EngineBuilder {
+    config: Config,
+}
+
+impl EngineBuilder {
+    /// Sets the config.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Compiles the policy.
+    pub fn build(self, policy: &Policy) -> Result<Engine, CompileError> {
+        Engine::compile(policy, self.config)
+    }
+}
+
+/// Parser findings and request-level checks that behave like rules (ids below 1000).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Builtin {
+    pub(crate) id: u32,
+    pub(crate) name: &'static str,
+    pub(crate) score: u32,
+}
+
+const fn b(id: u32, name: &'static str, score: u32) -> Builtin {
+    Builtin { id, name, score }
+}
+
+pub(crate) const INVALID_JSON: Builtin = b(10, "invalid_json", 5);
+pub(crate) const JSON_TOO_DEEP: Builtin = b(11, "json_too_deep", 5);
+pub(crate) const TOO_MANY_FIELDS: Builtin = b(12, "too_many_fields", 5);
+pub(crate) const DECODED_TOO_LARGE: Builtin = b(13, "decoded_too_large", 5);
+pub(crate) const MALFORMED_ESCAPE: Builtin = b(14, "malformed_escape", 2);
+pub(crate) const INVALID_UTF8: Builtin = b(15, "invalid_utf8", 2);
+pub(crate) const MALFORMED_MULTIPART: Builtin = b(16, "malformed_multipart", 5);
+pub(crate) const TOO_MANY_PARTS: Builtin = b(17, "too_many_parts", 5);
+pub(crate) const DUPLICATE_JSON_KEY: Builtin = b(18, "duplicate_json_key", 3);
+pub(crate) const INVALID_JSON_ESCAPE: Builtin = b(19, "invalid_json_escape", 3);
+pub(crate) const BODY_TRUNCATED: Builtin = b(20, "body_truncated", 5);
+pub(crate) const INVALID_METHOD: Builtin = b(21, "invalid_method", 5);
+pub(crate) const DUPLICATE_FRAMING_HEADER: Builtin = b(22, "duplicate_framing_header", 5);
+pub(crate) const CL_TE_CONFLICT: Builtin = b(23, "content_length_with_transfer_encoding", 5);
+
+/// Every built-in finding, for listings.
+pub const BUILTIN_IDS: &[(u32, &str)] = &[
+    (10, "invalid_json"),
+    (11, "json_too_deep"),
+    (12, "too_many_fields"),
+    (13, "decoded_too_large"),
+    (14, "malformed_escape"),
+    (15, "invalid_utf8"),
+    (16, "malformed_multipart"),
+    (17, "too_many_parts"),
+    (18, "duplicate_json_key"),
+    (19, "invalid_json_escape"),
+    (20, "body_truncated"),
+    (21, "invalid_method"),
+    (22, "duplicate_framing_header"),
+    (23, "content_length_with_transfer_encoding"),
+];
+
+fn builtin_for(f: &Finding) -> Builtin {
+    match f {
+        Finding::InvalidJson { .. } => INVALID_JSON,
+        Finding::JsonTooDeep { .. } => JSON_TOO_DEEP,
+        Finding::TooManyFields => TOO_MANY_FIELDS,
+        Finding::DecodedTooLarge => DECODED_TOO_LARGE,
+        Finding::MalformedEscape => MALFORMED_ESCAPE,
+        Finding::InvalidUtf8 => INVALID_UTF8,
+        Finding::MalformedMultipart => MALFORMED_MULTIPART,
+        Finding::TooManyParts => TOO_MANY_PARTS,
+        Finding::DuplicateJsonKey => DUPLICATE_JSON_KEY,
+        Finding::InvalidJsonEscape => INVALID_JSON_ESCAPE,
+    }
+}
+
+/// A route ready to match and enforce.
+#[derive(Debug)]
+struct CompiledRoute {
+    name: Arc<str>,
+    hosts: Vec<Vec<u8>>,
+    methods: Vec<Vec<u8>>,
+    paths: Vec<Vec<u8>>,
+    program: usize,
+    schema: Schema,
+    mode: Mode,
+    threshold: u32,
+    category_thresholds: [u32; Category::COUNT],
+    limits: Limits,
+    parse_limits: ParseLimits,
+    /// Built-in ids (bit = id) that are off on this route.
+    builtin_off: u64,
+    /// Exclusions that name fields: (rule ids, categories, fields).
+    field_exclusions: Vec<(Vec<u32>, Vec<Category>, Vec<Target>)>,
+}
+
+impl CompiledRoute {
+    fn matches(&self, host: &[u8], method: &[u8], path: &[u8]) -> bool {
+        (self.hosts.is_empty() || self.hosts.iter().any(|h| glob_match(h, host)))
+            && (self.methods.is_empty()
+                || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| glob_match(p, path)))
+    }
+
+    fn excluded(&self, rule: u32, cat: Category, f: &Field<'_>) -> bool {
+        self.field_exclusions.iter().any(|(ids, cats, fields)| {
+            (ids.contains(&rule) || cats.contains(&cat)) && fields.iter().any(|t| t.selects(f))
+        })
+    }
+}
+
+struct Inner {
+    id: u64,
+    config: Config,
+    policy: Policy,
+    programs: Vec<Program>,
+    /// Routes in policy order, then the fallback `default` route.
+    routes: Vec<CompiledRoute>,
+    pool: Mutex<Vec<Scratch>>,
+}
+
+/// The compiled policy. Immutable, `Send + Sync`, and cheap to clone (an `Arc`).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("policy", &self.inner.policy.document.metadata.name)
+            .field("rules", &self.inner.policy.rules.len())
+            .field("routes", &self.inner.routes.len())
+            .finish()
+    }
+}
+
+static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Per-worker buffers and regex caches. Create with [`Engine::new_scratch`]; reuse it for
+/// every request on that worker so inspection does not allocate.
+#[derive(Debug)]
+pub struct Scratch {
+    engine_id: u64,
+    parse: ParseScratch,
+    transforms: TransformCache,
+    caches: Vec<ProgramCaches>,
+    path: Vec<u8>,
+    scored: Vec<u64>,
+}
+
+impl Engine {
+    /// Compiles a policy with the default [`Config`].
+    pub fn new(policy: &Policy) -> Result<Engine, CompileError> {
+        Engine::compile(policy, Config::default())
+    }
+
+    /// A builder for non-default [`Config`].
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// The engine for the embedded default policy.
+    pub fn default_engine() -> Engine {
+        Engine::new(&Policy::default_policy()).expect("embedded default policy compiles")
+    }
+
+    fn compile(policy: &Policy, config: Config) -> Result<Engine, CompileError> {
+        let src = policy.source.as_str();
+        let mut seen = std::collections::HashSet::new();
+        for r in &policy.rules {
+            if r.id < 1000 {
+                return Err(CompileError::new(
+                    CompileErrorKind::InvalidValue,
+                    "rule ids below 1000 are reserved for built-in findings",
+                )
+                .with_rule(r.id)
+                .in_file(src));
+            }
+            if !seen.insert(r.id) {
+                return Err(CompileError::new(
+                    CompileErrorKind::DuplicateRuleId,
+                    format!("rule id {} is defined twice", r.id),
+                )
+                .with_rule(r.id)
+                .in_file(src));
+            }
+            r.check().map_err(|e| e.in_file(src))?;
+        }
+        let spec = &policy.document.spec;
+        let mut programs: Vec<Program> = Vec::new();
+        let mut program_keys: BTreeMap<Vec<usize>, usize> = BTreeMap::new();
+        let mut routes = Vec::new();
+        let defaults = &spec.defaults;
+        let mut route_specs: Vec<(Arc<str>, &crate::policy::RouteMatch, RouteSettings)> = spec
+            .routes
+            .iter()
+            .map(|r| (Arc::from(r.name.as_str()), &r.matcher, r.settings()))
+            .collect();
+        let any = crate::policy::RouteMatch::default();
+        route_specs.push((Arc::from("default"), &any, RouteSettings::default()));
+        for (name, m, own) in route_specs {
+            let paranoia = own.paranoia.or(defaults.paranoia).unwrap_or(1);
+            let selection = own.rules.clone().or_else(|| defaults.rules.clone());
+            let mut whole_excluded: Vec<(Vec<u32>, Vec<Category>)> = Vec::new();
+            let mut field_exclusions = Vec::new();
+            for e in &spec.exclusions {
+                if !e.routes.is_empty() && !e.routes.iter().any(|r| **r == *name) {
+                    continue;
+                }
+                if e.fields.is_empty() {
+                    whole_excluded.push((e.rules.clone(), e.categories.clone()));
+                } else {
+                    let targets = e
+                        .fields
+                        .iter()
+                        .map(|f| Target::parse(f))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| e.in_file(src))?;
+                    field_exclusions.push((e.rules.clone(), e.categories.clone(), targets));
+                }
+            }
+            let enabled = |id: u32, cat: Category| -> bool {
+                if let Some(sel) = &selection {
+                    if (!sel.categories.is_empty() && !sel.categories.contains(&cat))
+                        || sel.disable_categories.contains(&cat)
+                        || sel.disable.contains(&id)
+                    {
+                        return false;
+                    }
+                }
+                !whole_excluded
+                    .iter()
+                    .any(|(ids, cats)| ids.contains(&id) || cats.contains(&cat))
+            };
+            let chosen: Vec<usize> = policy
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.paranoia <= paranoia && enabled(r.id, r.category))
+                .map(|(i, _)| i)
+                .collect();
+            let mut builtin_off = 0u64;
+            for (id, _) in BUILTIN_IDS {
+                if !enabled(*id, Category::Protocol) {
+                    builtin_off |= 1 << id;
+                }
+            }
+            let program = match program_keys.get(&chosen) {
+                Some(&p) => p,
+                None => {
+                    let defs: Vec<&RuleDef> = chosen.iter().map(|&i| &policy.rules[i]).collect();
+                    programs.push(Program::build(&defs).map_err(|e| e.in_file(src))?);
+                    program_keys.insert(chosen, programs.len() - 1);
+                    programs.len() - 1
+                }
+            };
+            let mut category_thresholds = [0u32; Category::COUNT];
+            for (c, t) in defaults
+                .category_thresholds
+                .iter()
+                .chain(own.category_thresholds.iter())
+            {
+                category_thresholds[*c as usize] = *t;
+            }
+            let limits = own.limits.or(defaults.limits).unwrap_or_default();
+            routes.push(CompiledRoute {
+                name,
+                hosts: m
+                    .hosts
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase().into_bytes())
+                    .collect(),
+                methods: m.methods.iter().map(|h| h.clone().into_bytes()).collect(),
+                paths: m.paths.iter().map(|h| h.clone().into_bytes()).collect(),
+                program,
+                schema: own.schema.or(defaults.schema).unwrap_or_default(),
+                mode: own.mode.or(defaults.mode).unwrap_or_default(),
+                threshold: own.threshold.or(defaults.threshold).unwrap_or(5),
+                category_thresholds,
+                parse_limits: limits.parse_limits(),
+                limits,
+                builtin_off,
+                field_exclusions,
+            });
+        }
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
+                config,
+                policy: policy.clone(),
+                programs,
+                routes,
+                pool: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The policy this engine was built from.
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// The config.
+    pub fn config(&self) -> Config {
+        self.inner.config
+    }
+
+    /// Fresh per-worker state for [`Engine::inspect_with`].
+    pub fn new_scratch(&self) -> Scratch {
+        let max_rules = self
+            .inner
+            .programs
+            .iter()
+            .map(|p| p.rules.len())
+            .max()
+            .unwrap_or(0);
+        Scratch {
+            engine_id: self.inner.id,
+            parse: ParseScratch::default(),
+            transforms: TransformCache::default(),
+            caches: self
+                .inner
+                .programs
+                .iter()
+                .map(Program::new_caches)
+                .collect(),
+            path: Vec::new(),
+            scored: vec![0; max_rules.div_ceil(64) + 1],
+        }
+    }
+
+    /// Inspects a request with a pooled [`Scratch`].
+    pub fn inspect(&self, req: &Request<'_>) -> Decision {
+        let mut s = self
+            .inner
+            .pool
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_else(|| self.new_scratch());
+        let d = self.inspect_with(&mut s, req);
+        if let Ok(mut p) = self.inner.pool.lock() {
+            // Bounded so a burst of threads does not pin memory forever.
+            if p.len() < 64 {
+                p.push(s);
+            }
+        }
+        d
+    }
+
+    /// Inspects a request: the primitive. Never fails: malformed content becomes findings.
+    pub fn inspect_with(&self, s: &mut Scratch, req: &Request<'_>) -> Decision {
+        if s.engine_id != self.inner.id {
+            *s = self.new_scratch();
+        }
+        let Scratch {
+            parse: parse_scratch,
+            transforms,
+            caches,
+            path,
+            scored,
+            ..
+        } = s;
+        let (decoded_path, path_flags) = parse::percent_decode(req.path, false, path);
+        let host = req.host().unwrap_or(b"");
+        let route = self
+            .inner
+            .routes
+            .iter()
+            .find(|r| r.matches(host, req.method, decoded_path))
+            .unwrap_or_else(|| self.inner.routes.last().expect("default route exists"));
+        let limits = &route.limits;
+        let deny_size = |reason: Reason, status: u16| Decision {
+            action: Action::Deny { status, reason },
+            stage: Stage::Size,
+            route: route.name.clone(),
+            mode: route.mode,
+            would_deny: None,
+            score: 0,
+            scores: Scores::default(),
+            threshold: route.threshold,
+            matches: Vec::new(),
+            matches_truncated: false,
+        };
+        // Size limits come before any parsing: they bound everything that follows. They are
+        // enforced in monitor mode too, because they protect the host, not just the model.
+        if (req.path.len() + req.query.len()) as u64 > limits.max_uri_bytes as u64 {
+            return deny_size(
+                Reason::UriTooLarge {
+                    limit: limits.max_uri_bytes,
+                },
+                414,
+            );
+        }
+        if req.headers.len() > limits.max_headers as usize {
+            return deny_size(
+                Reason::TooManyHeaders {
+                    limit: limits.max_headers,
+                },
+                431,
+            );
+        }
+        if req
+            .headers
+            .iter()
+            .any(|(n, v)| n.len() + v.len() > limits.max_header_bytes as usize)
+        {
+            return deny_size(
+                Reason::HeaderTooLarge {
+                    limit: limits.max_header_bytes,
+                },
+                431,
+            );
+        }
+        let mut body = req.body;
+        let mut truncated = false;
+        if body.len() as u64 > limits.max_body_bytes {
+            match limits.on_oversize {
+                OnOversize::Refuse => {
+                    return deny_size(
+                        Reason::BodyTooLarge {
+                            limit: limits.max_body_bytes,
+                        },
+                        413,
+                    )
+                }
+                OnOversize::InspectPrefix => {
+                    body = &body[..limits.max_body_bytes as usize];
+                    truncated = true;
+                }
+            }
+        }
+        let program = &self.inner.programs[route.program];
+        scored.fill(0);
+        let mut insp = Inspector {
+            program,
+            route,
+            caches: &mut caches[route.program],
+            transforms,
+            scored,
+            prefilter: self.inner.config.prefilter,
+            max_matches: self.inner.config.max_matches,
+            matches: Vec::new(),
+            truncated_matches: false,
+            scores: Scores::default(),
+            part: FieldKind::Body,
+        };
+        if truncated {
+            insp.builtin(BODY_TRUNCATED, "body");
+        }
+        if !is_token(req.method) {
+            insp.builtin(INVALID_METHOD, "method");
+        }
+        request_line_checks(&mut insp, req);
+        {
+            let mut em = Emitter::new(&mut insp, route.parse_limits);
+            let f = Field {
+                kind: FieldKind::Method,
+                name: b"",
+                value: req.method,
+                role: None,
+                flags: FieldFlags::default(),
+            };
+            em.field(&f);
+            if path_flags.has(FieldFlags::MALFORMED_ESCAPE) {
+                em.finding(Finding::MalformedEscape);
+            }
+            let f = Field {
+                kind: FieldKind::Path,
+                name: b"",
+                value: decoded_path,
+                role: None,
+                flags: path_flags,
+            };
+            em.field(&f);
+            if !req.query.is_empty() {
+                parse::urlencoded::walk(
+                    req.query,
+                    FieldKind::Query,
+                    FieldKind::QueryName,
+                    parse_scratch,
+                    &mut em,
+                );
+            }
+            let mut content_type: &[u8] = b"";
+            for (n, v) in req.headers {
+                let f = Field {
+                    kind: FieldKind::Header,
+                    name: n,
+                    value: v,
+                    role: None,
+                    flags: FieldFlags::default(),
+                };
+                if !em.field(&f) {
+                    break;
+                }
+                if n.eq_ignore_ascii_case(b"cookie") {
+                    parse::cookie::walk(v, parse_scratch, &mut em);
+                } else if n.eq_ignore_ascii_case(b"content-type") {
+                    content_type = v;
+                }
+            }
+            if !body.is_empty() && !em.stopped() {
+                walk_body(route.schema, content_type, body, parse_scratch, &mut em);
+            }
+        }
+        insp.finish()
+    }
+
+    /// Runs every rule's inline tests (`match:` / `noMatch:`), returning the failures.
+    pub fn run_rule_tests(&self) -> Vec<RuleTestFailure> {
+        // Every rule must be tested, even those no route enables (paranoia 4, say), so the
+        // tests compile their own program over all rules.
+        let defs: Vec<&RuleDef> = self.inner.policy.rules.iter().collect();
+        let program = match Program::build(&defs) {
+            Ok(p) => p,
+            Err(e) => {
+                return vec![RuleTestFailure {
+                    rule_id: e.rule_id().unwrap_or(0),
+                    value: String::new(),
+                    expected_match: true,
+                    message: e.to_string(),
+                }]
+            }
+        };
+        let mut caches = program.new_caches();
+        let mut tc = TransformCache::default();
+        let mut out = Vec::new();
+        for (i, def) in defs.iter().enumerate() {
+            for (values, expect) in [(&def.tests.matches, true), (&def.tests.no_match, false)] {
+                for v in values {
+                    let got = program.test_value(&mut caches, &mut tc, i as u32, v.as_bytes());
+                    if got.is_some() != expect {
+                        out.push(RuleTestFailure {
+                            rule_id: def.id,
+                            value: v.clone(),
+                            expected_match: expect,
+                            message: format!(
+                                "rule {} ({}) {} {:?}",
+                                def.id,
+                                def.name,
+                                if expect { "did not match" } else { "matched" },
+                                v
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Counts of rules, inline tests and compiled groups (for `edgeward check`).
+    pub fn stats(&self) -> EngineStats {
+        let p = &self.inner.policy;
+        EngineStats {
+            rules: p.rules.len(),
+            rule_tests: p
+                .rules
+                .iter()
+                .map(|r| r.tests.matches.len() + r.tests.no_match.len())
+                .sum(),
+            routes: self.inner.routes.len(),
+            programs: self.inner.programs.len(),
+            groups: self.inner.programs.iter().map(|p| p.groups.len()).sum(),
+        }
+    }
+}
+
+/// Sizes of a compiled engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct EngineStats {
+    /// Rules loaded.
+    pub rules: usize,
+    /// Inline rule tests.
+    pub rule_tests: usize,
+    /// Routes including the fallback.
+    pub routes: usize,
+    /// Distinct compiled rule programs.
+    pub programs: usize,
+    /// Rule groups across programs.
+    pub groups: usize,
+}
+
+/// A failed inline rule test.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RuleTestFailure {
+    /// The rule.
+    pub rule_id: u32,
+    /// The test value.
+    pub value: String,
+    /// Whether the value was listed under `match`.
+    pub expected_match: bool,
+    /// A readable explanation.
+    pub message: String,
+}
+
+/// RFC 9110 token characters.
+fn is_token(m: &[u8]) -> bool {
+    !m.is_empty()
+        && m.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+}
+
+/// Framing-header checks: duplicates and Content-Length beside Transfer-Encoding are the
+/// classic request-smuggling signs, and the host's proxy may resolve them differently from
+/// the backend.
+fn request_line_checks(insp: &mut Inspector<'_, '_>, req: &Request<'_>) {
+    let (mut cl, mut te, mut host) = (0u32, 0u32, 0u32);
+    for (n, _) in req.headers {
+        if n.eq_ignore_ascii_case(b"content-length") {
+            cl += 1;
+        } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
+            te += 1;
+        } else if n.eq_ignore_ascii_case(b"host") {
+            host += 1;
+        }
+    }
+    if cl > 1 || te > 1 || host > 1 {
+        insp.builtin(DUPLICATE_FRAMING_HEADER, "headers");
+    }
+    if cl > 0 && te > 0 {
+        insp.builtin(CL_TE_CONFLICT, "headers");
+    }
+}
+
+fn walk_body(
+    schema: Schema,
+    content_type: &[u8],
+    body: &[u8],
+    ps: &mut ParseScratch,
+    em: &mut Emitter<'_>,
+) {
+    let ct = content_type;
+    let has = |needle: &[u8]| {
+        ct.windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    let schema = match schema {
+        Schema::Auto if has(b"json") => Schema::Json,
+        Schema::Auto if has(b"x-www-form-urlencoded") => Schema::Form,
+        Schema::Auto if has(b"multipart/form-data") => Schema::Multipart,
+        Schema::Auto => {
+            // An unlabeled body that looks like JSON is parsed as JSON, so leaving the
+            // Content-Type out cannot hide a payload from argument rules.
+            let first = body.iter().find(|b| !b.is_ascii_whitespace());
+            if matches!(first, Some(b'{') | Some(b'[')) {
+                Schema::Json
+            } else {
+                Schema::Raw
+            }
+        }
+        s => s,
+    };
+    let raw = |em: &mut Emitter<'_>| {
+        em.field(&Field {
+            kind: FieldKind::Body,
+            name: b"",
+            value: body,
+            role: None,
+            flags: FieldFlags::default(),
+        });
+    };
+    match schema {
+        Schema::Form => parse::urlencoded::walk(body, FieldKind::Form, FieldKind::FormName, ps, em),
+        Schema::Multipart => match parse::multipart::boundary(ct) {
+            Some(bd) => parse::multipart::walk(body, bd, ps, em),
+            None => {
+                em.finding(Finding::MalformedMultipart);
+                raw(em);
+            }
+        },
+        Schema::Raw | Schema::Auto => raw(em),
+        s => parse::json::walk(body, s.chat_shape(), ps, em),
+    }
+}
+
+/// The sink that runs rules on each field and keeps score.
+struct Inspector<'e, 's> {
+    program: &'e Program,
+    route: &'e CompiledRoute,
+    caches: &'s mut ProgramCaches,
+    transforms: &'s mut TransformCache,
+    scored: &'s mut Vec<u64>,
+    prefilter: bool,
+    max_matches: usize,
+    matches: Vec<RuleMatch>,
+    truncated_matches: bool,
+    scores: Scores,
+    /// The part being parsed, for locating findings.
+    part: FieldKind,
+}
+
+const EXCERPT: usize = 80;
+
+fn excerpt(value: &[u8], span: (usize, usize)) -> String {
+    let start = span.0.saturating_sub(16);
+    let end = span.1.min(start + EXCERPT).min(value.len());
+    String::from_utf8_lossy(&value[start.min(end)..end]).into_owned()
+}
+
+fn location(f: &Field<'_>) -> String {
+    let prefix = f.kind.prefix();
+    if f.name.is_empty() {
+        prefix.to_string()
+    } else {
+        let mut s = String::with_capacity(prefix.len() + 1 + f.name.len());
+        s.push_str(prefix);
+        s.push(':');
+        s.push_str(&String::from_utf8_lossy(f.name));
+        s
+    }
+}
+
+impl Inspector<'_, '_> {
+    fn record(&mut self, m: RuleMatch) {
+        self.scores.0[m.category as usize] += m.score;
+        if self.matches.len() < self.max_matches {
+            self.matches.push(m);
+        } else {
+            self.truncated_matches = true;
+        }
+    }
+
+    fn builtin(&mut self, b: Builtin, location: &str) {
+        if self.route.builtin_off & (1 << b.id) != 0 {
+            return;
+        }
+        // Each built-in scores once per request.
+        let bit = 1u64 << b.id;
+        let scored = self.scored.last_mut().expect("scratch has a builtin word");
+        let score = if *scored & bit == 0 {
+            *scored |= bit;
+            b.score
+        } else {
+            return;
+        };
+        self.record(RuleMatch {
+            rule_id: b.id,
+            name: Arc::from(b.name),
+            category: Category::Protocol,
+            score,
+            location: location.to_string(),
+            span: (0, 0),
+            excerpt: String::new(),
+        });
+    }
+
+    fn finish(self) -> Decision {
+        let route = self.route;
+        let total = self.scores.total();
+        let mut reason = None;
+        if total >= route.threshold {
+            reason = Some(Reason::AnomalyScore {
+                category: self.scores.top().unwrap_or(Category::Other),
+                score: total,
+                threshold: route.threshold,
+            });
+        } else {
+            for c in Category::ALL {
+                let t = route.category_thresholds[c as usize];
+                if t > 0 && self.scores.get(c) >= t {
+                    reason = Some(Reason::AnomalyScore {
+                        category: c,
+                        score: self.scores.get(c),
+                        threshold: t,
+                    });
+                    break;
+                }
+            }
+        }
+        let (action, would_deny) = match (reason, route.mode) {
+            (Some(r), Mode::Enforce) => (
+                Action::Deny {
+                    status: 403,
+                    reason: r,
+                },
+                None,
+            ),
+            (Some(r), Mode::Monitor) => (Action::Allow, Some(r)),
+            (None, _) => (Action::Allow, None),
+        };
+        Decision {
+            action,
+            stage: Stage::Inspect,
+            route: route.name.clone(),
+            mode: route.mode,
+            would_deny,
+            score: total,
+            scores: self.scores,
+            threshold: route.threshold,
+            matches: self.matches,
+            matches_truncated: self.truncated_matches,
+        }
+    }
+}
+
+impl FieldSink for Inspector<'_, '_> {
+    fn field(&mut self, f: &Field<'_>) {
+        self.part = f.kind;
+        let Inspector {
+            program,
+            route,
+            caches,
+            transforms,
+            scored,
+            prefilter,
+            max_matches,
+            matches,
+            truncated_matches,
+            scores,
+            ..
+        } = self;
+        program.scan(caches, transforms, f, *prefilter, &mut |ri, value, span| {
+            let rule = &program.rules[ri as usize];
+            if !route.field_exclusions.is_empty() && route.excluded(rule.id, rule.category, f) {
+                return;
+            }
+            let (w, bit) = (ri as usize / 64, 1u64 << (ri % 64));
+            let score = if scored[w] & bit == 0 {
+                scored[w] |= bit;
+                rule.score
+            } else {
+                0
+            };
+            scores.0[rule.category as usize] += score;
+            if matches.len() < *max_matches {
+                matches.push(RuleMatch {
+                    rule_id: rule.id,
+                    name: rule.name.clone(),
+                    category: rule.category,
+                    score,
+                    location: location(f),
+                    span: (span.0 as u32, span.1 as u32),
+                    excerpt: excerpt(value, span),
+                });
+            } else {
+                *truncated_matches = true;
+            }
+        });
+    }
+
+    fn finding(&mut self, finding: Finding) {
+        let loc = match finding {
+            Finding::MalformedEscape | Finding::InvalidUtf8 => self.part.prefix(),
+            _ => "body",
+        };
+        self.builtin(builtin_for(&finding), loc);
+    }
+}

@@ -1,0 +1,149 @@
+//! The request model: everything borrowed, nothing copied.
+
+use std::net::IpAddr;
+
+/// One header as the host received it: raw name and value bytes.
+pub type Header<'a> = (&'a [u8], &'a [u8]);
+
+/// An HTTP request as the host sees it, before any GPU time is spent.
+///
+/// Every part is borrowed from the host's own buffers; building a `Request` copies nothing.
+/// Headers keep their order and repeated names, because smuggling and cache-poisoning checks
+/// need to see duplicates.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The method, e.g. `b"POST"`.
+    pub method: &'a [u8],
+    /// The raw path, percent-encoding kept, without the query.
+    pub path: &'a [u8],
+    /// The raw query string without the leading `?` (empty if none).
+    pub query: &'a [u8],
+    /// Headers in the order received.
+    pub headers: &'a [Header<'a>],
+    /// The body bytes (possibly empty).
+    pub body: &'a [u8],
+    /// The client address, if the host knows it.
+    pub peer: Option<IpAddr>,
+    /// An identity the host has already verified (mTLS subject, gateway auth). Edgeward never
+    /// takes this from a request header; only the host can set it.
+    pub identity: Option<&'a str>,
+}
+
+impl<'a> Request<'a> {
+    /// A request from a method and a raw URI (`/path?query`); an absolute URI
+    /// (`http://host/path?q`) is reduced to its path and query.
+    pub fn new(method: &'a [u8], uri: &'a [u8]) -> Request<'a> {
+        let uri = strip_scheme_authority(uri);
+        let (path, query) = match memchr::memchr(b'?', uri) {
+            Some(i) => (&uri[..i], &uri[i + 1..]),
+            None => (uri, &uri[uri.len()..]),
+        };
+        // A fragment is never sent by clients; if one is there it is part of the attack
+        // surface, so it stays in the query (or path) rather than being dropped.
+        Request {
+            method,
+            path,
+            query,
+            headers: &[],
+            body: &[],
+            peer: None,
+            identity: None,
+        }
+    }
+
+    /// Sets the headers.
+    pub fn with_headers(mut self, headers: &'a [Header<'a>]) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Sets the body.
+    pub fn with_body(mut self, body: &'a [u8]) -> Self {
+        self.body = body;
+        self
+    }
+
+    /// Sets the client address.
+    pub fn with_peer(mut self, peer: IpAddr) -> Self {
+        self.peer = Some(peer);
+        self
+    }
+
+    /// Sets a host-verified identity.
+    pub fn with_identity(mut self, identity: &'a str) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The first header with this name (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| *v)
+    }
+
+    /// The `Host` header (or `:authority`), without a port.
+    pub fn host(&self) -> Option<&'a [u8]> {
+        let h = self.header("host").or_else(|| self.header(":authority"))?;
+        // Bracketed IPv6 literals keep their colons.
+        if h.first() == Some(&b'[') {
+            return Some(match memchr::memchr(b']', h) {
+                Some(i) => &h[..=i],
+                None => h,
+            });
+        }
+        Some(match memchr::memrchr(b':', h) {
+            Some(i) => &h[..i],
+            None => h,
+        })
+    }
+}
+
+fn strip_scheme_authority(uri: &[u8]) -> &[u8] {
+    if uri.first() == Some(&b'/') {
+        return uri;
+    }
+    if let Some(i) = memchr::memmem::find(uri, b"://") {
+        let rest = &uri[i + 3..];
+        return match memchr::memchr2(b'/', b'?', rest) {
+            Some(j) => &rest[j..],
+            None => &rest[rest.len()..],
+        };
+    }
+    uri
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_uri() {
+        let r = Request::new(b"GET", b"/a/b?x=1&y=2");
+        assert_eq!(r.path, b"/a/b");
+        assert_eq!(r.query, b"x=1&y=2");
+        let r = Request::new(b"GET", b"/a");
+        assert_eq!(r.query, b"");
+        let r = Request::new(b"GET", b"http://h:80/p?q");
+        assert_eq!((r.path, r.query), (&b"/p"[..], &b"q"[..]));
+        let r = Request::new(b"GET", b"http://h");
+        assert_eq!(r.path, b"");
+        let r = Request::new(b"OPTIONS", b"*");
+        assert_eq!(r.path, b"*");
+    }
+
+    #[test]
+    fn host_without_port() {
+        let h: &[Header] = &[(b"Host", b"api.example.com:8443")];
+        assert_eq!(
+            Request::new(b"GET", b"/").with_headers(h).host(),
+            Some(&b"api.example.com"[..])
+        );
+        let h: &[Header] = &[(b"host", b"[::1]:80")];
+        assert_eq!(
+            Request::new(b"GET", b"/").with_headers(h).host(),
+            Some(&b"[::1]"[..])
+        );
+    }
+}

@@ -1,0 +1,680 @@
+//! The rule compiler: groups rules by (targets, roles, transform chain) and builds, per
+//! group, one multi-pattern regex and one literal prefilter.
+//!
+//! Budget reasoning (see DESIGN.md's measured facts): a CRS-sized regex set in one lazy DFA
+//! with default settings costs tens of milliseconds and gigabytes of cache, so every regex
+//! here is byte-oriented (ASCII classes), carries no capture states, has a bounded cache,
+//! and only runs on a field after the prefilter said some of its rules may match.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use regex_automata::meta::{self, Regex};
+use regex_automata::util::syntax;
+use regex_automata::{Input, MatchKind, PatternSet};
+
+use super::detect::Detector;
+use super::prefilter::required_literals;
+use super::{Category, RuleDef, Target};
+use crate::error::{CompileError, CompileErrorKind};
+use crate::field::{Field, FieldKind, Role};
+use crate::transform::Transform;
+
+/// Lazy-DFA cache bound per multi-pattern regex. Past it the meta regex falls back to
+/// slower but still linear engines instead of growing.
+const MULTI_CACHE_BYTES: usize = 2 * 1024 * 1024;
+/// Cache bound per single-rule regex (used only to find a span after a match).
+const SINGLE_CACHE_BYTES: usize = 256 * 1024;
+/// NFA size bound per regex, so a hostile rule file cannot exhaust memory at build time.
+const NFA_SIZE_LIMIT: usize = 16 * 1024 * 1024;
+
+/// A bit set of roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct RoleMask(pub u8);
+
+impl RoleMask {
+    pub(crate) const DEFAULT: RoleMask =
+        RoleMask((1 << Role::User as u8) | (1 << Role::Tool as u8));
+
+    fn from_roles(r: &[Role]) -> RoleMask {
+        RoleMask(r.iter().fold(0, |m, r| m | (1 << *r as u8)))
+    }
+
+    #[inline]
+    pub(crate) fn admits(self, role: Option<Role>) -> bool {
+        match role {
+            None => true,
+            Some(r) => self.0 & (1 << r as u8) != 0,
+        }
+    }
+}
+
+/// Transform chains as a trie: chains sharing a prefix share nodes, so per field the shared
+/// prefix is computed once. Node 0 is the identity.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TransformTrie {
+    /// `(parent, transform)` per node; node 0's entry is unused.
+    pub(crate) nodes: Vec<(u32, Option<Transform>)>,
+}
+
+impl TransformTrie {
+    fn new() -> TransformTrie {
+        TransformTrie {
+            nodes: vec![(0, None)],
+        }
+    }
+
+    fn insert(&mut self, chain: &[Transform]) -> u32 {
+        let mut at = 0u32;
+        for t in chain {
+            let found = self
+                .nodes
+                .iter()
+                .enumerate()
+                .skip(1)
+                .position(|(_, (p, tt))| *p == at && *tt == Some(*t));
+            at = match found {
+                Some(i) => (i + 1) as u32,
+                None => {
+                    self.nodes.push((at, Some(*t)));
+                    (self.nodes.len() - 1) as u32
+                }
+            };
+        }
+        at
+    }
+
+    /// Whether the chain ending at `node` leaves no ASCII upper case behind.
+    fn lowercases(&self, node: u32) -> bool {
+        // Only the last case-affecting transform matters; decoders after a Lowercase can
+        // reintroduce upper case (`%41`), so Lowercase must be last among them.
+        let mut n = node;
+        while n != 0 {
+            let (p, t) = self.nodes[n as usize];
+            match t {
+                Some(Transform::Lowercase) | Some(Transform::CmdLine) => return true,
+                Some(Transform::CompressWhitespace)
+                | Some(Transform::RemoveWhitespace)
+                | Some(Transform::RemoveNulls)
+                | Some(Transform::NormalizePath) => {}
+                _ => return false,
+            }
+            n = p;
+        }
+        false
+    }
+}
+
+/// How a rule decides.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    /// Index into [`Program::singles`].
+    Regex(u32),
+    Detector(Detector),
+    LengthOver(u64),
+}
+
+/// A rule ready to run.
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledRule {
+    pub(crate) id: u32,
+    pub(crate) name: Arc<str>,
+    pub(crate) category: Category,
+    pub(crate) score: u32,
+    pub(crate) chain: u32,
+    pub(crate) op: Op,
+}
+
+/// Rules sharing targets, roles and transform chain.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub(crate) targets: Vec<Target>,
+    pub(crate) roles: RoleMask,
+    pub(crate) chain: u32,
+    /// Indices into [`Program::rules`] of regex rules, in pattern-id order of `multi`.
+    pub(crate) regex_rules: Vec<u32>,
+    /// All regex rules as one pattern set (all matches reported).
+    pub(crate) multi: Option<Regex>,
+    /// The group's prefilter literals as one leftmost-first multi-pattern regex (pattern id
+    /// = literal index). Regex-automata keeps SIMD literal search (Teddy) for these even in
+    /// `(?i-u)` mode, where aho-corasick's ASCII case-insensitive mode loses it.
+    pub(crate) probe: Option<Regex>,
+    /// Per literal: the local regex rules that become candidates when it is reported. A
+    /// non-overlapping scan can hide a literal occurrence under an overlapping one, so each
+    /// literal also carries the rules of every literal that could overlap it (see
+    /// [`may_overlap`]); that keeps "no candidate" a proof of "no match".
+    pub(crate) lit_rules: Vec<Vec<u16>>,
+    /// One-byte literals (rare punctuation) with their local rules, searched with memchr:
+    /// Teddy's nibble fingerprints turn single bytes like `` ` `` and `"` into false hits on
+    /// every space, so they stay out of `probe`.
+    pub(crate) byte_lits: Vec<(u8, Vec<u16>)>,
+    /// Local regex-rule indices without a usable literal: always candidates.
+    pub(crate) always: Vec<u16>,
+    /// Detector and length rules (indices into [`Program::rules`]).
+    pub(crate) other_rules: Vec<u32>,
+}
+
+impl Group {
+    #[inline]
+    pub(crate) fn selects(&self, f: &Field<'_>) -> bool {
+        self.roles.admits(f.role) && self.targets.iter().any(|t| t.selects(f))
+    }
+}
+
+/// A compiled set of rules for one or more routes.
+#[derive(Debug)]
+pub(crate) struct Program {
+    pub(crate) rules: Vec<CompiledRule>,
+    pub(crate) groups: Vec<Group>,
+    pub(crate) trie: TransformTrie,
+    pub(crate) singles: Vec<Regex>,
+    /// Group indices per field kind, so a field only visits groups that can select it.
+    pub(crate) by_kind: Vec<Vec<u32>>,
+}
+
+/// Whether an occurrence of `b` can overlap an occurrence of `a` that starts at or before
+/// it, i.e. `b` placed at some offset `d >= 0` inside or past the end of `a` agrees with `a`
+/// on the overlap. Literals are lowercase; case-insensitive matching is already folded in.
+pub(crate) fn may_overlap(a: &[u8], b: &[u8]) -> bool {
+    (0..a.len()).any(|d| {
+        let n = (a.len() - d).min(b.len());
+        a[d..d + n] == b[..n]
+    })
+}
+
+/// Escapes bytes for a regex with Unicode off: printable ASCII via `regex_syntax::escape`,
+/// everything else as `\xNN`, so literals with non-ASCII or control bytes stay exact.
+fn escape_bytes(l: &[u8]) -> String {
+    let mut s = String::with_capacity(l.len() * 2);
+    for &b in l {
+        if b.is_ascii_graphic() || b == b' ' {
+            s.push_str(&regex_syntax::escape(
+                std::str::from_utf8(&[b]).unwrap_or(""),
+            ));
+        } else {
+            s.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    s
+}
+
+fn syntax_config() -> syntax::Config {
+    syntax::Config::new().unicode(false).utf8(false)
+}
+
+fn regex_builder(kind: MatchKind, cache: usize) -> meta::Builder {
+    // Multi-pattern sets only answer "which patterns match", so they carry no capture
+    // states at all; single-rule regexes need the implicit group to report a span.
+    let captures = if kind == MatchKind::All {
+        regex_automata::nfa::thompson::WhichCaptures::None
+    } else {
+        regex_automata::nfa::thompson::WhichCaptures::Implicit
+    };
+    let mut b = Regex::builder();
+    b.syntax(syntax_config()).configure(
+        Regex::config()
+            .match_kind(kind)
+            .utf8_empty(false)
+            .which_captures(captures)
+            .nfa_size_limit(Some(NFA_SIZE_LIMIT))
+            .hybrid_cache_capacity(cache),
+    );
+    b
+}
+
+/// The regex source of a regex or literals rule.
+fn pattern_of(def: &RuleDef) -> Option<String> {
+    if let Some(r) = &def.regex {
+        return Some(r.clone());
+    }
+    def.literals.as_ref().map(|ls| {
+        ls.iter()
+            .map(|l| regex_syntax::escape(l))
+            .collect::<Vec<_>>()
+            .join("|")
+    })
+}
+
+/// Validates and compiles one rule's regex, rejecting what we cannot run in linear time.
+pub(crate) fn compile_single(def: &RuleDef, pat: &str) -> Result<Regex, CompileError> {
+    // Parse first for a precise message (look-around and back-references are syntax errors
+    // in regex-syntax, which is exactly the guarantee we want).
+    regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .build()
+        .parse(pat)
+        .map_err(|e| {
+            CompileError::new(CompileErrorKind::InvalidRegex, format!("{e}")).with_rule(def.id)
+        })?;
+    regex_builder(MatchKind::LeftmostFirst, SINGLE_CACHE_BYTES)
+        .build(pat)
+        .map_err(|e| {
+            let kind = if e.size_limit().is_some() {
+                CompileErrorKind::TooLarge
+            } else {
+                CompileErrorKind::InvalidRegex
+            };
+            CompileError::new(kind, format!("{e}")).with_rule(def.id)
+        })
+}
+
+impl Program {
+    /// Compiles the given rules (already filtered for the route).
+    pub(crate) fn build(defs: &[&RuleDef]) -> Result<Program, CompileError> {
+        let mut trie = TransformTrie::new();
+        let mut rules = Vec::with_capacity(defs.len());
+        let mut singles = Vec::new();
+        let mut literal_sets = Vec::new();
+        type Key = (Vec<Target>, RoleMask, u32);
+        let mut groups: BTreeMap<Key, Vec<u32>> = BTreeMap::new();
+        for def in defs {
+            let chain = trie.insert(&def.transforms);
+            let mut targets: Vec<Target> = def
+                .targets
+                .iter()
+                .map(|t| Target::parse(t).map_err(|e| e.with_rule(def.id)))
+                .collect::<Result<_, _>>()?;
+            targets.sort();
+            targets.dedup();
+            let roles = def
+                .roles
+                .as_deref()
+                .map(RoleMask::from_roles)
+                .unwrap_or(RoleMask::DEFAULT);
+            let op = if let Some(pat) = pattern_of(def) {
+                let re = compile_single(def, &pat)?;
+                let hir = regex_syntax::ParserBuilder::new()
+                    .unicode(false)
+                    .utf8(false)
+                    .build()
+                    .parse(&pat)
+                    .ok();
+                literal_sets.push(hir.as_ref().and_then(required_literals));
+                singles.push(re);
+                Op::Regex((singles.len() - 1) as u32)
+            } else if let Some(d) = &def.detector {
+                Op::Detector(Detector::by_name(d).ok_or_else(|| {
+                    CompileError::new(CompileErrorKind::UnknownReference, "unknown detector")
+                        .with_rule(def.id)
+                })?)
+            } else if let Some(n) = def.length_over {
+                Op::LengthOver(n)
+            } else {
+                return Err(CompileError::new(
+                    CompileErrorKind::InvalidValue,
+                    "rule has no operator",
+                )
+                .with_rule(def.id));
+            };
+            groups
+                .entry((targets, roles, chain))
+                .or_default()
+                .push(rules.len() as u32);
+            rules.push(CompiledRule {
+                id: def.id,
+                name: Arc::from(def.name.as_str()),
+                category: def.category,
+                score: def.effective_score(),
+                chain,
+                op,
+            });
+        }
+        let mut out_groups = Vec::with_capacity(groups.len());
+        for ((targets, roles, chain), members) in groups {
+            let mut regex_rules = Vec::new();
+            let mut other_rules = Vec::new();
+            let mut patterns = Vec::new();
+            for &ri in &members {
+                match rules[ri as usize].op {
+                    Op::Regex(si) => {
+                        regex_rules.push(ri);
+                        patterns.push(si);
+                    }
+                    _ => other_rules.push(ri),
+                }
+            }
+            let (multi, probe, lit_rules, byte_lits, always) = if regex_rules.is_empty() {
+                (None, None, Vec::new(), Vec::new(), Vec::new())
+            } else {
+                let sources: Vec<String> = regex_rules
+                    .iter()
+                    .map(|&ri| pattern_of(defs[ri as usize]).unwrap_or_default())
+                    .collect();
+                let multi = regex_builder(MatchKind::All, MULTI_CACHE_BYTES)
+                    .build_many(&sources)
+                    .map_err(|e| {
+                        CompileError::new(CompileErrorKind::TooLarge, format!("rule group: {e}"))
+                    })?;
+                let mut lits: Vec<Vec<u8>> = Vec::new();
+                let mut own: Vec<Vec<u16>> = Vec::new();
+                let mut byte_lits: Vec<(u8, Vec<u16>)> = Vec::new();
+                let mut always = Vec::new();
+                for (local, &si) in patterns.iter().enumerate() {
+                    match &literal_sets[si as usize] {
+                        Some(set) => {
+                            for l in set {
+                                if let [b] = l.as_slice() {
+                                    match byte_lits.iter_mut().find(|(x, _)| x == b) {
+                                        Some((_, v)) => v.push(local as u16),
+                                        None => byte_lits.push((*b, vec![local as u16])),
+                                    }
+                                    continue;
+                                }
+                                match lits.iter().position(|x| x == l) {
+                                    Some(p) => own[p].push(local as u16),
+                                    None => {
+                                        lits.push(l.clone());
+                                        own.push(vec![local as u16]);
+                                    }
+                                }
+                            }
+                        }
+                        None => always.push(local as u16),
+                    }
+                }
+                let lit_rules: Vec<Vec<u16>> = (0..lits.len())
+                    .map(|i| {
+                        let mut v: Vec<u16> = (0..lits.len())
+                            .filter(|&j| j == i || may_overlap(&lits[i], &lits[j]))
+                            .flat_map(|j| own[j].iter().copied())
+                            .collect();
+                        v.sort_unstable();
+                        v.dedup();
+                        v
+                    })
+                    .collect();
+                let probe = if lits.is_empty() {
+                    None
+                } else {
+                    // The chain's output is lowercase when it ends in Lowercase; otherwise
+                    // the (lowercased) literals are matched ASCII-case-insensitively.
+                    let ci = !trie.lowercases(chain);
+                    let pats: Vec<String> = lits
+                        .iter()
+                        .map(|l| {
+                            let e = escape_bytes(l);
+                            if ci {
+                                format!("(?i-u:{e})")
+                            } else {
+                                e
+                            }
+                        })
+                        .collect();
+                    Some(
+                        regex_builder(MatchKind::LeftmostFirst, SINGLE_CACHE_BYTES)
+                            .build_many(&pats)
+                            .map_err(|e| {
+                                CompileError::new(
+                                    CompileErrorKind::TooLarge,
+                                    format!("prefilter: {e}"),
+                                )
+                            })?,
+                    )
+                };
+                (Some(multi), probe, lit_rules, byte_lits, always)
+            };
+            out_groups.push(Group {
+                targets,
+                roles,
+                chain,
+                regex_rules,
+                multi,
+                probe,
+                lit_rules,
+                byte_lits,
+                always,
+                other_rules,
+            });
+        }
+        let mut by_kind = vec![Vec::new(); FieldKind::ALL.len()];
+        for (gi, g) in out_groups.iter().enumerate() {
+            for k in FieldKind::ALL {
+                if g.targets.iter().any(|t| t.kinds & (1 << k as u16) != 0) {
+                    by_kind[k as usize].push(gi as u32);
+                }
+            }
+        }
+        Ok(Program {
+            rules,
+            groups: out_groups,
+            trie,
+            singles,
+            by_kind,
+        })
+    }
+
+    /// Fresh per-worker caches for this program.
+    pub(crate) fn new_caches(&self) -> ProgramCaches {
+        ProgramCaches {
+            multi: self
+                .groups
+                .iter()
+                .map(|g| g.multi.as_ref().map(Regex::create_cache))
+                .collect(),
+            singles: self.singles.iter().map(Regex::create_cache).collect(),
+            probes: self
+                .groups
+                .iter()
+                .map(|g| g.probe.as_ref().map(Regex::create_cache))
+                .collect(),
+            patset: PatternSet::new(
+                self.groups
+                    .iter()
+                    .map(|g| g.regex_rules.len())
+                    .max()
+                    .unwrap_or(0),
+            ),
+            candidates: Vec::new(),
+        }
+    }
+}
+
+/// Per-worker mutable search state for one [`Program`].
+#[derive(Debug, Clone)]
+pub(crate) struct ProgramCaches {
+    multi: Vec<Option<meta::Cache>>,
+    singles: Vec<meta::Cache>,
+    probes: Vec<Option<meta::Cache>>,
+    patset: PatternSet,
+    candidates: Vec<bool>,
+}
+
+/// Per-field transform results, keyed by trie node.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct TransformCache {
+    bufs: Vec<Vec<u8>>,
+    /// 0: not computed; 1: same as parent; 2: own buffer.
+    state: Vec<u8>,
+}
+
+impl TransformCache {
+    /// Forgets the previous field's results (keeps the buffers).
+    #[inline]
+    pub(crate) fn reset(&mut self, nodes: usize) {
+        if self.state.len() < nodes {
+            self.state.resize(nodes, 0);
+            self.bufs.resize_with(nodes, Vec::new);
+        }
+        self.state[..nodes].fill(0);
+    }
+
+    fn compute(&mut self, trie: &TransformTrie, input: &[u8], node: u32) {
+        if node == 0 || self.state[node as usize] != 0 {
+            return;
+        }
+        let (parent, t) = trie.nodes[node as usize];
+        self.compute(trie, input, parent);
+        let src_node = self.resolve(trie, parent);
+        let mut out = std::mem::take(&mut self.bufs[node as usize]);
+        let src: &[u8] = if src_node == 0 {
+            input
+        } else {
+            &self.bufs[src_node as usize]
+        };
+        let changed = t.is_some_and(|t| t.apply(src, &mut out));
+        self.bufs[node as usize] = out;
+        self.state[node as usize] = if changed { 2 } else { 1 };
+    }
+
+    /// The node whose buffer holds `node`'s value (0 = the input itself).
+    fn resolve(&self, trie: &TransformTrie, mut node: u32) -> u32 {
+        while node != 0 && self.state[node as usize] == 1 {
+            node = trie.nodes[node as usize].0;
+        }
+        node
+    }
+
+    /// The value of `input` after the chain ending at `node`, computing shared prefixes once
+    /// per field.
+    pub(crate) fn value<'a>(
+        &'a mut self,
+        trie: &TransformTrie,
+        input: &'a [u8],
+        node: u32,
+    ) -> &'a [u8] {
+        self.compute(trie, input, node);
+        match self.resolve(trie, node) {
+            0 => input,
+            n => &self.bufs[n as usize],
+        }
+    }
+}
+
+/// What a scan reports for each matching rule: the rule index, the transformed value and the
+/// match span in it.
+pub(crate) type OnMatch<'m> = dyn FnMut(u32, &[u8], (usize, usize)) + 'm;
+
+/// Candidate counts at or below this run single-rule regexes instead of the group's
+/// multi-pattern regex: one or two targeted searches beat a full overlapping pass.
+const SINGLES_MAX: usize = 2;
+
+impl Program {
+    /// Runs every group that selects `field` and reports matches.
+    pub(crate) fn scan(
+        &self,
+        caches: &mut ProgramCaches,
+        tc: &mut TransformCache,
+        field: &Field<'_>,
+        prefilter_on: bool,
+        on_match: &mut OnMatch<'_>,
+    ) {
+        let groups = &self.by_kind[field.kind as usize];
+        if groups.is_empty() {
+            return;
+        }
+        tc.reset(self.trie.nodes.len());
+        for &gi in groups {
+            let g = &self.groups[gi as usize];
+            if !g.selects(field) {
+                continue;
+            }
+            let value = tc.value(&self.trie, field.value, g.chain);
+            for &ri in &g.other_rules {
+                let span = match self.rules[ri as usize].op {
+                    Op::Detector(d) => d.run(value),
+                    Op::LengthOver(n) => (value.len() as u64 > n).then_some((0, value.len())),
+                    Op::Regex(_) => None,
+                };
+                if let Some(span) = span {
+                    on_match(ri, value, span);
+                }
+            }
+            let Some(multi) = &g.multi else { continue };
+            let n = g.regex_rules.len();
+            let cand = &mut caches.candidates;
+            cand.clear();
+            let unfiltered = g.probe.is_none() && g.byte_lits.is_empty();
+            cand.resize(n, !prefilter_on || unfiltered);
+            let mut count = if cand.first().copied().unwrap_or(false) {
+                n
+            } else {
+                0
+            };
+            if count == 0 {
+                for &l in &g.always {
+                    if !cand[l as usize] {
+                        cand[l as usize] = true;
+                        count += 1;
+                    }
+                }
+                for (b, rules) in &g.byte_lits {
+                    if memchr::memchr(*b, value).is_some() {
+                        for &l in rules {
+                            if !cand[l as usize] {
+                                cand[l as usize] = true;
+                                count += 1;
+                            }
+                        }
+                    }
+                }
+                if let (Some(probe), Some(pc)) = (&g.probe, caches.probes[gi as usize].as_mut()) {
+                    let mut input = Input::new(value);
+                    while count < n {
+                        let Some(m) = probe.search_with(pc, &input) else {
+                            break;
+                        };
+                        for &l in &g.lit_rules[m.pattern().as_usize()] {
+                            if !cand[l as usize] {
+                                cand[l as usize] = true;
+                                count += 1;
+                            }
+                        }
+                        // Literals are never empty, so this always advances.
+                        input.set_start(m.end());
+                    }
+                }
+                if count == 0 {
+                    continue;
+                }
+            }
+            let input = Input::new(value);
+            if count > SINGLES_MAX {
+                let cache = caches.multi[gi as usize]
+                    .as_mut()
+                    .expect("cache exists for every multi regex");
+                caches.patset.clear();
+                multi.which_overlapping_matches_with(cache, &input, &mut caches.patset);
+                if caches.patset.is_empty() {
+                    continue;
+                }
+                for (l, c) in cand.iter_mut().enumerate() {
+                    *c = *c && caches.patset.contains(regex_automata::PatternID::must(l));
+                }
+            }
+            for l in 0..n {
+                if !caches.candidates[l] {
+                    continue;
+                }
+                let ri = g.regex_rules[l];
+                let Op::Regex(si) = self.rules[ri as usize].op else {
+                    continue;
+                };
+                let si = si as usize;
+                if let Some(m) = self.singles[si].search_with(&mut caches.singles[si], &input) {
+                    on_match(ri, value, (m.start(), m.end()));
+                }
+            }
+        }
+    }
+
+    /// Runs one rule on one value (for inline rule tests); returns the span if it matches.
+    pub(crate) fn test_value(
+        &self,
+        caches: &mut ProgramCaches,
+        tc: &mut TransformCache,
+        rule: u32,
+        value: &[u8],
+    ) -> Option<(usize, usize)> {
+        let r = &self.rules[rule as usize];
+        tc.reset(self.trie.nodes.len());
+        let v = tc.value(&self.trie, value, r.chain);
+        match r.op {
+            Op::Detector(d) => d.run(v),
+            Op::LengthOver(n) => (v.len() as u64 > n).then_some((0, v.len())),
+            Op::Regex(si) => self.singles[si as usize]
+                .search_with(&mut caches.singles[si as usize], &Input::new(v))
+                .map(|m| (m.start(), m.end())),
+        }
+    }
+}

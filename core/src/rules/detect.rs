@@ -1,0 +1,106 @@
+//! Detectors: checks that a regular expression expresses badly, written as code.
+//!
+//! A detector reads the transformed value and returns the span of its first finding. Each
+//! must be linear in the value's length and must not allocate.
+
+/// A built-in detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Detector {
+    /// Text a human cannot see but a model reads: Unicode tag characters (U+E0000–U+E007F),
+    /// bidi overrides and isolates, or zero-width characters splitting words.
+    InvisibleText,
+    /// ASCII control characters other than tab, CR and LF (NUL, ESC, backspace, …) in text.
+    ControlChars,
+}
+
+impl Detector {
+    /// Every detector.
+    pub const ALL: [Detector; 2] = [Detector::InvisibleText, Detector::ControlChars];
+
+    /// The name used in rule files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Detector::InvisibleText => "invisible_text",
+            Detector::ControlChars => "control_chars",
+        }
+    }
+
+    /// Looks a detector up by name.
+    pub fn by_name(name: &str) -> Option<Detector> {
+        Detector::ALL.iter().copied().find(|d| d.name() == name)
+    }
+
+    /// Runs the detector; returns the span of the first finding.
+    pub fn run(self, value: &[u8]) -> Option<(usize, usize)> {
+        match self {
+            Detector::InvisibleText => invisible_text(value),
+            Detector::ControlChars => value
+                .iter()
+                .position(|&b| b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n'))
+                .map(|i| (i, i + 1)),
+        }
+    }
+}
+
+/// Zero-width characters become a finding only when this many split words, because a single
+/// ZWJ is normal inside emoji sequences and a single ZWNJ in Persian or Hindi text.
+const ZERO_WIDTH_MIN: usize = 3;
+
+fn invisible_text(v: &[u8]) -> Option<(usize, usize)> {
+    // All targets are 3- or 4-byte UTF-8 sequences starting with 0xE2, 0xEF or 0xF3, so
+    // ASCII-only text is rejected by one memchr3 pass.
+    let mut zero_width = 0usize;
+    let mut first_zw = None;
+    let mut at = 0;
+    while let Some(off) = memchr::memchr3(0xE2, 0xEF, 0xF3, &v[at..]) {
+        let i = at + off;
+        let rest = &v[i..];
+        match rest {
+            // U+E0000..U+E007F: F3 A0 80 80 ..= F3 A0 81 BF
+            [0xF3, 0xA0, 0x80 | 0x81, _, ..] => return Some((i, i + 4)),
+            // U+202A..U+202E: E2 80 AA..AE; U+2066..U+2069: E2 81 A6..A9
+            [0xE2, 0x80, 0xAA..=0xAE, ..] | [0xE2, 0x81, 0xA6..=0xA9, ..] => {
+                return Some((i, i + 3))
+            }
+            // U+200B..U+200D: E2 80 8B..8D; U+2060: E2 81 A0; U+FEFF: EF BB BF
+            [0xE2, 0x80, 0x8B..=0x8D, ..] | [0xE2, 0x81, 0xA0, ..] | [0xEF, 0xBB, 0xBF, ..] => {
+                zero_width += 1;
+                first_zw.get_or_insert(i);
+                if zero_width >= ZERO_WIDTH_MIN {
+                    return first_zw.map(|s| (s, i + 3));
+                }
+            }
+            _ => {}
+        }
+        at = i + 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invisible() {
+        let d = Detector::InvisibleText;
+        assert_eq!(d.run(b"plain text"), None);
+        assert!(d.run("hi \u{E0041}\u{E0042}".as_bytes()).is_some());
+        assert!(d.run("abc \u{202E}gnp.exe".as_bytes()).is_some());
+        assert!(d.run("i\u{200B}g\u{200B}n\u{200B}ore".as_bytes()).is_some());
+        // One joiner in an emoji is normal.
+        assert_eq!(d.run("👩\u{200D}💻 writes code".as_bytes()), None);
+        assert_eq!(d.run("truncated \u{E2}".as_bytes()), None);
+        assert_eq!(d.run(&[0xF3, 0xA0]), None);
+    }
+
+    #[test]
+    fn control() {
+        assert_eq!(Detector::ControlChars.run(b"a\tb\r\n"), None);
+        assert_eq!(Detector::ControlChars.run(b"a\x00b"), Some((1, 2)));
+        assert_eq!(
+            Detector::by_name("control_chars"),
+            Some(Detector::ControlChars)
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! Shared helpers for the integration tests: the test-vector model and a corpus reader.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use edgeward::{Decision, Engine, Request, Scratch};
+use serde::Deserialize;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct VectorFile {
+    pub case: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub name: String,
+    pub method: String,
+    pub uri: String,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub body_b64: Option<String>,
+    pub action: String,
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub rules: Vec<u32>,
+    #[serde(default)]
+    pub not_rules: Vec<u32>,
+    #[serde(default)]
+    pub route: Option<String>,
+}
+
+impl Case {
+    pub fn body(&self) -> Vec<u8> {
+        match (&self.body_b64, &self.body) {
+            (Some(b), _) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .expect("valid body_b64"),
+            (None, Some(b)) => b.as_bytes().to_vec(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    pub fn inspect(&self, engine: &Engine, scratch: &mut Scratch) -> Decision {
+        let body = self.body();
+        let headers: Vec<(&[u8], &[u8])> = self
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+            .collect();
+        let req = Request::new(self.method.as_bytes(), self.uri.as_bytes())
+            .with_headers(&headers)
+            .with_body(&body);
+        engine.inspect_with(scratch, &req)
+    }
+
+    /// Checks a decision against the case; returns a description of every mismatch.
+    pub fn check(&self, d: &Decision) -> Vec<String> {
+        let mut bad = Vec::new();
+        let action = if d.is_allowed() { "allow" } else { "deny" };
+        if action != self.action {
+            bad.push(format!("action {action}, expected {}", self.action));
+        }
+        if let Some(s) = self.status {
+            if d.status() != Some(s) {
+                bad.push(format!("status {:?}, expected {s}", d.status()));
+            }
+        }
+        for r in &self.rules {
+            if !d.matched(*r) {
+                bad.push(format!("rule {r} did not match"));
+            }
+        }
+        for r in &self.not_rules {
+            if d.matched(*r) {
+                bad.push(format!("rule {r} matched"));
+            }
+        }
+        if let Some(r) = &self.route {
+            if &*d.route != r {
+                bad.push(format!("route {}, expected {r}", d.route));
+            }
+        }
+        bad
+    }
+}
+
+/// Every vector case from `rulesets/tests/*.toml`, with its file name.
+pub fn vectors() -> Vec<(String, Case)> {
+    let dir = root().join("rulesets/tests");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("rulesets/tests exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let v: VectorFile =
+            toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        out.extend(v.case.into_iter().map(|c| (name.clone(), c)));
+    }
+    out
+}
+
+/// One corpus row (see shared/corpora/README.md).
+#[derive(Debug, Deserialize)]
+pub struct Row {
+    pub id: String,
+    #[serde(default)]
+    pub method: Option<String>,
+    pub uri: String,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub body_b64: Option<String>,
+    #[serde(default)]
+    pub label: String,
+}
+
+impl Row {
+    pub fn inspect(&self, engine: &Engine, scratch: &mut Scratch) -> Decision {
+        let body = match (&self.body_b64, &self.body) {
+            (Some(b), _) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .unwrap_or_default(),
+            (None, Some(b)) => b.as_bytes().to_vec(),
+            _ => Vec::new(),
+        };
+        let headers: Vec<(&[u8], &[u8])> = self
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+            .collect();
+        let m = self.method.as_deref().unwrap_or("GET");
+        let req = Request::new(m.as_bytes(), self.uri.as_bytes())
+            .with_headers(&headers)
+            .with_body(&body);
+        engine.inspect_with(scratch, &req)
+    }
+}
+
+/// The shared corpora directory, if this checkout has it beside it (CI and dev machines do).
+pub fn corpora_dir() -> Option<PathBuf> {
+    let d = root().join("../shared/corpora");
+    d.is_dir().then_some(d)
+}
+
+/// Up to `per_file` rows from every corpus file, spread evenly over each file.
+pub fn corpus_sample(per_file: usize) -> Vec<Row> {
+    let Some(dir) = corpora_dir() else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let step = (lines.len() / per_file.max(1)).max(1);
+        for l in lines.iter().step_by(step).take(per_file) {
+            if let Ok(r) = serde_json::from_str::<Row>(l) {
+                out.push(r);
+            }
+        }
+    }
+    out
+}
