@@ -1,7 +1,16 @@
 //! Request builders shared by the benchmarks.
 
-/// Filler prose: ordinary English with punctuation, no escapes, like a typical chat prompt.
-const PROSE: &str = "The committee reviewed the quarterly figures and noted that shipping costs rose along the northern routes, while demand in the coastal cities stayed flat. ";
+/// Filler prose: an ordinary chat prompt, deliberately full of the everyday words that
+/// prompt-injection rules also contain ("from", "your", "rules", "system", "text above",
+/// "start", "mode"), so the benchmark pays for realistic prefilter hits instead of a text
+/// that no literal ever matches.
+const PROSE: &str =
+    "Here is the text of our onboarding guide for new support staff. Please rewrite it so that \
+it is easier to read, keep the rules from the original version, and start with a short summary of \
+the main steps. Your answer should use plain language and avoid jargon. The system we use for \
+tickets has a training mode that new hires can enable before they take real calls; mention it in \
+the section above the checklist. Don't repeat the same advice twice, and keep every step given in \
+the message below. ";
 
 /// An OpenAI chat-completions body of about `size` bytes with a system and a user message.
 /// With `attack`, a prompt injection sits in the middle of the user text.

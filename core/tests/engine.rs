@@ -27,7 +27,7 @@ fn prefilter_on_and_off_decide_identically() {
     }
     // The labeled corpora hold tens of thousands of real attacks and benign requests; a
     // spread sample of every file keeps this test fast in debug builds.
-    let rows = common::corpus_sample(400);
+    let rows = common::corpus_sample(usize::MAX);
     if rows.is_empty() {
         eprintln!("note: ../shared/corpora not found; compared the vectors only");
     }
@@ -302,4 +302,109 @@ fn engine_is_shared_across_threads() {
 fn rule_inline_tests_pass() {
     let failures = Engine::default_engine().run_rule_tests();
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn engine_types_are_thread_safe() {
+    fn shared<T: Send + Sync + Clone + 'static>() {}
+    fn owned<T: Send + 'static>() {}
+    shared::<Engine>();
+    owned::<edgeward::Scratch>();
+    owned::<edgeward::Decision>();
+}
+
+mod prefilter_property {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Pieces of rule literals, overlapping and prefix-related words, and separators: random
+    /// concatenations hit the prefilter's edge cases (literals overlapping each other, several
+    /// literals at one position, conjunctions satisfied piece by piece).
+    const PIECES: &[&str] = &[
+        "ignore",
+        "ignor",
+        "ignored",
+        "all ",
+        "previous",
+        "prev",
+        "instructions",
+        "instruction",
+        "your new task is",
+        "new instructions:",
+        "from now on, you are",
+        "system prompt",
+        "repeat",
+        "the words above",
+        "' or '1'='1",
+        "union",
+        "select",
+        "union select",
+        "sleep(5)",
+        "${jndi:",
+        "${",
+        "<script>",
+        "<scrip",
+        "onerror=",
+        "../",
+        "..",
+        "/etc/passwd",
+        "169.254.169.254",
+        "developer mode enabled",
+        "do anything now",
+        "<|im_start|>",
+        "<|im",
+        " ",
+        "  ",
+        "\n",
+        "'",
+        "\"",
+        "`",
+        ";",
+        "|",
+        "$(",
+        "%27",
+        "%20",
+        "&lt;",
+        "\\u0041",
+        "A",
+        "z",
+    ];
+
+    fn text() -> impl Strategy<Value = String> {
+        proptest::collection::vec(proptest::sample::select(PIECES), 0..24).prop_map(|v| v.concat())
+    }
+
+    fn engines() -> &'static (Engine, Engine) {
+        static E: std::sync::OnceLock<(Engine, Engine)> = std::sync::OnceLock::new();
+        E.get_or_init(|| {
+            let off = Engine::builder()
+                .config(Config {
+                    prefilter: false,
+                    ..Config::default()
+                })
+                .build(&Policy::default_policy())
+                .unwrap();
+            (Engine::default_engine(), off)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn prefilter_on_equals_off(t in text()) {
+            let (on, off) = engines();
+            let body = serde_json::json!({
+                "model": "m",
+                "messages": [{"role": "user", "content": t}]
+            })
+            .to_string();
+            let r = chat(body.as_bytes());
+            prop_assert_eq!(on.inspect(&r), off.inspect(&r));
+            let q: String = t.bytes().map(|b| format!("%{b:02X}")).collect();
+            let uri = format!("/search?q={q}");
+            let r = Request::new(b"GET", uri.as_bytes());
+            prop_assert_eq!(on.inspect(&r), off.inspect(&r));
+        }
+    }
 }

@@ -5,6 +5,13 @@
 //! with default settings costs tens of milliseconds and gigabytes of cache, so every regex
 //! here is byte-oriented (ASCII classes), carries no capture states, has a bounded cache,
 //! and only runs on a field after the prefilter said some of its rules may match.
+//!
+//! The prefilter is ours (a literal → rule map, see `prefilter.rs`), but its search is
+//! delegated: multi-byte literals go into one leftmost-first regex-automata literal set per
+//! group (which runs aho-corasick's Teddy SIMD searcher underneath, also in `(?i-u)` mode,
+//! where aho-corasick's own ASCII case-insensitive mode would lose it), and one-byte
+//! literals are found with `memchr`. A direct aho-corasick overlapping search was measured
+//! first: it walks the automaton byte by byte and cost half of a 4 KiB inspection.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -125,6 +132,25 @@ pub(crate) struct CompiledRule {
     pub(crate) op: Op,
 }
 
+/// Finds the leftmost literal occurrence at or after a position.
+#[derive(Debug)]
+pub(crate) enum Probe {
+    /// Case-sensitive (the chain lowercased the value): aho-corasick's leftmost-first
+    /// search with its Teddy SIMD prefilter, a few tens of nanoseconds per call.
+    Exact(aho_corasick::AhoCorasick),
+    /// ASCII case-insensitive: a regex-automata literal set in `(?i-u)` mode, which keeps
+    /// Teddy, where aho-corasick's own case-insensitive mode falls back to a byte-at-a-time
+    /// automaton.
+    Folded(Regex),
+}
+
+/// "Literal of required set `bit` of local rule `rule` was seen."
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Hit {
+    rule: u16,
+    bit: u32,
+}
+
 /// Rules sharing targets, roles and transform chain.
 #[derive(Debug)]
 pub(crate) struct Group {
@@ -138,16 +164,19 @@ pub(crate) struct Group {
     /// The group's prefilter literals as one leftmost-first multi-pattern regex (pattern id
     /// = literal index). Regex-automata keeps SIMD literal search (Teddy) for these even in
     /// `(?i-u)` mode, where aho-corasick's ASCII case-insensitive mode loses it.
-    pub(crate) probe: Option<Regex>,
-    /// Per literal: the local regex rules that become candidates when it is reported. A
-    /// non-overlapping scan can hide a literal occurrence under an overlapping one, so each
-    /// literal also carries the rules of every literal that could overlap it (see
-    /// [`may_overlap`]); that keeps "no candidate" a proof of "no match".
-    pub(crate) lit_rules: Vec<Vec<u16>>,
+    pub(crate) probe: Option<Probe>,
+    /// Per literal: the (rule, required set) pairs it satisfies. A leftmost-first scan
+    /// reports one literal per start position, so each literal also carries the pairs of
+    /// every literal that could match at the same position (see [`may_overlap`]); that keeps
+    /// "no candidate" a proof of "no match".
+    pub(crate) lit_rules: Vec<Vec<Hit>>,
+    /// Per local regex rule: one mask per branch of its prefilter condition, one bit per
+    /// required literal set; the rule is a candidate once some branch's bits are all set.
+    pub(crate) branch_masks: Vec<Vec<u32>>,
     /// One-byte literals (rare punctuation) with their local rules, searched with memchr:
     /// Teddy's nibble fingerprints turn single bytes like `` ` `` and `"` into false hits on
     /// every space, so they stay out of `probe`.
-    pub(crate) byte_lits: Vec<(u8, Vec<u16>)>,
+    pub(crate) byte_lits: Vec<(u8, Vec<Hit>)>,
     /// Local regex-rule indices without a usable literal: always candidates.
     pub(crate) always: Vec<u16>,
     /// Detector and length rules (indices into [`Program::rules`]).
@@ -172,14 +201,12 @@ pub(crate) struct Program {
     pub(crate) by_kind: Vec<Vec<u32>>,
 }
 
-/// Whether an occurrence of `b` can overlap an occurrence of `a` that starts at or before
-/// it, i.e. `b` placed at some offset `d >= 0` inside or past the end of `a` agrees with `a`
-/// on the overlap. Literals are lowercase; case-insensitive matching is already folded in.
+/// Whether `a` and `b` can both match at the same position: then one is a prefix of the
+/// other. The probe resumes one byte after each reported match *start*, so every literal
+/// occurrence is either reported or starts where a prefix-related one was reported;
+/// linking those pairs keeps the scan exact without overlapping search.
 pub(crate) fn may_overlap(a: &[u8], b: &[u8]) -> bool {
-    (0..a.len()).any(|d| {
-        let n = (a.len() - d).min(b.len());
-        a[d..d + n] == b[..n]
-    })
+    a.starts_with(b) || b.starts_with(a)
 }
 
 /// Escapes bytes for a regex with Unicode off: printable ASCII via `regex_syntax::escape`,
@@ -290,7 +317,7 @@ impl Program {
                     .build()
                     .parse(&pat)
                     .ok();
-                literal_sets.push(hir.as_ref().and_then(required_literals));
+                literal_sets.push(hir.as_ref().map(required_literals).unwrap_or_default());
                 singles.push(re);
                 Op::Regex((singles.len() - 1) as u32)
             } else if let Some(d) = &def.detector {
@@ -334,8 +361,10 @@ impl Program {
                     _ => other_rules.push(ri),
                 }
             }
-            let (multi, probe, lit_rules, byte_lits, always) = if regex_rules.is_empty() {
-                (None, None, Vec::new(), Vec::new(), Vec::new())
+            let (multi, probe, lit_rules, byte_lits, always, branch_masks) = if regex_rules
+                .is_empty()
+            {
+                (None, None, Vec::new(), Vec::new(), Vec::new(), Vec::new())
             } else {
                 let sources: Vec<String> = regex_rules
                     .iter()
@@ -346,36 +375,53 @@ impl Program {
                     .map_err(|e| {
                         CompileError::new(CompileErrorKind::TooLarge, format!("rule group: {e}"))
                     })?;
+                // Each rule has up to MAX_CONJ literal sets, all required; a literal hit
+                // sets the bit of its set, and the rule is a candidate when all bits are set.
                 let mut lits: Vec<Vec<u8>> = Vec::new();
-                let mut own: Vec<Vec<u16>> = Vec::new();
-                let mut byte_lits: Vec<(u8, Vec<u16>)> = Vec::new();
+                let mut own: Vec<Vec<Hit>> = Vec::new();
+                let mut byte_lits: Vec<(u8, Vec<Hit>)> = Vec::new();
                 let mut always = Vec::new();
+                let mut branch_masks: Vec<Vec<u32>> = Vec::with_capacity(patterns.len());
                 for (local, &si) in patterns.iter().enumerate() {
-                    match &literal_sets[si as usize] {
-                        Some(set) => {
+                    let dnf = &literal_sets[si as usize];
+                    if dnf.is_empty() {
+                        always.push(local as u16);
+                    }
+                    let mut masks = Vec::with_capacity(dnf.len());
+                    let mut next_bit = 0u32;
+                    for branch in dnf {
+                        let mut mask = 0u32;
+                        for set in branch {
+                            let hit = Hit {
+                                rule: local as u16,
+                                bit: 1 << next_bit,
+                            };
+                            mask |= hit.bit;
+                            next_bit += 1;
                             for l in set {
                                 if let [b] = l.as_slice() {
                                     match byte_lits.iter_mut().find(|(x, _)| x == b) {
-                                        Some((_, v)) => v.push(local as u16),
-                                        None => byte_lits.push((*b, vec![local as u16])),
+                                        Some((_, v)) => v.push(hit),
+                                        None => byte_lits.push((*b, vec![hit])),
                                     }
                                     continue;
                                 }
                                 match lits.iter().position(|x| x == l) {
-                                    Some(p) => own[p].push(local as u16),
+                                    Some(p) => own[p].push(hit),
                                     None => {
                                         lits.push(l.clone());
-                                        own.push(vec![local as u16]);
+                                        own.push(vec![hit]);
                                     }
                                 }
                             }
                         }
-                        None => always.push(local as u16),
+                        masks.push(mask);
                     }
+                    branch_masks.push(masks);
                 }
-                let lit_rules: Vec<Vec<u16>> = (0..lits.len())
+                let lit_rules: Vec<Vec<Hit>> = (0..lits.len())
                     .map(|i| {
-                        let mut v: Vec<u16> = (0..lits.len())
+                        let mut v: Vec<Hit> = (0..lits.len())
                             .filter(|&j| j == i || may_overlap(&lits[i], &lits[j]))
                             .flat_map(|j| own[j].iter().copied())
                             .collect();
@@ -386,22 +432,25 @@ impl Program {
                     .collect();
                 let probe = if lits.is_empty() {
                     None
+                } else if trie.lowercases(chain) {
+                    Some(Probe::Exact(
+                        aho_corasick::AhoCorasick::builder()
+                            .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+                            .build(&lits)
+                            .map_err(|e| {
+                                CompileError::new(
+                                    CompileErrorKind::TooLarge,
+                                    format!("prefilter: {e}"),
+                                )
+                            })?,
+                    ))
                 } else {
-                    // The chain's output is lowercase when it ends in Lowercase; otherwise
-                    // the (lowercased) literals are matched ASCII-case-insensitively.
-                    let ci = !trie.lowercases(chain);
+                    // Literals are stored lowercased; the value is not, so match folded.
                     let pats: Vec<String> = lits
                         .iter()
-                        .map(|l| {
-                            let e = escape_bytes(l);
-                            if ci {
-                                format!("(?i-u:{e})")
-                            } else {
-                                e
-                            }
-                        })
+                        .map(|l| format!("(?i-u:{})", escape_bytes(l)))
                         .collect();
-                    Some(
+                    Some(Probe::Folded(
                         regex_builder(MatchKind::LeftmostFirst, SINGLE_CACHE_BYTES)
                             .build_many(&pats)
                             .map_err(|e| {
@@ -410,9 +459,16 @@ impl Program {
                                     format!("prefilter: {e}"),
                                 )
                             })?,
-                    )
+                    ))
                 };
-                (Some(multi), probe, lit_rules, byte_lits, always)
+                (
+                    Some(multi),
+                    probe,
+                    lit_rules,
+                    byte_lits,
+                    always,
+                    branch_masks,
+                )
             };
             out_groups.push(Group {
                 targets,
@@ -423,6 +479,7 @@ impl Program {
                 probe,
                 lit_rules,
                 byte_lits,
+                branch_masks,
                 always,
                 other_rules,
             });
@@ -456,7 +513,10 @@ impl Program {
             probes: self
                 .groups
                 .iter()
-                .map(|g| g.probe.as_ref().map(Regex::create_cache))
+                .map(|g| match &g.probe {
+                    Some(Probe::Folded(r)) => Some(r.create_cache()),
+                    _ => None,
+                })
                 .collect(),
             patset: PatternSet::new(
                 self.groups
@@ -466,6 +526,7 @@ impl Program {
                     .unwrap_or(0),
             ),
             candidates: Vec::new(),
+            hits: Vec::new(),
         }
     }
 }
@@ -476,6 +537,7 @@ pub(crate) struct ProgramCaches {
     multi: Vec<Option<meta::Cache>>,
     singles: Vec<meta::Cache>,
     probes: Vec<Option<meta::Cache>>,
+    hits: Vec<u32>,
     patset: PatternSet,
     candidates: Vec<bool>,
 }
@@ -583,7 +645,10 @@ impl Program {
             let Some(multi) = &g.multi else { continue };
             let n = g.regex_rules.len();
             let cand = &mut caches.candidates;
+            let hits = &mut caches.hits;
             cand.clear();
+            hits.clear();
+            hits.resize(n, 0);
             let unfiltered = g.probe.is_none() && g.byte_lits.is_empty();
             cand.resize(n, !prefilter_on || unfiltered);
             let mut count = if cand.first().copied().unwrap_or(false) {
@@ -598,31 +663,42 @@ impl Program {
                         count += 1;
                     }
                 }
+                let mut mark = |h: &Hit, count: &mut usize| {
+                    let l = h.rule as usize;
+                    if !cand[l] {
+                        hits[l] |= h.bit;
+                        if g.branch_masks[l].iter().any(|&m| hits[l] & m == m) {
+                            cand[l] = true;
+                            *count += 1;
+                        }
+                    }
+                };
                 for (b, rules) in &g.byte_lits {
                     if memchr::memchr(*b, value).is_some() {
-                        for &l in rules {
-                            if !cand[l as usize] {
-                                cand[l as usize] = true;
-                                count += 1;
-                            }
+                        for h in rules {
+                            mark(h, &mut count);
                         }
                     }
                 }
-                if let (Some(probe), Some(pc)) = (&g.probe, caches.probes[gi as usize].as_mut()) {
-                    let mut input = Input::new(value);
-                    while count < n {
-                        let Some(m) = probe.search_with(pc, &input) else {
-                            break;
-                        };
-                        for &l in &g.lit_rules[m.pattern().as_usize()] {
-                            if !cand[l as usize] {
-                                cand[l as usize] = true;
-                                count += 1;
-                            }
-                        }
-                        // Literals are never empty, so this always advances.
-                        input.set_start(m.end());
+                let mut at = 0;
+                while count < n && at < value.len() {
+                    // Resuming one byte after each reported match *start* (not its end)
+                    // finds literals that overlap it; see `may_overlap` for those starting
+                    // at the same byte.
+                    let found = match (&g.probe, caches.probes[gi as usize].as_mut()) {
+                        (Some(Probe::Exact(ac)), _) => ac
+                            .find(aho_corasick::Input::new(value).span(at..value.len()))
+                            .map(|m| (m.pattern().as_usize(), m.start())),
+                        (Some(Probe::Folded(re)), Some(pc)) => re
+                            .search_with(pc, &Input::new(value).range(at..))
+                            .map(|m| (m.pattern().as_usize(), m.start())),
+                        _ => None,
+                    };
+                    let Some((lit, start)) = found else { break };
+                    for h in &g.lit_rules[lit] {
+                        mark(h, &mut count);
                     }
+                    at = start + 1;
                 }
                 if count == 0 {
                     continue;

@@ -18,13 +18,101 @@ const MAX_CLASS: usize = 4;
 /// A set of alternatives, one of which every match contains; ASCII-lowercased.
 pub(crate) type LiteralSet = Vec<Vec<u8>>;
 
-/// Returns the best required-literal set of `hir`, or `None` if it has none worth using.
-pub(crate) fn required_literals(hir: &Hir) -> Option<LiteralSet> {
-    let set = required(hir)?;
-    if set.is_empty() || set.iter().any(|l| !useful(l)) || set.len() > MAX_SET {
-        return None;
+/// At most this many required sets are kept per rule. All of them must be hit before the
+/// rule becomes a candidate ("ignore" *and* "instructions"), which is what keeps
+/// natural-language rules from running their regex on every ordinary prompt.
+pub(crate) const MAX_CONJ: usize = 3;
+
+/// Most branches kept for a rule written as an alternation of phrases.
+pub(crate) const MAX_BRANCHES: usize = 8;
+
+/// A rule's prefilter condition in disjunctive normal form: the rule can match only if, for
+/// some branch, every literal set of that branch has a literal in the value. Empty means
+/// "no usable condition": the rule always runs.
+pub(crate) type Dnf = Vec<Vec<LiteralSet>>;
+
+/// Computes the prefilter condition of `hir`. A top-level alternation of phrases
+/// (`ignore … instructions|your new task is`) keeps one conjunction per phrase, so each
+/// phrase needs all of its own words; anything else is one conjunction.
+pub(crate) fn required_literals(hir: &Hir) -> Dnf {
+    if let Some(branches) = dnf(hir) {
+        if branches.len() <= MAX_BRANCHES && branches.iter().map(Vec::len).sum::<usize>() <= 32 {
+            return branches;
+        }
     }
-    Some(set)
+    let conj = prune(required_all(hir));
+    if conj.is_empty() {
+        Vec::new()
+    } else {
+        vec![conj]
+    }
+}
+
+fn dnf(hir: &Hir) -> Option<Dnf> {
+    match hir.kind() {
+        HirKind::Capture(c) => dnf(&c.sub),
+        HirKind::Alternation(alts) => {
+            let mut out = Vec::new();
+            for a in alts {
+                out.extend(dnf(a)?);
+                if out.len() > MAX_BRANCHES {
+                    return None;
+                }
+            }
+            Some(out)
+        }
+        HirKind::Concat(cs) => {
+            // `\b(?:a|b)` and `^(?:a|b)$`: zero-width assertions around one alternation.
+            let mut rest = cs.iter().filter(|c| !matches!(c.kind(), HirKind::Look(_)));
+            match (rest.next(), rest.next()) {
+                (Some(only), None)
+                    if matches!(only.kind(), HirKind::Alternation(_) | HirKind::Capture(_)) =>
+                {
+                    dnf(only)
+                }
+                _ => conj(hir),
+            }
+        }
+        _ => conj(hir),
+    }
+}
+
+fn conj(hir: &Hir) -> Option<Dnf> {
+    let c = prune(required_all(hir));
+    (!c.is_empty()).then(|| vec![c])
+}
+
+/// Frequent English words: a literal set containing one is hit several times in every
+/// ordinary prompt, and each hit costs a search call. Such sets are kept only when a
+/// conjunction has nothing rarer; dropping a set from a conjunction is always sound.
+const COMMON: &[&str] = &[
+    "the", "and", "you", "your", "for", "that", "this", "with", "from", "have", "are", "was",
+    "were", "not", "but", "all", "any", "can", "will", "what", "when", "which", "there", "their",
+    "about", "would", "make", "like", "just", "know", "take", "into", "year", "some", "could",
+    "them", "than", "then", "now", "only", "its", "over", "also", "back", "after", "use", "two",
+    "how", "our", "work", "first", "well", "way", "even", "new", "want", "because", "these",
+    "give", "most", "text", "rules", "system", "given", "start", "before", "above", "message",
+    "mode", "set", "get", "out", "one", "time", "more", "write", "list", "show", "say", "tell",
+    "her", "him", "his", "she", "they", "who", "should", "must", "act", "enter", "enable",
+    "without", "until", "times", "prompt",
+];
+
+fn is_common(set: &LiteralSet) -> bool {
+    set.iter()
+        .any(|l| COMMON.iter().any(|c| c.as_bytes() == l.as_slice()))
+}
+
+/// Drops frequent-word sets from a conjunction that has a rarer one; a conjunction of
+/// only frequent words keeps them all, since together they still filter well.
+fn prune(mut conj: Vec<LiteralSet>) -> Vec<LiteralSet> {
+    if conj.iter().any(|s| !is_common(s)) {
+        conj.retain(|s| !is_common(s));
+    }
+    conj
+}
+
+fn worth(set: &LiteralSet) -> bool {
+    !set.is_empty() && set.len() <= MAX_SET && set.iter().all(|l| useful(l))
 }
 
 /// Whether a literal is selective enough to be worth searching for: long enough, or made
@@ -180,19 +268,28 @@ fn product(a: &LiteralSet, b: &LiteralSet) -> Option<LiteralSet> {
     Some(out)
 }
 
+/// The best single required set of `hir` (for alternation branches).
 fn required(hir: &Hir) -> Option<LiteralSet> {
+    required_all(hir).into_iter().next()
+}
+
+fn required_all(hir: &Hir) -> Vec<LiteralSet> {
     if let Some(e) = exact(hir) {
-        return if e.is_empty() { None } else { Some(vec![e]) };
+        let set = vec![e];
+        return if worth(&set) { vec![set] } else { Vec::new() };
     }
     match hir.kind() {
-        HirKind::Capture(c) => required(&c.sub),
-        HirKind::Repetition(r) if r.min >= 1 => required(&r.sub),
+        HirKind::Capture(c) => required_all(&c.sub),
+        HirKind::Repetition(r) if r.min >= 1 => required_all(&r.sub),
         HirKind::Alternation(alts) => {
             let mut out: LiteralSet = Vec::new();
             for a in alts {
-                out.extend(required(a)?);
+                match required(a) {
+                    Some(s) => out.extend(s),
+                    None => return Vec::new(),
+                }
                 if out.len() > MAX_SET {
-                    return None;
+                    return Vec::new();
                 }
             }
             out.sort();
@@ -204,18 +301,18 @@ fn required(hir: &Hir) -> Option<LiteralSet> {
                     .iter()
                     .any(|s| s != l && memchr::memmem::find(l, s).is_some())
             });
-            Some(out)
+            if worth(&out) {
+                vec![out]
+            } else {
+                Vec::new()
+            }
         }
         HirKind::Concat(cs) => {
             // Adjacent pieces with small exact sets multiply into longer literals
-            // (`on(?:load|error)` → `onload`, `onerror`); anything else ends the run.
-            let mut best: Option<LiteralSet> = None;
+            // (`on(?:load|error)` → `onload`, `onerror`); anything else ends the run. Every
+            // run and every child's own required sets are required by the whole concat.
+            let mut cands: Vec<LiteralSet> = Vec::new();
             let mut run: Option<LiteralSet> = None;
-            let consider = |cand: LiteralSet, best: &mut Option<LiteralSet>| {
-                if better(&cand, best.as_ref()) {
-                    *best = Some(cand);
-                }
-            };
             for c in cs {
                 if let Some(set) = exact_set(c) {
                     let next = match &run {
@@ -223,98 +320,126 @@ fn required(hir: &Hir) -> Option<LiteralSet> {
                         Some(r) => product(r, &set),
                     };
                     match next {
-                        Some(n) => {
-                            run = Some(n);
-                            continue;
-                        }
+                        Some(n) => run = Some(n),
                         None => {
-                            if let Some(r) = run.take() {
-                                consider(r, &mut best);
-                            }
+                            cands.extend(run.take());
                             run = Some(set);
-                            continue;
                         }
                     }
+                    continue;
                 }
-                if let Some(r) = run.take() {
-                    consider(r, &mut best);
-                }
-                if let Some(s) = required(c) {
-                    consider(s, &mut best);
-                }
+                cands.extend(run.take());
+                cands.extend(required_all(c));
             }
-            if let Some(r) = run.take() {
-                consider(r, &mut best);
-            }
-            best
+            cands.extend(run.take());
+            cands.retain(worth);
+            cands.sort_by_key(|s| std::cmp::Reverse(key(s)));
+            cands.dedup();
+            cands.truncate(MAX_CONJ);
+            cands
         }
-        _ => None,
+        _ => Vec::new(),
     }
 }
 
-/// Prefers sets whose shortest literal is longer (fewer false candidates), then smaller sets.
-fn better(cand: &LiteralSet, best: Option<&LiteralSet>) -> bool {
-    let key = |s: &LiteralSet| {
-        let min = s.iter().map(Vec::len).min().unwrap_or(0).min(8);
-        (s.iter().all(|l| useful(l)), min, usize::MAX - s.len())
-    };
-    match best {
-        None => true,
-        Some(b) => key(cand) > key(b),
-    }
+/// Ranks sets: longer shortest literal first (fewer false candidates), then smaller sets.
+fn key(s: &LiteralSet) -> (usize, usize) {
+    let min = s.iter().map(Vec::len).min().unwrap_or(0).min(8);
+    (min, usize::MAX - s.len())
 }
 
-/// The required-literal set of a regex source, as used by the compiler (for tooling).
-pub fn literals_of(pattern: &str) -> Option<Vec<String>> {
-    let hir = regex_syntax::ParserBuilder::new()
+/// The prefilter condition of a regex source, as used by the compiler (for tooling): a match
+/// is possible only if, for some branch, every set of that branch has a literal present.
+pub fn literals_of(pattern: &str) -> Vec<Vec<Vec<String>>> {
+    let Ok(hir) = regex_syntax::ParserBuilder::new()
         .unicode(false)
         .utf8(false)
         .build()
         .parse(pattern)
-        .ok()?;
-    required_literals(&hir).map(|s| {
-        s.into_iter()
-            .map(|l| String::from_utf8_lossy(&l).into_owned())
-            .collect()
-    })
+    else {
+        return Vec::new();
+    };
+    required_literals(&hir)
+        .into_iter()
+        .map(|branch| {
+            branch
+                .into_iter()
+                .map(|s| {
+                    s.into_iter()
+                        .map(|l| String::from_utf8_lossy(&l).into_owned())
+                        .collect()
+                })
+                .collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn lits(p: &str) -> Option<Vec<String>> {
-        let hir = regex_syntax::ParserBuilder::new()
-            .unicode(false)
-            .utf8(false)
-            .build()
-            .parse(p)
-            .unwrap();
-        required_literals(&hir).map(|s| {
-            s.into_iter()
-                .map(|l| String::from_utf8(l).unwrap())
-                .collect()
-        })
+    fn lits(p: &str) -> Vec<Vec<String>> {
+        let mut d = literals_of(p);
+        assert!(d.len() <= 1, "{p}: {d:?}");
+        d.pop().unwrap_or_default()
+    }
+
+    fn one(v: &[&str]) -> Vec<Vec<String>> {
+        vec![v.iter().map(|s| s.to_string()).collect()]
     }
 
     #[test]
     fn extraction() {
-        assert_eq!(lits("(?i)union\\s+select"), Some(vec!["select".into()]));
-        assert_eq!(lits("abc"), Some(vec!["abc".into()]));
         assert_eq!(
-            lits("(?i)(onload|onerror)\\s*="),
-            Some(vec!["onerror".into(), "onload".into()])
+            lits("(?i)union\\s+select"),
+            vec![vec!["select".to_string()], vec!["union".to_string()]]
         );
+        assert_eq!(lits("abc"), one(&["abc"]));
+        let handlers = vec![
+            vec!["onerror".to_string(), "onload".to_string()],
+            vec!["=".to_string()],
+        ];
+        assert_eq!(lits("(?i)(onload|onerror)\\s*="), handlers);
+        assert_eq!(lits("(?i)on(load|error)\\s*="), handlers);
         // Short words are dropped; rare punctuation is kept.
-        assert_eq!(lits("\\bor\\s*\\d"), None);
-        assert_eq!(lits("['\"]\\s*or"), Some(vec!["\"".into(), "'".into()]));
-        assert_eq!(lits("\\.\\./"), Some(vec!["../".into()]));
-        assert_eq!(lits("x['\"]or"), Some(vec!["x\"or".into(), "x'or".into()]));
-        assert_eq!(lits("\\w+"), None);
-        assert_eq!(lits("a|\\d"), None);
-        assert_eq!(lits("(?:x)?"), None);
-        assert_eq!(lits("(?i)<script"), Some(vec!["<script".into()]));
+        assert!(lits("\\bor\\s*\\d").is_empty());
+        assert_eq!(lits("['\"]\\s*or"), one(&["\"", "'"]));
+        assert_eq!(lits("\\.\\./"), one(&["../"]));
+        assert_eq!(lits("x['\"]or"), one(&["x\"or", "x'or"]));
+        assert!(lits("\\w+").is_empty());
+        assert!(lits("a|\\d").is_empty());
+        assert!(lits("(?:x)?").is_empty());
+        assert_eq!(lits("(?i)<script"), one(&["<script"]));
         // A literal containing another is implied by it.
-        assert_eq!(lits("abc|abcd"), Some(vec!["abc".into()]));
+        assert_eq!(
+            literals_of("\\s(?:abc|abcd\\d)"),
+            vec![vec![vec!["abc".to_string()]]]
+        );
+        // Conjunctions: every set is required, best first, at most MAX_CONJ.
+        // Frequent words ("now") are dropped when rarer sets exist.
+        assert_eq!(
+            lits("(?i)ignore\\s+(?:all\\s+)?previous\\s+instructions\\s+now"),
+            vec![
+                vec!["previous".to_string()],
+                vec!["instructions".to_string()],
+                vec!["ignore".to_string()]
+            ]
+        );
+    }
+
+    #[test]
+    fn phrase_alternations_keep_one_conjunction_per_phrase() {
+        let d = literals_of("\\b(?:your\\s+new\\s+task|new\\s+rules\\s*:|act\\s+as\\s+dan)");
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            d,
+            vec![
+                vec![s(&["task"])],
+                vec![s(&["rules"]), s(&["new"])],
+                vec![s(&["dan"])],
+            ]
+        );
+        // A branch without any literal makes the whole rule unfiltered.
+        assert!(literals_of("abc\\s+def|\\d+").is_empty());
     }
 }

@@ -1,0 +1,167 @@
+//! The `edgeward` binary, end to end.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn edgeward(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_edgeward"));
+    c.args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("binary runs");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn tmp(name: &str, content: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("edgeward-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+#[test]
+fn check_accepts_the_default_policy() {
+    let o = edgeward(&["check", "rulesets/policies/default.yaml"], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("ok ("));
+}
+
+#[test]
+fn check_reports_file_line_column_and_code() {
+    let p = tmp(
+        "bad.yaml",
+        "apiVersion: edgeward.dev/v1\nkind: Policy\nmetadata: {name: x}\nspec:\n  defaults:\n    paranoya: 2\n",
+    );
+    let o = edgeward(&["check", p.to_str().unwrap()], None);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("bad.yaml:6:5"), "{err}");
+    assert!(err.contains("[policy.unknown_field]"), "{err}");
+}
+
+#[test]
+fn inspect_jsonl_prints_one_decision_per_line_with_id() {
+    let input = concat!(
+        r#"{"id":"a1","method":"GET","uri":"/x?id=1%20UNION%20SELECT%20pw%20FROM%20u","headers":[],"body":"","label":"attack","category":"sqli"}"#,
+        "\n",
+        r#"{"id":"b2","method":"POST","uri":"/v1/chat/completions","headers":[["content-type","application/json"]],"body":"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}]}","label":"benign","category":"benign_prompt"}"#,
+        "\n",
+        "not json\n"
+    );
+    let o = edgeward(&["inspect", "-"], Some(input.as_bytes()));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let lines: Vec<serde_json::Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["id"], "a1");
+    assert_eq!(lines[0]["action"], "deny");
+    assert_eq!(lines[0]["matches"][0]["rule_id"], 2001);
+    assert_eq!(lines[1]["id"], "b2");
+    assert_eq!(lines[1]["action"], "allow");
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("2 inspected, 1 denied") && err.contains("1 unreadable"),
+        "{err}"
+    );
+}
+
+#[test]
+fn inspect_raw_http_request() {
+    let o = edgeward(&["inspect", "rulesets/samples/chat-injection.http"], None);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
+    assert_eq!(v["action"], "deny");
+    assert_eq!(v["route"], "openai-chat");
+}
+
+#[test]
+fn test_command_runs_inline_rule_tests() {
+    let o = edgeward(&["test"], None);
+    assert!(o.status.success(), "{}", text(&o.stdout));
+    assert!(text(&o.stdout).contains(" passed, 0 failed"));
+}
+
+#[test]
+fn compile_then_inspect_with_bundle() {
+    let dir = std::env::temp_dir().join(format!("edgeward-cli-b-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let b = dir.join("p.bundle");
+    let o = edgeward(&["compile", "-o", b.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = edgeward(
+        &[
+            "inspect",
+            "--policy",
+            b.to_str().unwrap(),
+            "rulesets/samples/chat-injection.http",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains(r#""action":"deny""#));
+    // A corrupt bundle is a clean error with its code.
+    std::fs::write(&b, b"EDGWBNDL\x01\x00garbage").unwrap();
+    let o = edgeward(
+        &["inspect", "--policy", b.to_str().unwrap(), "-"],
+        Some(b""),
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("bundle.corrupt"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn eval_reports_rates_per_file_and_category() {
+    let corpus = tmp(
+        "mini.jsonl",
+        concat!(
+            r#"{"id":"1","method":"GET","uri":"/?q=%3Cscript%3Ealert(1)%3C/script%3E","headers":[],"body":"","label":"attack","category":"xss"}"#,
+            "\n",
+            r#"{"id":"2","method":"GET","uri":"/?q=hello","headers":[],"body":"","label":"benign","category":"benign_api"}"#,
+            "\n"
+        ),
+    );
+    let json = corpus.with_extension("out.json");
+    let o = edgeward(
+        &[
+            "eval",
+            "--json",
+            json.to_str().unwrap(),
+            corpus.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("TOTAL detection 100.0% (1/1), false positives 0.0% (0/1)"),
+        "{out}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    assert_eq!(v["categories"]["xss"]["detected"], 1);
+    assert_eq!(v["files"]["mini"]["benign"], 1);
+}
+
+#[test]
+fn demo_decides_every_sample_as_expected() {
+    let o = edgeward(&["demo"], None);
+    assert!(o.status.success(), "{}", text(&o.stdout));
+    assert!(text(&o.stdout).contains("decided as expected"));
+}
