@@ -144,11 +144,28 @@ pub(crate) enum Probe {
     Folded(Regex),
 }
 
-/// "Literal of required set `bit` of local rule `rule` was seen."
+/// "A literal of required set `bit` of the regex rule in slot `slot` was seen." Slots
+/// number the regex rules of all groups consecutively (`Group::base` + local index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Hit {
-    rule: u16,
+    slot: u32,
     bit: u32,
+}
+
+/// The prefilter of one transform-chain node, shared by every group on that node: the
+/// value is the same for all of them, so it is searched once per field.
+#[derive(Debug, Default)]
+pub(crate) struct NodePrefilter {
+    /// Multi-byte literals, searched leftmost-first.
+    probe: Option<Probe>,
+    /// Per literal: the hits it stands for. A leftmost-first scan reports one literal per
+    /// start position, so each literal also carries the hits of every literal that could
+    /// match at the same position (see [`may_overlap`]); that keeps "no candidate" a proof
+    /// of "no match".
+    lit_hits: Vec<Vec<Hit>>,
+    /// One-byte literals (rare punctuation), found with memchr: Teddy's nibble fingerprints
+    /// turn single bytes like `` ` `` and `"` into false hits on every space.
+    byte_hits: Vec<(u8, Vec<Hit>)>,
 }
 
 /// Rules sharing targets, roles and transform chain.
@@ -161,24 +178,12 @@ pub(crate) struct Group {
     pub(crate) regex_rules: Vec<u32>,
     /// All regex rules as one pattern set (all matches reported).
     pub(crate) multi: Option<Regex>,
-    /// The group's prefilter literals as one leftmost-first multi-pattern regex (pattern id
-    /// = literal index). Regex-automata keeps SIMD literal search (Teddy) for these even in
-    /// `(?i-u)` mode, where aho-corasick's ASCII case-insensitive mode loses it.
-    pub(crate) probe: Option<Probe>,
-    /// Per literal: the (rule, required set) pairs it satisfies. A leftmost-first scan
-    /// reports one literal per start position, so each literal also carries the pairs of
-    /// every literal that could match at the same position (see [`may_overlap`]); that keeps
-    /// "no candidate" a proof of "no match".
-    pub(crate) lit_rules: Vec<Vec<Hit>>,
+    /// First slot of this group's regex rules.
+    pub(crate) base: u32,
     /// Per local regex rule: one mask per branch of its prefilter condition, one bit per
     /// required literal set; the rule is a candidate once some branch's bits are all set.
+    /// An empty list means the rule has no usable literals and always runs.
     pub(crate) branch_masks: Vec<Vec<u32>>,
-    /// One-byte literals (rare punctuation) with their local rules, searched with memchr:
-    /// Teddy's nibble fingerprints turn single bytes like `` ` `` and `"` into false hits on
-    /// every space, so they stay out of `probe`.
-    pub(crate) byte_lits: Vec<(u8, Vec<Hit>)>,
-    /// Local regex-rule indices without a usable literal: always candidates.
-    pub(crate) always: Vec<u16>,
     /// Detector and length rules (indices into [`Program::rules`]).
     pub(crate) other_rules: Vec<u32>,
 }
@@ -197,6 +202,10 @@ pub(crate) struct Program {
     pub(crate) groups: Vec<Group>,
     pub(crate) trie: TransformTrie,
     pub(crate) singles: Vec<Regex>,
+    /// Prefilters per transform-chain node (index = node).
+    pub(crate) prefilters: Vec<NodePrefilter>,
+    /// Total regex-rule slots.
+    pub(crate) slots: usize,
     /// Group indices per field kind, so a field only visits groups that can select it.
     pub(crate) by_kind: Vec<Vec<u32>>,
 }
@@ -348,6 +357,10 @@ impl Program {
             });
         }
         let mut out_groups = Vec::with_capacity(groups.len());
+        // Per chain node: literal → hits, and one-byte literal → hits.
+        let mut node_lits: Vec<(Vec<Vec<u8>>, Vec<Vec<Hit>>, Vec<(u8, Vec<Hit>)>)> =
+            (0..trie.nodes.len()).map(|_| Default::default()).collect();
+        let mut slots = 0u32;
         for ((targets, roles, chain), members) in groups {
             let mut regex_rules = Vec::new();
             let mut other_rules = Vec::new();
@@ -361,51 +374,29 @@ impl Program {
                     _ => other_rules.push(ri),
                 }
             }
-            let (multi, probe, lit_rules, byte_lits, always, branch_masks) = if regex_rules
-                .is_empty()
-            {
-                (None, None, Vec::new(), Vec::new(), Vec::new(), Vec::new())
-            } else {
-                let sources: Vec<String> = regex_rules
-                    .iter()
-                    .map(|&ri| pattern_of(defs[ri as usize]).unwrap_or_default())
-                    .collect();
-                let multi = regex_builder(MatchKind::All, MULTI_CACHE_BYTES)
-                    .build_many(&sources)
-                    .map_err(|e| {
-                        CompileError::new(CompileErrorKind::TooLarge, format!("rule group: {e}"))
-                    })?;
-                // Each rule has up to MAX_CONJ literal sets, all required; a literal hit
-                // sets the bit of its set, and the rule is a candidate when all bits are set.
-                let mut lits: Vec<Vec<u8>> = Vec::new();
-                let mut own: Vec<Vec<Hit>> = Vec::new();
-                let mut byte_lits: Vec<(u8, Vec<Hit>)> = Vec::new();
-                let mut always = Vec::new();
-                let mut branch_masks: Vec<Vec<u32>> = Vec::with_capacity(patterns.len());
-                for (local, &si) in patterns.iter().enumerate() {
-                    let dnf = &literal_sets[si as usize];
-                    if dnf.is_empty() {
-                        always.push(local as u16);
-                    }
-                    let mut masks = Vec::with_capacity(dnf.len());
-                    let mut next_bit = 0u32;
-                    for branch in dnf {
-                        let mut mask = 0u32;
-                        for set in branch {
-                            let hit = Hit {
-                                rule: local as u16,
-                                bit: 1 << next_bit,
-                            };
-                            mask |= hit.bit;
-                            next_bit += 1;
-                            for l in set {
-                                if let [b] = l.as_slice() {
-                                    match byte_lits.iter_mut().find(|(x, _)| x == b) {
-                                        Some((_, v)) => v.push(hit),
-                                        None => byte_lits.push((*b, vec![hit])),
-                                    }
-                                    continue;
+            let base = slots;
+            slots += regex_rules.len() as u32;
+            let mut branch_masks: Vec<Vec<u32>> = Vec::with_capacity(patterns.len());
+            let (lits, own, bytes) = &mut node_lits[chain as usize];
+            for (local, &si) in patterns.iter().enumerate() {
+                let mut masks = Vec::new();
+                let mut next_bit = 0u32;
+                for branch in &literal_sets[si as usize] {
+                    let mut mask = 0u32;
+                    for set in branch {
+                        let hit = Hit {
+                            slot: base + local as u32,
+                            bit: 1 << next_bit,
+                        };
+                        mask |= hit.bit;
+                        next_bit += 1;
+                        for l in set {
+                            if let [b] = l.as_slice() {
+                                match bytes.iter_mut().find(|(x, _)| x == b) {
+                                    Some((_, v)) => v.push(hit),
+                                    None => bytes.push((*b, vec![hit])),
                                 }
+                            } else {
                                 match lits.iter().position(|x| x == l) {
                                     Some(p) => own[p].push(hit),
                                     None => {
@@ -415,59 +406,27 @@ impl Program {
                                 }
                             }
                         }
-                        masks.push(mask);
                     }
-                    branch_masks.push(masks);
+                    masks.push(mask);
                 }
-                let lit_rules: Vec<Vec<Hit>> = (0..lits.len())
-                    .map(|i| {
-                        let mut v: Vec<Hit> = (0..lits.len())
-                            .filter(|&j| j == i || may_overlap(&lits[i], &lits[j]))
-                            .flat_map(|j| own[j].iter().copied())
-                            .collect();
-                        v.sort_unstable();
-                        v.dedup();
-                        v
-                    })
+                branch_masks.push(masks);
+            }
+            let multi = if regex_rules.is_empty() {
+                None
+            } else {
+                let sources: Vec<String> = regex_rules
+                    .iter()
+                    .map(|&ri| pattern_of(defs[ri as usize]).unwrap_or_default())
                     .collect();
-                let probe = if lits.is_empty() {
-                    None
-                } else if trie.lowercases(chain) {
-                    Some(Probe::Exact(
-                        aho_corasick::AhoCorasick::builder()
-                            .match_kind(aho_corasick::MatchKind::LeftmostFirst)
-                            .build(&lits)
-                            .map_err(|e| {
-                                CompileError::new(
-                                    CompileErrorKind::TooLarge,
-                                    format!("prefilter: {e}"),
-                                )
-                            })?,
-                    ))
-                } else {
-                    // Literals are stored lowercased; the value is not, so match folded.
-                    let pats: Vec<String> = lits
-                        .iter()
-                        .map(|l| format!("(?i-u:{})", escape_bytes(l)))
-                        .collect();
-                    Some(Probe::Folded(
-                        regex_builder(MatchKind::LeftmostFirst, SINGLE_CACHE_BYTES)
-                            .build_many(&pats)
-                            .map_err(|e| {
-                                CompileError::new(
-                                    CompileErrorKind::TooLarge,
-                                    format!("prefilter: {e}"),
-                                )
-                            })?,
-                    ))
-                };
-                (
-                    Some(multi),
-                    probe,
-                    lit_rules,
-                    byte_lits,
-                    always,
-                    branch_masks,
+                Some(
+                    regex_builder(MatchKind::All, MULTI_CACHE_BYTES)
+                        .build_many(&sources)
+                        .map_err(|e| {
+                            CompileError::new(
+                                CompileErrorKind::TooLarge,
+                                format!("rule group: {e}"),
+                            )
+                        })?,
                 )
             };
             out_groups.push(Group {
@@ -476,12 +435,53 @@ impl Program {
                 chain,
                 regex_rules,
                 multi,
-                probe,
-                lit_rules,
-                byte_lits,
+                base,
                 branch_masks,
-                always,
                 other_rules,
+            });
+        }
+        let mut prefilters = Vec::with_capacity(node_lits.len());
+        for (node, (lits, own, byte_hits)) in node_lits.into_iter().enumerate() {
+            let lit_hits: Vec<Vec<Hit>> = (0..lits.len())
+                .map(|i| {
+                    let mut v: Vec<Hit> = (0..lits.len())
+                        .filter(|&j| j == i || may_overlap(&lits[i], &lits[j]))
+                        .flat_map(|j| own[j].iter().copied())
+                        .collect();
+                    v.sort_unstable();
+                    v.dedup();
+                    v
+                })
+                .collect();
+            let probe = if lits.is_empty() {
+                None
+            } else if trie.lowercases(node as u32) {
+                Some(Probe::Exact(
+                    aho_corasick::AhoCorasick::builder()
+                        .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+                        .build(&lits)
+                        .map_err(|e| {
+                            CompileError::new(CompileErrorKind::TooLarge, format!("prefilter: {e}"))
+                        })?,
+                ))
+            } else {
+                // Literals are stored lowercased; the value is not, so match folded.
+                let pats: Vec<String> = lits
+                    .iter()
+                    .map(|l| format!("(?i-u:{})", escape_bytes(l)))
+                    .collect();
+                Some(Probe::Folded(
+                    regex_builder(MatchKind::LeftmostFirst, SINGLE_CACHE_BYTES)
+                        .build_many(&pats)
+                        .map_err(|e| {
+                            CompileError::new(CompileErrorKind::TooLarge, format!("prefilter: {e}"))
+                        })?,
+                ))
+            };
+            prefilters.push(NodePrefilter {
+                probe,
+                lit_hits,
+                byte_hits,
             });
         }
         let mut by_kind = vec![Vec::new(); FieldKind::ALL.len()];
@@ -497,6 +497,8 @@ impl Program {
             groups: out_groups,
             trie,
             singles,
+            prefilters,
+            slots: slots as usize,
             by_kind,
         })
     }
@@ -511,9 +513,9 @@ impl Program {
                 .collect(),
             singles: self.singles.iter().map(Regex::create_cache).collect(),
             probes: self
-                .groups
+                .prefilters
                 .iter()
-                .map(|g| match &g.probe {
+                .map(|p| match &p.probe {
                     Some(Probe::Folded(r)) => Some(r.create_cache()),
                     _ => None,
                 })
@@ -525,21 +527,37 @@ impl Program {
                     .max()
                     .unwrap_or(0),
             ),
-            candidates: Vec::new(),
-            hits: Vec::new(),
+            candidates: vec![false; self.slots],
+            hits: vec![0; self.slots],
+            active: vec![false; self.groups.len()],
+            selected: Vec::with_capacity(self.groups.len()),
+            probed: vec![false; self.prefilters.len()],
+            pending: vec![0; self.prefilters.len()],
         }
     }
 }
 
-/// Per-worker mutable search state for one [`Program`].
+/// Per-worker mutable search state for one [`Program`]. Every vector is sized at creation,
+/// so scanning never allocates.
 #[derive(Debug, Clone)]
 pub(crate) struct ProgramCaches {
     multi: Vec<Option<meta::Cache>>,
     singles: Vec<meta::Cache>,
+    /// Per chain node, for folded probes.
     probes: Vec<Option<meta::Cache>>,
-    hits: Vec<u32>,
     patset: PatternSet,
+    /// Per slot: candidate for the current field.
     candidates: Vec<bool>,
+    /// Per slot: required-set bits seen in the current field.
+    hits: Vec<u32>,
+    /// Per group: selected by the current field.
+    active: Vec<bool>,
+    /// Groups selected by the current field, in order.
+    selected: Vec<u32>,
+    /// Per chain node: prefilter already run for the current field.
+    probed: Vec<bool>,
+    /// Per chain node: selected rules on it that are not yet candidates.
+    pending: Vec<u32>,
 }
 
 /// Per-field transform results, keyed by trie node.
@@ -626,11 +644,43 @@ impl Program {
             return;
         }
         tc.reset(self.trie.nodes.len());
+        // 1. Which groups read this field; reset their slots.
+        caches.selected.clear();
         for &gi in groups {
             let g = &self.groups[gi as usize];
             if !g.selects(field) {
                 continue;
             }
+            caches.selected.push(gi);
+            caches.active[gi as usize] = true;
+            let (b, n) = (g.base as usize, g.regex_rules.len());
+            for l in 0..n {
+                // Rules without literals (and every rule with the prefilter off) are
+                // candidates from the start.
+                let always = !prefilter_on || g.branch_masks[l].is_empty();
+                caches.candidates[b + l] = always;
+                caches.hits[b + l] = 0;
+                if !always {
+                    caches.pending[g.chain as usize] += 1;
+                }
+            }
+        }
+        // 2. One prefilter pass per chain node that has selected rules waiting on it.
+        if prefilter_on {
+            for i in 0..caches.selected.len() {
+                let node = self.groups[caches.selected[i] as usize].chain as usize;
+                if caches.probed[node] || caches.pending[node] == 0 {
+                    continue;
+                }
+                caches.probed[node] = true;
+                let value = tc.value(&self.trie, field.value, node as u32);
+                self.probe_node(caches, node, value);
+            }
+        }
+        // 3. Run the rules.
+        for i in 0..caches.selected.len() {
+            let gi = caches.selected[i] as usize;
+            let g = &self.groups[gi];
             let value = tc.value(&self.trie, field.value, g.chain);
             for &ri in &g.other_rules {
                 let span = match self.rules[ri as usize].op {
@@ -643,83 +693,25 @@ impl Program {
                 }
             }
             let Some(multi) = &g.multi else { continue };
-            let n = g.regex_rules.len();
-            let cand = &mut caches.candidates;
-            let hits = &mut caches.hits;
-            cand.clear();
-            hits.clear();
-            hits.resize(n, 0);
-            let unfiltered = g.probe.is_none() && g.byte_lits.is_empty();
-            cand.resize(n, !prefilter_on || unfiltered);
-            let mut count = if cand.first().copied().unwrap_or(false) {
-                n
-            } else {
-                0
-            };
+            let (b, n) = (g.base as usize, g.regex_rules.len());
+            let cand = &mut caches.candidates[b..b + n];
+            let count = cand.iter().filter(|c| **c).count();
             if count == 0 {
-                for &l in &g.always {
-                    if !cand[l as usize] {
-                        cand[l as usize] = true;
-                        count += 1;
-                    }
-                }
-                let mut mark = |h: &Hit, count: &mut usize| {
-                    let l = h.rule as usize;
-                    if !cand[l] {
-                        hits[l] |= h.bit;
-                        if g.branch_masks[l].iter().any(|&m| hits[l] & m == m) {
-                            cand[l] = true;
-                            *count += 1;
-                        }
-                    }
-                };
-                for (b, rules) in &g.byte_lits {
-                    if memchr::memchr(*b, value).is_some() {
-                        for h in rules {
-                            mark(h, &mut count);
-                        }
-                    }
-                }
-                let mut at = 0;
-                while count < n && at < value.len() {
-                    // Resuming one byte after each reported match *start* (not its end)
-                    // finds literals that overlap it; see `may_overlap` for those starting
-                    // at the same byte.
-                    let found = match (&g.probe, caches.probes[gi as usize].as_mut()) {
-                        (Some(Probe::Exact(ac)), _) => ac
-                            .find(aho_corasick::Input::new(value).span(at..value.len()))
-                            .map(|m| (m.pattern().as_usize(), m.start())),
-                        (Some(Probe::Folded(re)), Some(pc)) => re
-                            .search_with(pc, &Input::new(value).range(at..))
-                            .map(|m| (m.pattern().as_usize(), m.start())),
-                        _ => None,
-                    };
-                    let Some((lit, start)) = found else { break };
-                    for h in &g.lit_rules[lit] {
-                        mark(h, &mut count);
-                    }
-                    at = start + 1;
-                }
-                if count == 0 {
-                    continue;
-                }
+                continue;
             }
             let input = Input::new(value);
             if count > SINGLES_MAX {
-                let cache = caches.multi[gi as usize]
+                let cache = caches.multi[gi]
                     .as_mut()
                     .expect("cache exists for every multi regex");
                 caches.patset.clear();
                 multi.which_overlapping_matches_with(cache, &input, &mut caches.patset);
-                if caches.patset.is_empty() {
-                    continue;
-                }
                 for (l, c) in cand.iter_mut().enumerate() {
                     *c = *c && caches.patset.contains(regex_automata::PatternID::must(l));
                 }
             }
             for l in 0..n {
-                if !caches.candidates[l] {
+                if !caches.candidates[b + l] {
                     continue;
                 }
                 let ri = g.regex_rules[l];
@@ -731,6 +723,83 @@ impl Program {
                     on_match(ri, value, (m.start(), m.end()));
                 }
             }
+        }
+        // 4. Leave the per-field state clean for the next field.
+        for &gi in &caches.selected {
+            caches.active[gi as usize] = false;
+            let node = self.groups[gi as usize].chain as usize;
+            caches.probed[node] = false;
+            caches.pending[node] = 0;
+        }
+    }
+
+    /// Searches one chain node's value for its literals and turns rules whose prefilter
+    /// condition is met into candidates. Stops early once no selected rule is waiting.
+    fn probe_node(&self, caches: &mut ProgramCaches, node: usize, value: &[u8]) {
+        let pf = &self.prefilters[node];
+        let ProgramCaches {
+            candidates,
+            hits,
+            active,
+            pending,
+            probes,
+            ..
+        } = caches;
+        let groups = &self.groups;
+        let mut mark = |h: &Hit, pending: &mut u32| {
+            let slot = h.slot as usize;
+            if candidates[slot] {
+                return;
+            }
+            // Hits for groups this field does not select are ignored.
+            let g = match groups.binary_search_by(|g| {
+                if (g.base as usize + g.regex_rules.len()) <= slot {
+                    std::cmp::Ordering::Less
+                } else if g.base as usize > slot {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            }) {
+                Ok(gi) if active[gi] => &groups[gi],
+                _ => return,
+            };
+            hits[slot] |= h.bit;
+            let masks = &g.branch_masks[slot - g.base as usize];
+            if masks.iter().any(|&m| hits[slot] & m == m) {
+                candidates[slot] = true;
+                *pending = pending.saturating_sub(1);
+            }
+        };
+        let pending = &mut pending[node];
+        for (b, hs) in &pf.byte_hits {
+            if *pending == 0 {
+                return;
+            }
+            if memchr::memchr(*b, value).is_some() {
+                for h in hs {
+                    mark(h, pending);
+                }
+            }
+        }
+        let mut at = 0;
+        while *pending > 0 && at < value.len() {
+            // Resuming one byte after each reported match *start* (not its end) finds
+            // literals that overlap it; see `may_overlap` for those starting at that byte.
+            let found = match (&pf.probe, probes[node].as_mut()) {
+                (Some(Probe::Exact(ac)), _) => ac
+                    .find(aho_corasick::Input::new(value).span(at..value.len()))
+                    .map(|m| (m.pattern().as_usize(), m.start())),
+                (Some(Probe::Folded(re)), Some(pc)) => re
+                    .search_with(pc, &Input::new(value).range(at..))
+                    .map(|m| (m.pattern().as_usize(), m.start())),
+                _ => None,
+            };
+            let Some((lit, start)) = found else { break };
+            for h in &pf.lit_hits[lit] {
+                mark(h, pending);
+            }
+            at = start + 1;
         }
     }
 
