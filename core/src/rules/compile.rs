@@ -295,6 +295,10 @@ pub(crate) struct Program {
     pub(crate) prefilters: Vec<NodePrefilter>,
     /// Prefilter id per (chain node, field kind, role key), or [`NO_PREFILTER`].
     pub(crate) pf_index: Vec<u32>,
+    /// Per (field kind, role key): a prefilter over the groups of all lowercasing chain nodes
+    /// at once and those nodes, used when their values are identical for a field (nodes
+    /// that keep case are still probed on their own).
+    pub(crate) merged: Vec<Option<(u32, Vec<u32>)>>,
     /// Total regex-rule slots.
     pub(crate) slots: usize,
     /// Group indices per field kind, so a field only visits groups that can select it.
@@ -558,6 +562,47 @@ impl Program {
                 }
             }
         }
+        // Per (field kind, role): one prefilter over every lowercasing chain node's groups,
+        // for fields where all those nodes produce the same bytes.
+        let mut merged = Vec::with_capacity(FieldKind::ALL.len() * ROLE_KEYS.len());
+        for kind in FieldKind::ALL {
+            for role in ROLE_KEYS {
+                let members: Vec<u32> = out_groups
+                    .iter()
+                    .enumerate()
+                    .filter(|(gi, g)| {
+                        !group_lits[*gi].is_empty()
+                            && trie.lowercases(g.chain)
+                            && g.roles.admits(role)
+                            && g.targets.iter().any(|t| t.kinds & (1 << kind as u16) != 0)
+                    })
+                    .map(|(gi, _)| gi as u32)
+                    .collect();
+                let mut nodes: Vec<u32> = members
+                    .iter()
+                    .map(|&gi| out_groups[gi as usize].chain)
+                    .collect();
+                nodes.sort_unstable();
+                nodes.dedup();
+                if nodes.len() < 2 {
+                    merged.push(None);
+                    continue;
+                }
+                let id = match by_groups.get(&members) {
+                    Some(&id) => id,
+                    None => {
+                        let entries = members
+                            .iter()
+                            .flat_map(|&gi| group_lits[gi as usize].iter());
+                        prefilters.push(NodePrefilter::build(entries, true)?);
+                        let id = (prefilters.len() - 1) as u32;
+                        by_groups.insert(members, id);
+                        id
+                    }
+                };
+                merged.push(Some((id, nodes)));
+            }
+        }
         let mut by_kind = vec![Vec::new(); FieldKind::ALL.len()];
         for (gi, g) in out_groups.iter().enumerate() {
             for k in FieldKind::ALL {
@@ -573,6 +618,7 @@ impl Program {
             singles,
             prefilters,
             pf_index,
+            merged,
             slots: slots as usize,
             by_kind,
         })
@@ -635,12 +681,19 @@ pub(crate) struct ProgramCaches {
     pending: Vec<u32>,
 }
 
+const STATE_NONE: u8 = 0;
+const STATE_SAME: u8 = 1;
+const STATE_OWN: u8 = 2;
+const STATE_ALIAS: u8 = 3;
+
 /// Per-field transform results, keyed by trie node.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TransformCache {
     bufs: Vec<Vec<u8>>,
-    /// 0: not computed; 1: same as parent; 2: own buffer.
+    /// `STATE_NONE`: not computed; `STATE_SAME`: same value as the parent; `STATE_OWN`:
+    /// in its own buffer; `STATE_ALIAS`: same value as node `alias[i]`.
     state: Vec<u8>,
+    alias: Vec<u32>,
 }
 
 impl TransformCache {
@@ -648,10 +701,11 @@ impl TransformCache {
     #[inline]
     pub(crate) fn reset(&mut self, nodes: usize) {
         if self.state.len() < nodes {
-            self.state.resize(nodes, 0);
+            self.state.resize(nodes, STATE_NONE);
+            self.alias.resize(nodes, 0);
             self.bufs.resize_with(nodes, Vec::new);
         }
-        self.state[..nodes].fill(0);
+        self.state[..nodes].fill(STATE_NONE);
     }
 
     fn compute(&mut self, trie: &TransformTrie, input: &[u8], node: u32) {
@@ -661,6 +715,22 @@ impl TransformCache {
         let (parent, t) = trie.nodes[node as usize];
         self.compute(trie, input, parent);
         let src_node = self.resolve(trie, parent);
+        // Different chains often reach the same bytes (a decoder that found nothing to
+        // decode passes its input through), so "this transform on that value" is looked
+        // up before it is computed again: `[url_decode, lowercase]` and
+        // `[normalize_unicode, lowercase]` share one lowercase pass on ordinary text.
+        for k in 1..trie.nodes.len() {
+            let (kp, kt) = trie.nodes[k];
+            if k as u32 != node
+                && kt == t
+                && matches!(self.state[k], STATE_SAME | STATE_OWN)
+                && self.resolve(trie, kp) == src_node
+            {
+                self.state[node as usize] = STATE_ALIAS;
+                self.alias[node as usize] = k as u32;
+                return;
+            }
+        }
         let mut out = std::mem::take(&mut self.bufs[node as usize]);
         let src: &[u8] = if src_node == 0 {
             input
@@ -669,15 +739,20 @@ impl TransformCache {
         };
         let changed = t.is_some_and(|t| t.apply(src, &mut out));
         self.bufs[node as usize] = out;
-        self.state[node as usize] = if changed { 2 } else { 1 };
+        self.state[node as usize] = if changed { STATE_OWN } else { STATE_SAME };
     }
 
-    /// The node whose buffer holds `node`'s value (0 = the input itself).
-    fn resolve(&self, trie: &TransformTrie, mut node: u32) -> u32 {
-        while node != 0 && self.state[node as usize] == 1 {
-            node = trie.nodes[node as usize].0;
+    /// The node whose buffer holds `node`'s value (0 = the input itself). Two nodes with
+    /// the same resolution hold byte-identical values.
+    pub(crate) fn resolve(&self, trie: &TransformTrie, mut node: u32) -> u32 {
+        loop {
+            match self.state.get(node as usize) {
+                _ if node == 0 => return 0,
+                Some(&STATE_SAME) => node = trie.nodes[node as usize].0,
+                Some(&STATE_ALIAS) => node = self.alias[node as usize],
+                _ => return node,
+            }
         }
-        node
     }
 
     /// The value of `input` after the chain ending at `node`, computing shared prefixes once
@@ -740,9 +815,37 @@ impl Program {
                 }
             }
         }
-        // 2. One prefilter pass per chain node that has selected rules waiting on it.
+        // 2. One prefilter pass per chain node that has selected rules waiting on it — or a
+        // single pass for all of them when their values came out byte-identical, the common
+        // case for ordinary text, where the decoders find nothing to decode.
         if prefilter_on {
             let key = field.kind as usize * ROLE_KEYS.len() + role_key(field.role);
+            if let Some((pf, nodes)) = &self.merged[key] {
+                let mut same = None;
+                let mut waiting = 0;
+                for &n in nodes {
+                    if caches.pending[n as usize] == 0 {
+                        continue;
+                    }
+                    tc.value(&self.trie, field.value, n);
+                    let r = tc.resolve(&self.trie, n);
+                    waiting += caches.pending[n as usize];
+                    if *same.get_or_insert(r) != r {
+                        same = Some(u32::MAX);
+                    }
+                }
+                if let Some(r) = same.filter(|&r| r != u32::MAX) {
+                    // Only nodes with waiting rules belong to selected groups; the cleanup
+                    // at the end resets exactly those.
+                    for &n in nodes {
+                        if caches.pending[n as usize] > 0 {
+                            caches.probed[n as usize] = true;
+                        }
+                    }
+                    let value = tc.value(&self.trie, field.value, r);
+                    self.probe_node(caches, waiting, *pf as usize, value);
+                }
+            }
             for i in 0..caches.selected.len() {
                 let node = self.groups[caches.selected[i] as usize].chain as usize;
                 if caches.probed[node] || caches.pending[node] == 0 {
@@ -754,7 +857,8 @@ impl Program {
                     continue;
                 }
                 let value = tc.value(&self.trie, field.value, node as u32);
-                self.probe_node(caches, node, pf as usize, value);
+                let waiting = caches.pending[node];
+                self.probe_node(caches, waiting, pf as usize, value);
             }
         }
         // 3. Run the rules.
@@ -815,7 +919,9 @@ impl Program {
 
     /// Searches one chain node's value for its literals and turns rules whose prefilter
     /// condition is met into candidates. Stops early once no selected rule is waiting.
-    fn probe_node(&self, caches: &mut ProgramCaches, node: usize, pf_id: usize, value: &[u8]) {
+    /// `waiting` is the number of selected, not-yet-candidate rules this prefilter can
+    /// decide (over one chain node, or several whose values are identical).
+    fn probe_node(&self, caches: &mut ProgramCaches, waiting: u32, pf_id: usize, value: &[u8]) {
         let pf = &self.prefilters[pf_id];
         let ProgramCaches {
             candidates,
@@ -826,7 +932,7 @@ impl Program {
             ..
         } = caches;
         let groups = &self.groups;
-        let mut mark = |h: &Hit, pending: &mut u32| {
+        let mut mark = |h: &Hit, left: &mut u32| {
             let slot = h.slot as usize;
             if candidates[slot] {
                 return;
@@ -848,10 +954,12 @@ impl Program {
             let masks = &g.branch_masks[slot - g.base as usize];
             if masks.iter().any(|&m| hits[slot] & m == m) {
                 candidates[slot] = true;
-                *pending = pending.saturating_sub(1);
+                pending[g.chain as usize] = pending[g.chain as usize].saturating_sub(1);
+                *left = left.saturating_sub(1);
             }
         };
-        let pending = &mut pending[node];
+        let mut waiting = waiting;
+        let pending = &mut waiting;
         for (b, hs) in &pf.byte_hits {
             if *pending == 0 {
                 return;
