@@ -19,6 +19,7 @@
 //!   gave up would hide it.
 
 mod b64;
+mod block;
 mod cmdline;
 mod escape;
 mod html;
