@@ -15,7 +15,7 @@
 //!   stored, and the write position advances only past kept ones.
 
 /// Bytes per block.
-const B: usize = 64;
+pub(super) const B: usize = 64;
 
 /// Slack after the mapped bytes of a block, so a run can be copied in 16-byte pieces.
 const RUN_SLACK: usize = 16;
@@ -44,7 +44,7 @@ fn window_at(input: &[u8], i: usize) -> Window {
 
 /// Whether `rule` changes byte `w[2]`: drops it or writes something else.
 #[inline(always)]
-fn changes(rule: &impl Fn(Window) -> Verdict, w: Window) -> bool {
+pub(super) fn changes(rule: &impl Fn(Window) -> Verdict, w: Window) -> bool {
     let (b, keep) = rule(w);
     !keep | (b != w[2])
 }
@@ -52,19 +52,20 @@ fn changes(rule: &impl Fn(Window) -> Verdict, w: Window) -> bool {
 /// Bytes per block of the search in [`first_change`].
 const SCAN: usize = 64;
 
-/// The index of the first byte that `rule` changes.
+/// The index of the first byte whose window satisfies `hit`.
 ///
-/// `suspect(byte, next)` is a cheap test that must hold at the first changed byte (it may
-/// hold elsewhere too). Whole blocks are tested with it, with a non-short-circuiting OR
-/// that vectorizes; only a suspect block is checked with `rule`, byte by byte.
+/// `suspect(byte, next)` is a cheap test that must hold at that byte or at the one before
+/// it (it may hold elsewhere too). Whole blocks are tested with it, with a non-short-circuiting OR that
+/// vectorizes; only a suspect block is checked with `hit`, byte by byte. For a rule,
+/// `hit` is [`changes`], and the result is the first byte the rule changes.
 #[inline(always)]
 pub(super) fn first_change(
     input: &[u8],
     suspect: impl Fn(u8, u8) -> bool,
-    rule: impl Fn(Window) -> Verdict,
+    hit: impl Fn(Window) -> bool,
 ) -> Option<usize> {
     let n = input.len();
-    let exact = |p: usize| changes(&rule, window_at(input, p));
+    let exact = |p: usize| hit(window_at(input, p));
     if n <= SCAN + 1 {
         return (0..n).find(|&p| exact(p));
     }
@@ -82,7 +83,8 @@ pub(super) fn first_change(
             any |= suspect(here[j], next[j]);
         }
         if any {
-            if let Some(p) = (i..i + SCAN).find(|&p| exact(p)) {
+            // One byte further, for a suspect last byte whose successor is the hit.
+            if let Some(p) = (i..=i + SCAN).find(|&p| exact(p)) {
                 return Some(p);
             }
         }
@@ -123,6 +125,100 @@ fn copy_run(
     }
 }
 
+/// One block of `B` bytes mapped by a rule, ready to be written out.
+pub(super) struct Block {
+    /// The bytes the rule wrote, then `RUN_SLACK` bytes of slack.
+    bytes: [u8; B + RUN_SLACK],
+    /// 0x80 where the rule deleted the byte, else 0.
+    dropped: [u8; B],
+}
+
+impl Block {
+    /// An empty block, to be filled by [`Block::map`].
+    pub(super) fn new() -> Self {
+        Block {
+            bytes: [0; B + RUN_SLACK],
+            dropped: [0; B],
+        }
+    }
+
+    /// Applies `rule` to `input[i..i + B]`, which must have two bytes before it and one
+    /// after it (`2 <= i` and `i + B < input.len()`); returns the deletions as a bit mask.
+    #[inline(always)]
+    pub(super) fn map(&mut self, input: &[u8], i: usize, rule: &impl Fn(Window) -> Verdict) -> u64 {
+        // One load per window position, rather than one window, gives vector loads
+        // instead of shuffles.
+        let w0 = <&[u8; B]>::try_from(&input[i - 2..i - 2 + B]).expect("B bytes");
+        let w1 = <&[u8; B]>::try_from(&input[i - 1..i - 1 + B]).expect("B bytes");
+        let w2 = <&[u8; B]>::try_from(&input[i..i + B]).expect("B bytes");
+        let w3 = <&[u8; B]>::try_from(&input[i + 1..i + 1 + B]).expect("B bytes");
+        for j in 0..B {
+            let (b, keep) = rule([w0[j], w1[j], w2[j], w3[j]]);
+            self.bytes[j] = b;
+            self.dropped[j] = if keep { 0 } else { 0x80 };
+        }
+        let mut mask = 0u64;
+        for (c, word) in self.dropped.chunks_exact(8).enumerate() {
+            mask |= high_bits(u64::from_le_bytes(word.try_into().expect("8 bytes"))) << (8 * c);
+        }
+        mask
+    }
+
+    /// Keeps byte `j` after all, with the byte the rule wrote for it; returns `mask` updated
+    /// to match.
+    #[inline]
+    pub(super) fn keep(&mut self, j: usize, mask: u64) -> u64 {
+        self.dropped[j % B] = 0;
+        mask & !(1 << (j % B))
+    }
+
+    /// Writes the kept bytes to the start of `dst` (which has `B + RUN_SLACK` bytes; the
+    /// slack may be overwritten) and returns how many there are. `mask` is what
+    /// [`Block::map`] returned.
+    #[inline(always)]
+    pub(super) fn emit(&self, mut mask: u64, dst: &mut [u8]) -> usize {
+        let dst = <&mut [u8; B + RUN_SLACK]>::try_from(&mut dst[..B + RUN_SLACK])
+            .expect("a block and its slack");
+        if mask == 0 {
+            dst[..B].copy_from_slice(&self.bytes[..B]);
+            B
+        } else if mask.count_ones() <= SPARSE_MAX {
+            // The runs between deletions.
+            let (mut from, mut at) = (0, 0);
+            while mask != 0 {
+                let to = mask.trailing_zeros() as usize;
+                copy_run(&self.bytes, from, to, dst, at);
+                at += to - from;
+                from = to + 1;
+                mask &= mask - 1;
+            }
+            if from < B {
+                copy_run(&self.bytes, from, B, dst, at);
+            }
+            at + B - from
+        } else {
+            let mut k = 0;
+            for j in 0..B {
+                // `k <= j < B`; the mask only spares the bounds check.
+                dst[k & (B - 1)] = self.bytes[j];
+                k += usize::from(self.dropped[j] == 0);
+            }
+            k
+        }
+    }
+}
+
+/// Whether any byte of `bytes` satisfies `pred`. The flags go through an array, a shape
+/// the compiler reliably vectorizes (an OR-fold of several comparisons may not be).
+#[inline(always)]
+pub(super) fn any_in(bytes: &[u8; B], pred: impl Fn(u8) -> bool) -> bool {
+    let mut flags = [0u8; B];
+    for (f, &b) in flags.iter_mut().zip(bytes) {
+        *f = u8::from(pred(b));
+    }
+    flags != [0; B]
+}
+
 /// Applies `rule` to `input[from..]`, writing the kept bytes into `out` after an unchanged
 /// copy of `input[..from]`. `out` ends up holding exactly the result.
 #[inline(always)]
@@ -133,11 +229,7 @@ pub(super) fn rewrite(
     rule: impl Fn(Window) -> Verdict,
 ) {
     let n = input.len();
-    // Every position is written before it is read back, so whatever `out` held is fine;
-    // `resize` only initializes what the vector never held, instead of clearing it all.
-    // The extra room takes the overshoot of the 16-byte run copies.
-    out.resize(n + RUN_SLACK, 0);
-    out[..from].copy_from_slice(&input[..from]);
+    prepare(input, from, out);
     let buf = &mut out[..];
     let mut w = from;
     let mut i = from;
@@ -148,54 +240,11 @@ pub(super) fn rewrite(
         w += usize::from(keep);
         i += 1;
     }
-    let mut mapped = [0u8; B + RUN_SLACK];
+    let mut block = Block::new();
     while i + B < n {
-        // One load per window position, rather than one window, gives vector loads
-        // instead of shuffles.
-        let w0 = <&[u8; B]>::try_from(&input[i - 2..i - 2 + B]).expect("B bytes");
-        let w1 = <&[u8; B]>::try_from(&input[i - 1..i - 1 + B]).expect("B bytes");
-        let w2 = <&[u8; B]>::try_from(&input[i..i + B]).expect("B bytes");
-        let w3 = <&[u8; B]>::try_from(&input[i + 1..i + 1 + B]).expect("B bytes");
-        // 0x80 marks a deleted byte.
-        let mut dropped = [0u8; B];
-        for j in 0..B {
-            let (b, keep) = rule([w0[j], w1[j], w2[j], w3[j]]);
-            mapped[j] = b;
-            dropped[j] = if keep { 0 } else { 0x80 };
-        }
-        let mut mask = 0u64;
-        for (c, word) in dropped.chunks_exact(8).enumerate() {
-            mask |= high_bits(u64::from_le_bytes(word.try_into().expect("8 bytes"))) << (8 * c);
-        }
+        let mask = block.map(input, i, &rule);
         // `w <= i`, and `out` has RUN_SLACK bytes beyond the input's length.
-        let dst = <&mut [u8; B + RUN_SLACK]>::try_from(&mut buf[w..w + B + RUN_SLACK])
-            .expect("a block and its slack");
-        if mask == 0 {
-            dst[..B].copy_from_slice(&mapped[..B]);
-            w += B;
-        } else if mask.count_ones() <= SPARSE_MAX {
-            // The runs between deletions.
-            let (mut from, mut at) = (0, 0);
-            while mask != 0 {
-                let to = mask.trailing_zeros() as usize;
-                copy_run(&mapped, from, to, dst, at);
-                at += to - from;
-                from = to + 1;
-                mask &= mask - 1;
-            }
-            if from < B {
-                copy_run(&mapped, from, B, dst, at);
-            }
-            w += at + B - from;
-        } else {
-            let mut k = 0;
-            for j in 0..B {
-                // `k <= j < B`; the mask only spares the bounds check.
-                dst[k & (B - 1)] = mapped[j];
-                k += usize::from(dropped[j] == 0);
-            }
-            w += k;
-        }
+        w += block.emit(mask, &mut buf[w..]);
         i += B;
     }
     while i < n {
@@ -205,6 +254,16 @@ pub(super) fn rewrite(
         i += 1;
     }
     out.truncate(w);
+}
+
+/// Sizes `out` for a rewrite of `input` that starts at `from`: `input[..from]` copied,
+/// room for the rest and for [`Block::emit`]'s overshoot (`RUN_SLACK` bytes).
+#[inline]
+pub(super) fn prepare(input: &[u8], from: usize, out: &mut Vec<u8>) {
+    // Every position is written before it is read back, so whatever `out` held is fine;
+    // `resize` only initializes what the vector never held, instead of clearing it all.
+    out.resize(input.len() + RUN_SLACK, 0);
+    out[..from].copy_from_slice(&input[..from]);
 }
 
 #[cfg(test)]
@@ -243,7 +302,11 @@ mod tests {
                         .iter()
                         .zip(&input)
                         .position(|(&(b, k), &x)| !k || b != x);
-                    assert_eq!(first_change(&input, suspect, rule), first, "{input:?}");
+                    assert_eq!(
+                        first_change(&input, suspect, |w| changes(&rule, w)),
+                        first,
+                        "{input:?}"
+                    );
                     for from in (0..=len).step_by(5) {
                         let mut want = input[..from].to_vec();
                         want.extend(direct[from..].iter().filter(|v| v.1).map(|v| v.0));

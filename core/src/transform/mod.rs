@@ -259,6 +259,38 @@ pub(crate) mod testutil {
         prop::collection::vec(prop::sample::select(pieces), 0..32).prop_map(|v| v.concat())
     }
 
+    /// Long concatenations (up to `max` pieces) of words and `rare` pieces, where a rare
+    /// piece comes about once in `every`: long stretches without one exercise the
+    /// block-wise paths, and the rare ones their edges.
+    pub(crate) fn long_text(
+        rare: &'static [&'static [u8]],
+        every: u32,
+        max: usize,
+    ) -> impl Strategy<Value = Vec<u8>> {
+        const COMMON: &[&[u8]] = &[
+            b"the",
+            b"Quick",
+            b"brown",
+            b" ",
+            b" ",
+            b" ",
+            b"fox",
+            b"JUMPS",
+            b"a",
+            b".",
+            b"0",
+            b"over",
+            b"lazy",
+            b"dog",
+            b"\xc3\xa9",
+        ];
+        let piece = prop_oneof![
+            every => prop::sample::select(COMMON),
+            1 => prop::sample::select(rare),
+        ];
+        prop::collection::vec(piece, 0..max).prop_map(|v| v.concat())
+    }
+
     /// Uniformly random bytes.
     pub(crate) fn any_bytes() -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec(any::<u8>(), 0..256)

@@ -58,7 +58,8 @@ pub(super) fn compress_whitespace(input: &[u8], out: &mut Vec<u8>) -> bool {
     // The first change is exact: before it the output is the input, and a dropped or
     // rewritten byte there makes it differ.
     let suspect = |b: u8, next: u8| (b <= b'\r') | (b == 0xc2) | ((b == b' ') & (next == b' '));
-    let Some(first) = block::first_change(input, suspect, compress_rule) else {
+    let Some(first) = block::first_change(input, suspect, |w| block::changes(&compress_rule, w))
+    else {
         return false;
     };
     block::rewrite(input, first, out, compress_rule);
@@ -68,7 +69,8 @@ pub(super) fn compress_whitespace(input: &[u8], out: &mut Vec<u8>) -> bool {
 /// `remove_whitespace`.
 pub(super) fn remove_whitespace(input: &[u8], out: &mut Vec<u8>) -> bool {
     let suspect = |b: u8, _| is_ascii_ws(b) | (b == 0xc2);
-    let Some(first) = block::first_change(input, suspect, remove_rule) else {
+    let Some(first) = block::first_change(input, suspect, |w| block::changes(&remove_rule, w))
+    else {
         return false;
     };
     block::rewrite(input, first, out, remove_rule);
@@ -93,7 +95,7 @@ pub(super) fn remove_nulls(input: &[u8], out: &mut Vec<u8>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{any_bytes, check, from_pieces, rich_bytes, run};
+    use super::super::testutil::{any_bytes, check, from_pieces, long_text, rich_bytes, run};
     use super::super::Transform;
     use proptest::prelude::*;
 
@@ -206,6 +208,14 @@ mod tests {
         #[test]
         fn remove_ws_matches_oracle(input in prop_oneof![from_pieces(FOCUS), rich_bytes(), any_bytes()]) {
             check(Transform::RemoveWhitespace, &input, &oracle_remove(&input))?;
+        }
+
+        #[test]
+        fn long_matches_oracles(input in long_text(FOCUS, 10, 400)) {
+            check(Transform::Lowercase, &input, &oracle_lowercase(&input))?;
+            check(Transform::CompressWhitespace, &input, &oracle_compress(&input))?;
+            check(Transform::RemoveWhitespace, &input, &oracle_remove(&input))?;
+            check(Transform::RemoveNulls, &input, &oracle_nulls(&input))?;
         }
 
         #[test]
