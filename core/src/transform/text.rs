@@ -3,17 +3,18 @@
 use memchr::{memchr, memchr_iter};
 
 use super::block::{self, Verdict, Window};
-use super::find_first;
 
 /// `lowercase`: ASCII only, so the length is unchanged and non-ASCII bytes (possibly
 /// invalid UTF-8) are never reinterpreted.
 pub(super) fn lowercase(input: &[u8], out: &mut Vec<u8>) -> bool {
-    let Some(first) = find_first(input, |b| b.is_ascii_uppercase()) else {
+    let upper = |b: u8| b.wrapping_sub(b'A') < 26;
+    let Some(first) = block::first_change(input, |b, _| upper(b), |w| upper(w[2])) else {
         return false;
     };
+    // One pass: the prefix is copied, the rest copied and lowercased together.
     out.clear();
-    out.extend_from_slice(input);
-    out[first..].make_ascii_lowercase();
+    out.extend_from_slice(&input[..first]);
+    out.extend(input[first..].iter().map(u8::to_ascii_lowercase));
     true
 }
 
