@@ -219,6 +219,21 @@ pub(super) fn any_in(bytes: &[u8; B], pred: impl Fn(u8) -> bool) -> bool {
     flags != [0; B]
 }
 
+/// The bytes of `bytes` that satisfy `pred`, as a bit mask (bit `j` for byte `j`). The
+/// flags go through an array, which vectorizes.
+#[inline(always)]
+pub(super) fn mask_of(bytes: &[u8; B], pred: impl Fn(u8) -> bool) -> u64 {
+    let mut flags = [0u8; B];
+    for (f, &b) in flags.iter_mut().zip(bytes) {
+        *f = if pred(b) { 0x80 } else { 0 };
+    }
+    let mut mask = 0u64;
+    for (c, word) in flags.chunks_exact(8).enumerate() {
+        mask |= high_bits(u64::from_le_bytes(word.try_into().expect("8 bytes"))) << (8 * c);
+    }
+    mask
+}
+
 /// Applies `rule` to `input[from..]`, writing the kept bytes into `out` after an unchanged
 /// copy of `input[..from]`. `out` ends up holding exactly the result.
 #[inline(always)]
