@@ -7,6 +7,8 @@
 //! reads as text. Random bytes pass that test with negligible probability, so ordinary
 //! values are left alone.
 
+use super::block::{self, B};
+
 /// Marks bytes outside the alphabet in [`DECODE`].
 const INVALID: u8 = 0xff;
 
@@ -40,6 +42,49 @@ fn in_alphabet(b: u8) -> bool {
     DECODE[usize::from(b)] != INVALID
 }
 
+/// A superset of the alphabet (`+` to `z`) in one comparison: text without long runs of it
+/// (prose) is skipped at the lowest cost.
+#[inline(always)]
+fn maybe_alphabet(b: u8) -> bool {
+    b.wrapping_sub(b'+') <= b'z' - b'+'
+}
+
+/// [`in_alphabet`] by comparisons, for the vectorized scan.
+#[inline(always)]
+fn in_alphabet_cmp(b: u8) -> bool {
+    // `b | 0x20` folds capitals onto small letters; `b | 2` is `/` for `-` and `/` only.
+    ((b | 0x20).wrapping_sub(b'a') < 26)
+        | (b.wrapping_sub(b'0') < 10)
+        | ((b | 2) == b'/')
+        | (b == b'+')
+        | (b == b'_')
+}
+
+/// Where the scan can go on after the block at `input[i..i + B]`, if no run of
+/// [`MIN_RUN`] alphabet characters lies inside it: the start of the run that the block
+/// ends with (which may go on past it), or the block's end. Runs start at `i` or later.
+#[inline]
+fn skip_block(input: &[u8], i: usize) -> Option<usize> {
+    let bytes = <&[u8; B]>::try_from(input.get(i..i + B)?).ok()?;
+    // The superset first, then the alphabet itself; a run of either stays a run when the
+    // block is judged by the other, so both answers are sound.
+    [
+        block::mask_of(bytes, maybe_alphabet),
+        block::mask_of(bytes, in_alphabet_cmp),
+    ]
+    .into_iter()
+    .find_map(|m| {
+        // Bit j of `r` is set when bytes j..j + 16 are all in the set.
+        let r = m & (m >> 1);
+        let r = r & (r >> 2);
+        let r = r & (r >> 4);
+        let r = r & (r >> 8);
+        // `m` is not all ones (that would be a run), so the block ends with fewer
+        // than 16 bytes of the set.
+        (r == 0).then(|| i + B - (!m).leading_zeros() as usize)
+    })
+}
+
 /// `base64_segments`.
 ///
 /// A segment of `n` characters decodes to at most `3n/4` bytes, so replacing it shrinks
@@ -59,11 +104,15 @@ pub(super) fn base64_segments(input: &[u8], out: &mut Vec<u8>) -> bool {
     let mut i = 0;
     while i + MIN_RUN <= input.len() {
         // A long enough run starting anywhere in `i..i + MIN_RUN` covers the probe byte, so
-        // when the probe is outside the alphabet the whole window is skipped. Prose has
-        // short words, so most windows cost one lookup.
+        // when the probe is outside the alphabet the whole window is skipped.
         let probe = i + MIN_RUN - 1;
         if !in_alphabet(input[probe]) {
             i = probe + 1;
+            continue;
+        }
+        // Otherwise a block of text without long runs (most prose) is skipped whole.
+        if let Some(next) = skip_block(input, i) {
+            i = next;
             continue;
         }
         let mut start = probe;

@@ -22,25 +22,20 @@
 //! * ASCII is **lowercased**: Windows commands are case-insensitive. Non-ASCII bytes are
 //!   left alone.
 
-use super::find_first;
+use super::block::{self, Block, Window, B};
 
-/// An ordinary byte: kept as is.
-const OTHER: u8 = 0;
-/// An ASCII capital: kept, but lowercased.
-const UPPER: u8 = 1;
-/// Deleted.
-const DELETE: u8 = 2;
-/// Whitespace or a delimiter that counts as whitespace.
-const SPACE: u8 = 3;
+/// Class flag: an ordinary byte, kept (lowercased).
+const OTHER: u8 = 1;
+/// Class flag: whitespace or a delimiter that counts as whitespace.
+const SPACE: u8 = 2;
+/// Class flag: deleted.
+const DELETE: u8 = 4;
+/// Class flag: an ordinary byte that swallows a space before it (`/`, `(`).
+const TIGHT: u8 = 8;
 
-/// The class of every byte, as a table so the loops do one lookup per byte.
+/// The class of every byte, as a table so the scalar loop does one lookup per byte.
 static CLASS: [u8; 256] = {
     let mut t = [OTHER; 256];
-    let mut c = b'A';
-    while c <= b'Z' {
-        t[c as usize] = UPPER;
-        c += 1;
-    }
     t[b'\\' as usize] = DELETE;
     t[b'"' as usize] = DELETE;
     t[b'\'' as usize] = DELETE;
@@ -52,34 +47,104 @@ static CLASS: [u8; 256] = {
     t[0x0b] = SPACE;
     t[0x0c] = SPACE;
     t[b',' as usize] = SPACE;
+    t[b'/' as usize] = OTHER | TIGHT;
+    t[b'(' as usize] = OTHER | TIGHT;
     t
 };
 
-#[inline]
-fn class(b: u8) -> u8 {
-    CLASS[usize::from(b)]
+/// What a byte becomes when it is kept: ASCII lowercased, and a space for the whitespace
+/// class.
+static MAP: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = if CLASS[b] & OTHER != 0 {
+            (b as u8).to_ascii_lowercase()
+        } else {
+            b' '
+        };
+        b += 1;
+    }
+    t
+};
+
+/// Whitespace class, by comparisons (for the vectorized rule).
+#[inline(always)]
+fn is_space(b: u8) -> bool {
+    (b == b' ') | (b.wrapping_sub(b'\t') <= b'\r' - b'\t') | (b == b',')
 }
 
-/// The first byte at which the output may start to differ from the input, such that the
-/// rewrite can start there with no pending space. Conservative: it may return a position
-/// where nothing ends up changing; the caller compares.
+/// Deleted class, by comparisons.
+#[inline(always)]
+fn is_delete(b: u8) -> bool {
+    // `b | 2` is 0x5e for `\\` (0x5c) and `^` (0x5e) only.
+    ((b | 2) == b'^') | (b == b'"') | (b == b'\'')
+}
+
+/// What becomes of each byte, decided from the byte and the next one.
 ///
-/// A space is flagged itself unless what follows keeps it as is (the end, or an ordinary
-/// character other than `/` and `(`), so when the flagged byte follows an unflagged space,
-/// that space was already correct as output and nothing is pending.
-fn first_change(input: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    loop {
-        i += find_first(&input[i..], |b| class(b) != OTHER)?;
-        let kept_space = input[i] == b' '
-            && input
-                .get(i + 1)
-                .is_none_or(|&n| class(n) == OTHER && n != b'/' && n != b'(');
-        if !kept_space {
-            return Some(i);
-        }
-        i += 1;
-    }
+/// With the deleted bytes gone, every decision is local: a whitespace-class byte becomes
+/// a space that is kept only if it ends its run and the next byte does not swallow it;
+/// everything else is lowercased. With deleted bytes, only a whitespace byte right before
+/// one cannot be decided from the next byte; this rule drops it, and [`cmd_line`]
+/// decides it again with [`space_kept`].
+#[inline(always)]
+fn rule([_, _, b, n]: Window) -> (u8, bool) {
+    // Without branches, so that it vectorizes.
+    let space = is_space(b);
+    let lower = b | (u8::from(b.wrapping_sub(b'A') < 26) << 5);
+    let swallowed = is_space(n) | (n == b'/') | (n == b'(') | is_delete(n);
+    (
+        if space { b' ' } else { lower },
+        !is_delete(b) & !(space & swallowed),
+    )
+}
+
+/// Whether the whitespace-class byte at `input[i]` is kept: when the next byte that is not
+/// deleted does not continue the run or swallow the space, or when there is none.
+#[inline]
+fn space_kept(input: &[u8], i: usize) -> bool {
+    input[i + 1..]
+        .iter()
+        .find(|&&b| CLASS[usize::from(b)] != DELETE)
+        .is_none_or(|&b| CLASS[usize::from(b)] == OTHER)
+}
+
+/// [`rule`] at `input[i]`, with the whitespace byte before a deleted one decided.
+#[inline]
+fn verdict_at(input: &[u8], i: usize) -> (u8, bool) {
+    let b = input[i];
+    let c = CLASS[usize::from(b)];
+    let keep = if c == SPACE {
+        space_kept(input, i)
+    } else {
+        c != DELETE
+    };
+    (MAP[usize::from(b)], keep)
+}
+
+/// Whether the output can start to differ from the input at `w[2]`. Conservative: it may
+/// hold where nothing ends up changing; the caller compares.
+///
+/// A space is a hit unless what follows keeps it as is (the end, or an ordinary character
+/// other than `/` and `(`).
+#[inline(always)]
+fn starts_change([_, _, b, n]: Window) -> bool {
+    // Beyond the end `n` is 0, an ordinary byte, which keeps a final space as it is.
+    let kept_space = b == b' ' && CLASS[usize::from(n)] == OTHER;
+    b.is_ascii_uppercase() || (CLASS[usize::from(b)] & OTHER == 0 && !kept_space)
+}
+
+/// A cheap test that holds wherever [`starts_change`] does.
+#[inline(always)]
+fn suspect(b: u8, n: u8) -> bool {
+    // `(x | 2) == 0x5e` is `\` or `^`; `(x | 5) == 0x27` is `"`, `'`, `#` or `&`.
+    let odd = |x: u8| ((x | 2) == 0x5e) | ((x | 5) == 0x27);
+    b.is_ascii_uppercase()
+        | (b <= b'\r')
+        | (b == b',')
+        | odd(b)
+        | ((b == b' ') & ((n <= b'/') | odd(n)))
 }
 
 /// `cmd_line`.
@@ -87,37 +152,50 @@ fn first_change(input: &[u8]) -> Option<usize> {
 /// Each output byte is an input byte (possibly lowercased) or one space standing for a
 /// non-empty run of whitespace-class bytes, so the output is never longer.
 pub(super) fn cmd_line(input: &[u8], out: &mut Vec<u8>) -> bool {
-    let Some(start) = first_change(input) else {
+    let Some(start) = block::first_change(input, suspect, starts_change) else {
         return false;
     };
-    // `out` starts as a copy and is rewritten in place, through a plain slice so the
-    // compiler knows the writes cannot touch the `Vec` itself. The write position never
-    // passes the read position: a space is written only for an earlier whitespace byte
-    // that wrote nothing itself.
-    out.clear();
-    out.extend_from_slice(input);
+    let n = input.len();
+    block::prepare(input, start, out);
     let buf = &mut out[..];
     let mut w = start;
-    let mut pending_space = false;
-    for &b in &input[start..] {
-        let c = class(b);
-        if c >= DELETE {
-            pending_space |= c == SPACE;
-            continue;
-        }
-        if pending_space {
-            if b != b'/' && b != b'(' {
-                buf[w] = b' ';
-                w += 1;
-            }
-            pending_space = false;
-        }
-        buf[w] = b.to_ascii_lowercase();
-        w += 1;
+    let mut i = start;
+    // The first two bytes have incomplete windows.
+    while i < n.min(2) {
+        let (b, keep) = verdict_at(input, i);
+        buf[w] = b;
+        w += usize::from(keep);
+        i += 1;
     }
-    if pending_space {
-        buf[w] = b' ';
-        w += 1;
+    let mut block = Block::new();
+    while i + B < n {
+        let mut mask = block.map(input, i, &rule);
+        // With a deleted byte in the block or right after it, some of the whitespace the
+        // rule dropped may be kept after all.
+        if is_delete(input[i + B])
+            || block::any_in(input[i..i + B].try_into().expect("B bytes"), is_delete)
+        {
+            let mut dropped = mask;
+            while dropped != 0 {
+                let j = dropped.trailing_zeros() as usize;
+                if CLASS[usize::from(input[i + j])] == SPACE
+                    && CLASS[usize::from(input[i + j + 1])] == DELETE
+                    && space_kept(input, i + j)
+                {
+                    mask = block.keep(j, mask);
+                }
+                dropped &= dropped - 1;
+            }
+        }
+        // `w <= i`, and `out` has room for the overshoot.
+        w += block.emit(mask, &mut buf[w..]);
+        i += B;
+    }
+    while i < n {
+        let (b, keep) = verdict_at(input, i);
+        buf[w] = b;
+        w += usize::from(keep);
+        i += 1;
     }
     out.truncate(w);
     out.as_slice() != input
@@ -125,7 +203,7 @@ pub(super) fn cmd_line(input: &[u8], out: &mut Vec<u8>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{any_bytes, check, from_pieces, rich_bytes, run};
+    use super::super::testutil::{any_bytes, check, from_pieces, long_text, rich_bytes, run};
     use super::super::Transform;
     use proptest::prelude::*;
 
@@ -191,6 +269,11 @@ mod tests {
 
         #[test]
         fn matches_oracle(input in prop_oneof![from_pieces(FOCUS), rich_bytes(), any_bytes()]) {
+            check(Transform::CmdLine, &input, &oracle(&input))?;
+        }
+
+        #[test]
+        fn long_matches_oracle(input in long_text(FOCUS, 12, 400)) {
             check(Transform::CmdLine, &input, &oracle(&input))?;
         }
     }

@@ -19,6 +19,7 @@
 //!   gave up would hide it.
 
 mod b64;
+mod block;
 mod cmdline;
 mod escape;
 mod html;
@@ -183,23 +184,6 @@ fn hex_u16(s: &[u8], i: usize) -> Option<u16> {
     Some((u16::from(hi) << 8) | u16::from(lo))
 }
 
-/// The index of the first byte matching `pred`.
-///
-/// Checks 32-byte blocks with a non-short-circuiting OR, which the compiler vectorizes for
-/// comparison predicates, and searches byte by byte only inside the block that matches.
-#[inline]
-fn find_first(input: &[u8], pred: impl Fn(u8) -> bool) -> Option<usize> {
-    let blocks = input.chunks_exact(32);
-    let tail = blocks.remainder();
-    for (n, block) in blocks.enumerate() {
-        if block.iter().fold(false, |acc, &b| acc | pred(b)) {
-            return block.iter().position(|&b| pred(b)).map(|p| n * 32 + p);
-        }
-    }
-    let base = input.len() - tail.len();
-    tail.iter().position(|&b| pred(b)).map(|p| base + p)
-}
-
 /// Appends `c` as UTF-8.
 #[inline]
 fn push_char(out: &mut Vec<u8>, c: char) {
@@ -258,6 +242,38 @@ pub(crate) mod testutil {
         prop::collection::vec(prop::sample::select(pieces), 0..32).prop_map(|v| v.concat())
     }
 
+    /// Long concatenations (up to `max` pieces) of words and `rare` pieces, where a rare
+    /// piece comes about once in `every`: long stretches without one exercise the
+    /// block-wise paths, and the rare ones their edges.
+    pub(crate) fn long_text(
+        rare: &'static [&'static [u8]],
+        every: u32,
+        max: usize,
+    ) -> impl Strategy<Value = Vec<u8>> {
+        const COMMON: &[&[u8]] = &[
+            b"the",
+            b"Quick",
+            b"brown",
+            b" ",
+            b" ",
+            b" ",
+            b"fox",
+            b"JUMPS",
+            b"a",
+            b".",
+            b"0",
+            b"over",
+            b"lazy",
+            b"dog",
+            b"\xc3\xa9",
+        ];
+        let piece = prop_oneof![
+            every => prop::sample::select(COMMON),
+            1 => prop::sample::select(rare),
+        ];
+        prop::collection::vec(piece, 0..max).prop_map(|v| v.concat())
+    }
+
     /// Uniformly random bytes.
     pub(crate) fn any_bytes() -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec(any::<u8>(), 0..256)
@@ -311,19 +327,6 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Transform::ALL.len());
-    }
-
-    #[test]
-    fn find_first_finds_the_first() {
-        let mut v = vec![b'a'; 100];
-        assert_eq!(find_first(&v, |b| b == b'x'), None);
-        for at in [0, 31, 32, 63, 64, 95, 96, 99] {
-            v[at] = b'x';
-            assert_eq!(find_first(&v, |b| b == b'x'), Some(at));
-            v[99] = b'x';
-            assert_eq!(find_first(&v, |b| b == b'x'), Some(at));
-            v.fill(b'a');
-        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Path normalization.
 
-use memchr::memchr2_iter;
+use memchr::{memchr2, memchr2_iter};
 
 /// Whether normalization could change `input`: only a backslash, an empty segment (`//`) or
 /// a segment starting with `.` can, so this is one `memchr2` pass over the separators.
@@ -37,8 +37,12 @@ pub(super) fn normalize_path(input: &[u8], out: &mut Vec<u8>) -> bool {
     let mut floor = base;
     // Whether the last segment was one that normalization dropped; the directory it
     // named is kept visible as a trailing '/'.
-    let mut trailing = false;
-    for seg in input.split(is_sep) {
+    let mut trailing;
+    // The segments, found with a vectorized search for the separators.
+    let mut start = 0;
+    loop {
+        let end = memchr2(b'/', b'\\', &input[start..]).map_or(input.len(), |p| start + p);
+        let seg = &input[start..end];
         match seg {
             b"" | b"." => trailing = true,
             b".." if out.len() > floor => {
@@ -59,6 +63,10 @@ pub(super) fn normalize_path(input: &[u8], out: &mut Vec<u8>) -> bool {
                 trailing = false;
             }
         }
+        if end == input.len() {
+            break;
+        }
+        start = end + 1;
     }
     if trailing && out.last().is_some_and(|&b| b != b'/') {
         out.push(b'/');

@@ -1,123 +1,81 @@
 //! Byte-level text transforms: case, whitespace, NUL bytes.
 
-use memchr::{memchr, memchr2, memchr3, memchr_iter, memmem};
+use memchr::{memchr, memchr_iter};
 
-use super::find_first;
+use super::block::{self, Verdict, Window};
 
 /// `lowercase`: ASCII only, so the length is unchanged and non-ASCII bytes (possibly
 /// invalid UTF-8) are never reinterpreted.
 pub(super) fn lowercase(input: &[u8], out: &mut Vec<u8>) -> bool {
-    let Some(first) = find_first(input, |b| b.is_ascii_uppercase()) else {
+    let upper = |b: u8| b.wrapping_sub(b'A') < 26;
+    let Some(first) = block::first_change(input, |b, _| upper(b), |w| upper(w[2])) else {
         return false;
     };
+    // One pass: the prefix is copied, the rest copied and lowercased together.
     out.clear();
-    out.extend_from_slice(input);
-    out[first..].make_ascii_lowercase();
+    out.extend_from_slice(&input[..first]);
+    out.extend(input[first..].iter().map(u8::to_ascii_lowercase));
     true
 }
 
 /// ASCII whitespace, including `\v` (which `u8::is_ascii_whitespace` leaves out):
 /// `\t` `\n` `\v` `\f` `\r` are the contiguous range 9–13.
-#[inline]
+#[inline(always)]
 fn is_ascii_ws(b: u8) -> bool {
-    (b == b' ') | (b'\t'..=b'\r').contains(&b)
+    (b == b' ') | (b.wrapping_sub(b'\t') <= b'\r' - b'\t')
 }
 
-/// Whether byte `b` (between `prev` and `next`) starts a whitespace character (ASCII
-/// whitespace, or the 0xC2 of U+00A0), and whether it is the 0xA0 that continues one.
-/// Looking one byte either way lets the loops below treat every byte alike, without
-/// branches on the data.
-#[inline]
-fn ws_at(prev: u8, b: u8, next: u8) -> (bool, bool) {
-    (
-        is_ascii_ws(b) | ((b == 0xc2) & (next == 0xa0)),
-        (b == 0xa0) & (prev == 0xc2),
-    )
+/// Whether the byte `b`, followed by `next`, starts a whitespace character (ASCII
+/// whitespace, or the 0xC2 of U+00A0).
+#[inline(always)]
+fn ws_starts(b: u8, next: u8) -> bool {
+    is_ascii_ws(b) | ((b == 0xc2) & (next == 0xa0))
 }
 
-/// Calls `f(prev, byte, next)` for each byte of `input[from..]`, with 0 beyond the ends.
-#[inline]
-fn each_with_neighbours(input: &[u8], from: usize, mut f: impl FnMut(u8, u8, u8)) {
-    let mut prev = if from > 0 { input[from - 1] } else { 0 };
-    let mut rest = input.get(from..).unwrap_or_default().iter().peekable();
-    while let Some(&b) = rest.next() {
-        let next = rest.peek().map_or(0, |&&n| n);
-        f(prev, b, next);
-        prev = b;
-    }
+/// Whether the byte `b`, after `prev`, is the 0xA0 that continues a U+00A0.
+#[inline(always)]
+fn ws_continues(prev: u8, b: u8) -> bool {
+    (b == 0xa0) & (prev == 0xc2)
+}
+
+/// `compress_whitespace`: the first byte of each whitespace character becomes a space,
+/// kept only when the previous character was not whitespace; a U+00A0's 0xA0 goes.
+#[inline(always)]
+fn compress_rule([p2, p, b, n]: Window) -> Verdict {
+    let start = ws_starts(b, n);
+    let prev_ws = ws_starts(p, b) | ws_continues(p2, p);
+    let byte = if start { b' ' } else { b };
+    (byte, !ws_continues(p, b) & !(start & prev_ws))
+}
+
+/// `remove_whitespace`: every byte of a whitespace character goes.
+#[inline(always)]
+fn remove_rule([_, p, b, n]: Window) -> Verdict {
+    (b, !ws_starts(b, n) & !ws_continues(p, b))
 }
 
 /// `compress_whitespace`.
 pub(super) fn compress_whitespace(input: &[u8], out: &mut Vec<u8>) -> bool {
-    let has_c2 = memchr(0xc2, input).is_some();
-    // Most values have only single spaces; vectorized searches prove that.
-    if !has_c2
-        && memchr3(b'\t', b'\n', b'\r', input).is_none()
-        && memchr2(0x0b, 0x0c, input).is_none()
-        && memmem::find(input, b"  ").is_none()
-    {
+    // The first change is exact: before it the output is the input, and a dropped or
+    // rewritten byte there makes it differ.
+    let suspect = |b: u8, next: u8| (b <= b'\r') | (b == 0xc2) | ((b == b' ') & (next == b' '));
+    let Some(first) = block::first_change(input, suspect, |w| block::changes(&compress_rule, w))
+    else {
         return false;
-    }
-    // `out` starts as a copy and is compacted in place (`w` never passes the read
-    // position), through a plain slice so the compiler knows the writes cannot touch the
-    // `Vec` itself.
-    out.clear();
-    out.extend_from_slice(input);
-    let buf = &mut out[..];
-    let mut w = 0;
-    let mut in_ws = false;
-    if has_c2 {
-        each_with_neighbours(input, 0, |prev, b, next| {
-            let (start, cont) = ws_at(prev, b, next);
-            buf[w] = if start { b' ' } else { b };
-            w += usize::from(!cont & !(start & in_ws));
-            in_ws = start | cont;
-        });
-    } else {
-        // Without U+00A0 every whitespace character is one byte.
-        for &b in input {
-            let ws = is_ascii_ws(b);
-            buf[w] = if ws { b' ' } else { b };
-            w += usize::from(!(ws & in_ws));
-            in_ws = ws;
-        }
-    }
-    out.truncate(w);
-    // The prefilter can fire without a change (a 0xC2 that is not U+00A0, say).
-    out.as_slice() != input
+    };
+    block::rewrite(input, first, out, compress_rule);
+    true
 }
 
 /// `remove_whitespace`.
 pub(super) fn remove_whitespace(input: &[u8], out: &mut Vec<u8>) -> bool {
-    let c2 = memchr(0xc2, input);
-    let Some(first) = [
-        memchr3(b' ', b'\t', b'\n', input),
-        memchr3(b'\r', 0x0b, 0x0c, input),
-        c2,
-    ]
-    .into_iter()
-    .flatten()
-    .min() else {
+    let suspect = |b: u8, _| is_ascii_ws(b) | (b == 0xc2);
+    let Some(first) = block::first_change(input, suspect, |w| block::changes(&remove_rule, w))
+    else {
         return false;
     };
-    out.clear();
-    out.extend_from_slice(input);
-    let buf = &mut out[..];
-    let mut w = first;
-    if c2.is_some() {
-        each_with_neighbours(input, first, |prev, b, next| {
-            let (start, cont) = ws_at(prev, b, next);
-            buf[w] = b;
-            w += usize::from(!start & !cont);
-        });
-    } else {
-        for &b in &input[first..] {
-            buf[w] = b;
-            w += usize::from(!is_ascii_ws(b));
-        }
-    }
-    out.truncate(w);
-    w != input.len()
+    block::rewrite(input, first, out, remove_rule);
+    true
 }
 
 /// `remove_nulls`.
@@ -138,7 +96,7 @@ pub(super) fn remove_nulls(input: &[u8], out: &mut Vec<u8>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{any_bytes, check, from_pieces, rich_bytes, run};
+    use super::super::testutil::{any_bytes, check, from_pieces, long_text, rich_bytes, run};
     use super::super::Transform;
     use proptest::prelude::*;
 
@@ -251,6 +209,14 @@ mod tests {
         #[test]
         fn remove_ws_matches_oracle(input in prop_oneof![from_pieces(FOCUS), rich_bytes(), any_bytes()]) {
             check(Transform::RemoveWhitespace, &input, &oracle_remove(&input))?;
+        }
+
+        #[test]
+        fn long_matches_oracles(input in long_text(FOCUS, 10, 400)) {
+            check(Transform::Lowercase, &input, &oracle_lowercase(&input))?;
+            check(Transform::CompressWhitespace, &input, &oracle_compress(&input))?;
+            check(Transform::RemoveWhitespace, &input, &oracle_remove(&input))?;
+            check(Transform::RemoveNulls, &input, &oracle_nulls(&input))?;
         }
 
         #[test]

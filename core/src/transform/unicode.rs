@@ -23,49 +23,175 @@ enum Fold {
     Str(&'static str),
 }
 
+/// The well-formed UTF-8 character starting at `input[i]` (a non-ASCII byte), as its
+/// code point and length, or `None` where no character starts (the byte is kept as is).
+///
+/// Checking well-formedness at every non-ASCII byte and skipping one byte where it fails
+/// finds the same characters as `utf8_chunks`: the bytes it reports invalid are a lead
+/// byte and continuation bytes, and a continuation byte never starts a character.
+#[inline(always)]
+fn char_at(input: &[u8], i: usize) -> Option<(u32, usize)> {
+    let b0 = u32::from(input[i]);
+    // The six payload bits of the continuation byte at `i + k`.
+    let cont = |k: usize| {
+        let c = u32::from(*input.get(i + k)?) ^ 0x80;
+        (c < 0x40).then_some(c)
+    };
+    if b0 < 0xe0 {
+        // 0x80..0xC1 are continuation bytes or overlong leads.
+        let cp = ((b0 & 0x1f) << 6) | cont(1)?;
+        (b0 >= 0xc2).then_some((cp, 2))
+    } else if b0 < 0xf0 {
+        let cp = ((b0 & 0x0f) << 12) | (cont(1)? << 6) | cont(2)?;
+        // Overlong forms and surrogates are not characters.
+        (cp >= 0x800 && !(0xd800..=0xdfff).contains(&cp)).then_some((cp, 3))
+    } else {
+        let cp = ((b0 & 0x07) << 18) | (cont(1)? << 12) | (cont(2)? << 6) | cont(3)?;
+        (b0 < 0xf8 && (0x1_0000..=0x10_ffff).contains(&cp)).then_some((cp, 4))
+    }
+}
+
+/// How the character at the non-ASCII byte `input[i]` folds, and how many bytes it
+/// spans (one for a byte that starts no character, which is kept).
+#[inline(always)]
+fn fold_at(input: &[u8], i: usize) -> (Fold, usize) {
+    match char_at(input, i) {
+        // Two-byte characters, most non-English text, straight from the table.
+        Some((cp, 2)) => (
+            match TWO_BYTE[cp as usize] {
+                TABLE_KEEP => Fold::Keep,
+                TABLE_DROP => Fold::Drop,
+                b => Fold::Ascii(b),
+            },
+            2,
+        ),
+        Some((cp, len)) => match char::from_u32(cp) {
+            Some(c) => (fold_fast(c), len),
+            None => (Fold::Keep, len),
+        },
+        None => (Fold::Keep, 1),
+    }
+}
+
+/// The index of the first non-ASCII byte at or after `i`, or `input.len()`.
+#[inline(always)]
+fn skip_ascii(input: &[u8], mut i: usize) -> usize {
+    // A word at a time, then byte by byte (text in most scripts has short ASCII runs:
+    // spaces and punctuation).
+    while let Some(word) = input.get(i..i + 8) {
+        let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        let high = word & 0x8080_8080_8080_8080;
+        if high != 0 {
+            return i + (high.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < input.len() && input[i].is_ascii() {
+        i += 1;
+    }
+    i
+}
+
 /// `normalize_unicode`.
+///
+/// Characters are decoded in place (see [`char_at`]); the first that folds starts the
+/// rewrite, which writes into `out` sized once, never longer than the input since every
+/// fold is.
 pub(super) fn normalize_unicode(input: &[u8], out: &mut Vec<u8>) -> bool {
     // `is_ascii` checks a word at a time; most values are ASCII and end here.
     if input.is_ascii() {
         return false;
     }
-    let first = input.iter().position(|b| !b.is_ascii()).unwrap_or(0);
-    let mut started = false;
-    // `input[..copied]` is already in `out` (once started).
-    let mut copied = 0;
-    let mut pos = first;
-    for chunk in input[first..].utf8_chunks() {
-        let valid = chunk.valid();
-        for (off, c) in valid.char_indices() {
-            if c.is_ascii() {
+    let n = input.len();
+    let mut i = skip_ascii(input, 0);
+    let start = loop {
+        if i >= n {
+            return false;
+        }
+        let (fold, len) = fold_at(input, i);
+        if fold != Fold::Keep {
+            break i;
+        }
+        i = skip_ascii(input, i + len);
+    };
+    out.clear();
+    out.extend_from_slice(input);
+    let buf = &mut out[..];
+    let mut w = start;
+    let mut i = start;
+    while i < n {
+        // `w <= i`: writes never pass the read position.
+        let b = input[i];
+        if b.is_ascii() {
+            buf[w] = b;
+            w += 1;
+            i += 1;
+            continue;
+        }
+        // Two-byte characters (Greek, Cyrillic, Latin-1, …) straight from the table.
+        if let (0xc2..=0xdf, Some(&b1)) = (b, input.get(i + 1)) {
+            if b1 & 0xc0 == 0x80 {
+                let cp = (usize::from(b & 0x1f) << 6) | usize::from(b1 & 0x3f);
+                let dst = <&mut [u8; 2]>::try_from(&mut buf[w..w + 2]).expect("2 bytes");
+                match TWO_BYTE[cp] {
+                    TABLE_KEEP => {
+                        *dst = [b, b1];
+                        w += 2;
+                    }
+                    TABLE_DROP => {}
+                    a => {
+                        dst[0] = a;
+                        w += 1;
+                    }
+                }
+                i += 2;
                 continue;
             }
-            let ascii;
-            let replacement: &[u8] = match fold_fast(c) {
-                Fold::Keep => continue,
-                Fold::Drop => &[],
-                Fold::Ascii(b) => {
-                    ascii = [b];
-                    &ascii
-                }
-                Fold::Str(s) => s.as_bytes(),
-            };
-            if !started {
-                out.clear();
-                out.reserve(input.len());
-                started = true;
-            }
-            let at = pos + off;
-            out.extend_from_slice(&input[copied..at]);
-            out.extend_from_slice(replacement);
-            copied = at + c.len_utf8();
         }
-        pos += valid.len() + chunk.invalid().len();
+        // Three-byte characters on pages without foldable ones (CJK, Indic, …) are kept.
+        if let (0xe0..=0xef, Some(&[b1, b2, b3])) = (b, input.get(i + 1..i + 4)) {
+            let cp =
+                (u32::from(b & 0x0f) << 12) | (u32::from(b1 & 0x3f) << 6) | u32::from(b2 & 0x3f);
+            let page = (cp >> 8) as usize;
+            if (b1 & 0xc0 == 0x80)
+                & (b2 & 0xc0 == 0x80)
+                & (cp >= 0x800)
+                & !(0xd800..=0xdfff).contains(&cp)
+                & (FOLD_PAGES[page / 64] & (1 << (page % 64)) == 0)
+            {
+                // The fourth byte is copied too, and overwritten next.
+                let dst = <&mut [u8; 4]>::try_from(&mut buf[w..w + 4]).expect("4 bytes");
+                *dst = [b, b1, b2, b3];
+                w += 3;
+                i += 3;
+                continue;
+            }
+        }
+        let (fold, len) = fold_at(input, i);
+        match fold {
+            Fold::Keep => {
+                // A fixed-size copy (possibly of bytes past the character, which later
+                // writes replace) rather than a call for a few bytes.
+                if let (Some(dst), Some(src)) = (buf.get_mut(w..w + 4), input.get(i..i + 4)) {
+                    dst.copy_from_slice(src);
+                } else {
+                    buf[w..w + len].copy_from_slice(&input[i..i + len]);
+                }
+                w += len;
+            }
+            Fold::Drop => {}
+            Fold::Ascii(b) => {
+                buf[w] = b;
+                w += 1;
+            }
+            Fold::Str(s) => {
+                buf[w..w + s.len()].copy_from_slice(s.as_bytes());
+                w += s.len();
+            }
+        }
+        i += len;
     }
-    if !started {
-        return false;
-    }
-    out.extend_from_slice(&input[copied..]);
+    out.truncate(w);
     // Every fold of a non-ASCII character differs from it, so the value changed.
     true
 }
@@ -112,7 +238,7 @@ static FOLD_PAGES: [u64; 4] = {
 };
 
 /// [`fold_cp`], through the fast paths.
-#[inline]
+#[inline(always)]
 fn fold_fast(c: char) -> Fold {
     let cp = c as u32;
     if cp < 0x800 {
