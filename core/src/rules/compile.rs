@@ -153,6 +153,7 @@ pub(crate) enum Probe {
 pub(crate) struct Hit {
     slot: u32,
     bit: u32,
+    group: u32,
 }
 
 /// The prefilter of one transform-chain node, shared by every group on that node: the
@@ -301,7 +302,8 @@ pub(crate) struct Program {
     pub(crate) merged: Vec<Option<(u32, Vec<u32>)>>,
     /// Total regex-rule slots.
     pub(crate) slots: usize,
-    /// Group indices per field kind, so a field only visits groups that can select it.
+    /// Group indices per (field kind, role key), so a field only visits groups that can
+    /// select it.
     pub(crate) by_kind: Vec<Vec<u32>>,
 }
 
@@ -334,6 +336,18 @@ fn syntax_config() -> syntax::Config {
 }
 
 fn regex_builder(kind: MatchKind, cache: usize) -> meta::Builder {
+    regex_builder_pf(kind, cache, true)
+}
+
+/// Rule regexes run only after our prefilter saw their literals, usually in ordinary text
+/// where those literals are common; regex-automata's own prefilter would then stop the
+/// lazy DFA at every occurrence and restart it (measured: two thirds of the regex time on
+/// a 4 KiB prompt), so rule regexes scan with the DFA alone.
+fn rule_regex_builder(kind: MatchKind, cache: usize) -> meta::Builder {
+    regex_builder_pf(kind, cache, false)
+}
+
+fn regex_builder_pf(kind: MatchKind, cache: usize, prefilter: bool) -> meta::Builder {
     // Multi-pattern sets only answer "which patterns match", so they carry no capture
     // states at all; single-rule regexes need the implicit group to report a span.
     let captures = if kind == MatchKind::All {
@@ -348,7 +362,8 @@ fn regex_builder(kind: MatchKind, cache: usize) -> meta::Builder {
             .utf8_empty(false)
             .which_captures(captures)
             .nfa_size_limit(Some(NFA_SIZE_LIMIT))
-            .hybrid_cache_capacity(cache),
+            .hybrid_cache_capacity(cache)
+            .auto_prefilter(prefilter),
     );
     b
 }
@@ -378,7 +393,7 @@ pub(crate) fn compile_single(def: &RuleDef, pat: &str) -> Result<Regex, CompileE
         .map_err(|e| {
             CompileError::new(CompileErrorKind::InvalidRegex, format!("{e}")).with_rule(def.id)
         })?;
-    regex_builder(MatchKind::LeftmostFirst, SINGLE_CACHE_BYTES)
+    rule_regex_builder(MatchKind::LeftmostFirst, SINGLE_CACHE_BYTES)
         .build(pat)
         .map_err(|e| {
             let kind = if e.size_limit().is_some() {
@@ -482,6 +497,7 @@ impl Program {
                         let hit = Hit {
                             slot: base + local as u32,
                             bit: 1 << next_bit,
+                            group: out_groups.len() as u32,
                         };
                         mask |= hit.bit;
                         next_bit += 1;
@@ -499,7 +515,7 @@ impl Program {
                     .map(|&ri| pattern_of(defs[ri as usize]).unwrap_or_default())
                     .collect();
                 Some(
-                    regex_builder(MatchKind::All, MULTI_CACHE_BYTES)
+                    rule_regex_builder(MatchKind::All, MULTI_CACHE_BYTES)
                         .build_many(&sources)
                         .map_err(|e| {
                             CompileError::new(
@@ -603,11 +619,15 @@ impl Program {
                 merged.push(Some((id, nodes)));
             }
         }
-        let mut by_kind = vec![Vec::new(); FieldKind::ALL.len()];
+        let mut by_kind = vec![Vec::new(); FieldKind::ALL.len() * ROLE_KEYS.len()];
         for (gi, g) in out_groups.iter().enumerate() {
             for k in FieldKind::ALL {
-                if g.targets.iter().any(|t| t.kinds & (1 << k as u16) != 0) {
-                    by_kind[k as usize].push(gi as u32);
+                for (ri, role) in ROLE_KEYS.iter().enumerate() {
+                    if g.roles.admits(*role)
+                        && g.targets.iter().any(|t| t.kinds & (1 << k as u16) != 0)
+                    {
+                        by_kind[k as usize * ROLE_KEYS.len() + ri].push(gi as u32);
+                    }
                 }
             }
         }
@@ -694,6 +714,8 @@ pub(crate) struct TransformCache {
     /// in its own buffer; `STATE_ALIAS`: same value as node `alias[i]`.
     state: Vec<u8>,
     alias: Vec<u32>,
+    /// `(source node, transform, result node)` computed for the current field.
+    memo: Vec<(u32, Option<Transform>, u32)>,
 }
 
 impl TransformCache {
@@ -701,11 +723,13 @@ impl TransformCache {
     #[inline]
     pub(crate) fn reset(&mut self, nodes: usize) {
         if self.state.len() < nodes {
+            self.memo.reserve(nodes);
             self.state.resize(nodes, STATE_NONE);
             self.alias.resize(nodes, 0);
             self.bufs.resize_with(nodes, Vec::new);
         }
         self.state[..nodes].fill(STATE_NONE);
+        self.memo.clear();
     }
 
     fn compute(&mut self, trie: &TransformTrie, input: &[u8], node: u32) {
@@ -719,18 +743,16 @@ impl TransformCache {
         // decode passes its input through), so "this transform on that value" is looked
         // up before it is computed again: `[url_decode, lowercase]` and
         // `[normalize_unicode, lowercase]` share one lowercase pass on ordinary text.
-        for k in 1..trie.nodes.len() {
-            let (kp, kt) = trie.nodes[k];
-            if k as u32 != node
-                && kt == t
-                && matches!(self.state[k], STATE_SAME | STATE_OWN)
-                && self.resolve(trie, kp) == src_node
-            {
-                self.state[node as usize] = STATE_ALIAS;
-                self.alias[node as usize] = k as u32;
-                return;
-            }
+        if let Some(&(_, _, k)) = self
+            .memo
+            .iter()
+            .find(|(s, mt, _)| *s == src_node && *mt == t)
+        {
+            self.state[node as usize] = STATE_ALIAS;
+            self.alias[node as usize] = k;
+            return;
         }
+        self.memo.push((src_node, t, node));
         let mut out = std::mem::take(&mut self.bufs[node as usize]);
         let src: &[u8] = if src_node == 0 {
             input
@@ -789,7 +811,7 @@ impl Program {
         prefilter_on: bool,
         on_match: &mut OnMatch<'_>,
     ) {
-        let groups = &self.by_kind[field.kind as usize];
+        let groups = &self.by_kind[field.kind as usize * ROLE_KEYS.len() + role_key(field.role)];
         if groups.is_empty() {
             return;
         }
@@ -938,18 +960,10 @@ impl Program {
                 return;
             }
             // Hits for groups this field does not select are ignored.
-            let g = match groups.binary_search_by(|g| {
-                if (g.base as usize + g.regex_rules.len()) <= slot {
-                    std::cmp::Ordering::Less
-                } else if g.base as usize > slot {
-                    std::cmp::Ordering::Greater
-                } else {
-                    std::cmp::Ordering::Equal
-                }
-            }) {
-                Ok(gi) if active[gi] => &groups[gi],
-                _ => return,
-            };
+            if !active[h.group as usize] {
+                return;
+            }
+            let g = &groups[h.group as usize];
             hits[slot] |= h.bit;
             let masks = &g.branch_masks[slot - g.base as usize];
             if masks.iter().any(|&m| hits[slot] & m == m) {
