@@ -4,14 +4,18 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use edgeward::{Engine, Policy, Request};
-use edgeward_benches::{chat_body, HEADERS};
+use edgeward_benches::{chat_body_with, Text, HEADERS};
 
 fn inspect(c: &mut Criterion) {
     let engine = Engine::default_engine();
     let mut g = c.benchmark_group("inspect");
     for kib in [1usize, 4, 16, 64] {
-        for (kind, attack) in [("benign", false), ("attack", true)] {
-            let body = chat_body(kib * 1024, attack);
+        for (kind, attack, text) in [
+            ("benign-plain", false, Text::Plain),
+            ("benign", false, Text::Triggers),
+            ("attack", true, Text::Triggers),
+        ] {
+            let body = chat_body_with(kib * 1024, attack, text);
             let req = Request::new(b"POST", b"/v1/chat/completions")
                 .with_headers(HEADERS)
                 .with_body(&body);

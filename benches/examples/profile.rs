@@ -1,9 +1,10 @@
 //! Runs `inspect` on a chat request in a loop, for profilers (`perf record`, callgrind).
-//! Usage: `cargo run --release -p edgeward-benches --example profile -- [KiB] [iterations] [rule-id-prefix]`.
+//! Usage: `cargo run --release -p edgeward-benches --example profile -- [KiB] [iterations] [rule-id-prefix]`
+//! (`PLAIN=1` for neutral prose instead of trigger-word prose).
 //! With a rule-id prefix, only built-in rules whose id starts with it are loaded, to see
 //! what one rule file costs.
 use edgeward::{Engine, Policy, Request};
-use edgeward_benches::{chat_body, HEADERS};
+use edgeward_benches::{chat_body_with, Text, HEADERS};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -16,7 +17,12 @@ fn main() {
             .retain(|r| r.id.to_string().starts_with(&prefix));
     }
     let engine = Engine::new(&policy).expect("policy compiles");
-    let body = chat_body(kib * 1024, false);
+    let text = if std::env::var_os("PLAIN").is_some() {
+        Text::Plain
+    } else {
+        Text::Triggers
+    };
+    let body = chat_body_with(kib * 1024, false, text);
     let req = Request::new(b"POST", b"/v1/chat/completions")
         .with_headers(HEADERS)
         .with_body(&body);

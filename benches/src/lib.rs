@@ -1,5 +1,10 @@
 //! Request builders shared by the benchmarks.
 
+/// Neutral prose: ordinary English that contains none of the rules' trigger words.
+const PLAIN: &str =
+    "The committee reviewed the quarterly figures and noted that shipping costs rose along \
+the northern routes, while demand in the coastal cities stayed flat. ";
+
 /// Filler prose: an ordinary chat prompt, deliberately full of the everyday words that
 /// prompt-injection rules also contain ("from", "your", "rules", "system", "text above",
 /// "start", "mode"), so the benchmark pays for realistic prefilter hits instead of a text
@@ -12,15 +17,34 @@ tickets has a training mode that new hires can enable before they take real call
 the section above the checklist. Don't repeat the same advice twice, and keep every step given in \
 the message below. ";
 
-/// An OpenAI chat-completions body of about `size` bytes with a system and a user message.
-/// With `attack`, a prompt injection sits in the middle of the user text.
+/// Which filler text a benchmark body uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Text {
+    /// Neutral prose: the prefilter finds nothing, the cheapest realistic case.
+    Plain,
+    /// A realistic prompt full of words that prompt-injection rules also contain, so
+    /// several rules become candidates and run their regexes: the honest typical case.
+    Triggers,
+}
+
+/// An OpenAI chat-completions body of about `size` bytes with a system and a user message,
+/// filled with trigger-word prose. With `attack`, a prompt injection sits in the middle.
 pub fn chat_body(size: usize, attack: bool) -> Vec<u8> {
+    chat_body_with(size, attack, Text::Triggers)
+}
+
+/// Like [`chat_body`], with a choice of filler text.
+pub fn chat_body_with(size: usize, attack: bool, text_kind: Text) -> Vec<u8> {
+    let prose = match text_kind {
+        Text::Plain => PLAIN,
+        Text::Triggers => PROSE,
+    };
     let head = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant for a logistics company."},{"role":"user","content":""#;
     let tail = r#""}],"max_tokens":512,"temperature":0.2,"stream":false}"#;
     let mut text = String::new();
     let want = size.saturating_sub(head.len() + tail.len());
     while text.len() < want {
-        text.push_str(PROSE);
+        text.push_str(prose);
     }
     text.truncate(want);
     if attack {
@@ -55,11 +79,13 @@ mod tests {
     #[test]
     fn bodies_are_valid_json_of_the_requested_size() {
         for size in [1024, 4096, 65536] {
-            for attack in [false, true] {
-                let b = super::chat_body(size, attack);
-                let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
-                assert!(v["messages"][1]["content"].is_string());
-                assert!(b.len() >= size - 8 && b.len() <= size + 80, "{}", b.len());
+            for text in [super::Text::Plain, super::Text::Triggers] {
+                for attack in [false, true] {
+                    let b = super::chat_body_with(size, attack, text);
+                    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                    assert!(v["messages"][1]["content"].is_string());
+                    assert!(b.len() >= size - 8 && b.len() <= size + 80, "{}", b.len());
+                }
             }
         }
     }

@@ -98,15 +98,30 @@ const COMMON: &[&str] = &[
 ];
 
 fn is_common(set: &LiteralSet) -> bool {
+    has_word(set, COMMON) || has_word(set, STOP)
+}
+
+/// The most frequent words of all: a set holding one of these is hit in nearly every
+/// sentence, so it is dropped whenever anything else is left to require.
+const STOP: &[&str] = &[
+    "the", "and", "you", "your", "for", "that", "this", "with", "from", "are", "was", "were",
+    "not", "but", "all", "any", "can", "what", "its", "our", "now", "new", "how", "who", "they",
+    "have", "has", "will", "there", "their", "then", "than", "them", "one",
+];
+
+fn has_word(set: &LiteralSet, words: &[&str]) -> bool {
     set.iter()
-        .any(|l| COMMON.iter().any(|c| c.as_bytes() == l.as_slice()))
+        .any(|l| words.iter().any(|c| c.as_bytes() == l.as_slice()))
 }
 
 /// Drops frequent-word sets from a conjunction that has a rarer one; a conjunction of
-/// only frequent words keeps them all, since together they still filter well.
+/// only frequent words keeps those that are not stop words (or, failing that, all of
+/// them), since together they still filter well.
 fn prune(mut conj: Vec<LiteralSet>) -> Vec<LiteralSet> {
     if conj.iter().any(|s| !is_common(s)) {
         conj.retain(|s| !is_common(s));
+    } else if conj.iter().any(|s| !has_word(s, STOP)) {
+        conj.retain(|s| !has_word(s, STOP));
     }
     conj
 }
@@ -433,11 +448,7 @@ mod tests {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(
             d,
-            vec![
-                vec![s(&["task"])],
-                vec![s(&["rules"]), s(&["new"])],
-                vec![s(&["dan"])],
-            ]
+            vec![vec![s(&["task"])], vec![s(&["rules"])], vec![s(&["dan"])],]
         );
         // A branch without any literal makes the whole rule unfiltered.
         assert!(literals_of("abc\\s+def|\\d+").is_empty());
