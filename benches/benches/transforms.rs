@@ -1,5 +1,6 @@
-//! Each transform on 4 KiB of chat prose (the common "nothing or little to do" case) and on
-//! 4 KiB of attack-like text with escapes (the rewrite case).
+//! Each transform on 4 KiB of chat prose (the common "nothing or little to do" case), on
+//! 4 KiB of attack-like text with escapes (the rewrite case) and on 4 KiB of non-Latin
+//! prose.
 
 use std::hint::black_box;
 
@@ -16,9 +17,21 @@ fn transforms(c: &mut Criterion) {
             .cycle()
             .take(4096)
             .collect();
+    // Non-Latin prose (Cyrillic, CJK, Greek), single spaces: the multi-byte paths, and many
+    // characters that normalize_unicode folds (Cyrillic and Greek lookalikes).
+    let nonlatin: Vec<u8> = "Комитет рассмотрел квартальные показатели. \
+        委员会审查了季度数据，指出运输成本上升。 Ελέγχθηκαν τα στοιχεία. "
+        .bytes()
+        .cycle()
+        .take(4096)
+        .collect();
     let mut g = c.benchmark_group("transform");
     let mut out = Vec::with_capacity(8192);
-    for (name, input) in [("prose", &prose), ("escaped", &escaped)] {
+    for (name, input) in [
+        ("prose", &prose),
+        ("escaped", &escaped),
+        ("nonlatin", &nonlatin),
+    ] {
         g.throughput(Throughput::Bytes(input.len() as u64));
         for t in Transform::ALL {
             g.bench_with_input(BenchmarkId::new(t.name(), name), input, |b, input| {

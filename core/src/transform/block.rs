@@ -208,17 +208,6 @@ impl Block {
     }
 }
 
-/// Whether any byte of `bytes` satisfies `pred`. The flags go through an array, a shape
-/// the compiler reliably vectorizes (an OR-fold of several comparisons may not be).
-#[inline(always)]
-pub(super) fn any_in(bytes: &[u8; B], pred: impl Fn(u8) -> bool) -> bool {
-    let mut flags = [0u8; B];
-    for (f, &b) in flags.iter_mut().zip(bytes) {
-        *f = u8::from(pred(b));
-    }
-    flags != [0; B]
-}
-
 /// The bytes of `bytes` that satisfy `pred`, as a bit mask (bit `j` for byte `j`). The
 /// flags go through an array, which vectorizes.
 #[inline(always)]

@@ -170,22 +170,18 @@ pub(super) fn cmd_line(input: &[u8], out: &mut Vec<u8>) -> bool {
     let mut block = Block::new();
     while i + B < n {
         let mut mask = block.map(input, i, &rule);
-        // With a deleted byte in the block or right after it, some of the whitespace the
-        // rule dropped may be kept after all.
-        if is_delete(input[i + B])
-            || block::any_in(input[i..i + B].try_into().expect("B bytes"), is_delete)
-        {
-            let mut dropped = mask;
-            while dropped != 0 {
-                let j = dropped.trailing_zeros() as usize;
-                if CLASS[usize::from(input[i + j])] == SPACE
-                    && CLASS[usize::from(input[i + j + 1])] == DELETE
-                    && space_kept(input, i + j)
-                {
-                    mask = block.keep(j, mask);
-                }
-                dropped &= dropped - 1;
+        // Whitespace the rule dropped because a deleted byte follows may be kept after
+        // all. Dropped bytes are few (in prose, none), so they are checked one by one.
+        let mut dropped = mask;
+        while dropped != 0 {
+            let j = dropped.trailing_zeros() as usize;
+            if CLASS[usize::from(input[i + j])] == SPACE
+                && CLASS[usize::from(input[i + j + 1])] == DELETE
+                && space_kept(input, i + j)
+            {
+                mask = block.keep(j, mask);
             }
+            dropped &= dropped - 1;
         }
         // `w <= i`, and `out` has room for the overshoot.
         w += block.emit(mask, &mut buf[w..]);

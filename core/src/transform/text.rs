@@ -175,6 +175,15 @@ mod tests {
         // A lone 0xA0 (Latin-1 NBSP, invalid UTF-8) is not whitespace here.
         assert_eq!(run(c, b"a\xa0b"), b"a\xa0b");
         assert!(!c.apply(b"one space each", &mut Vec::new()));
+        // Doubled whitespace at every offset, across the block edges of the scan and the
+        // rewrite.
+        for at in 0..200 {
+            let mut v = b"word".repeat(75);
+            v[at..at + 2].copy_from_slice(b"  ");
+            let mut one = v.clone();
+            one.remove(at);
+            assert_eq!(run(c, &v), one, "{at}");
+        }
 
         let r = Transform::RemoveWhitespace;
         assert_eq!(run(r, b"s e\tl\ne\rc t"), b"select");

@@ -80,7 +80,7 @@ fn decode_percent_u(input: &[u8], i: usize, out: &mut Vec<u8>) -> Option<usize> 
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{any_bytes, check, from_pieces, rich_bytes, run};
+    use super::super::testutil::{any_bytes, check, from_pieces, long_text, rich_bytes, run};
     use super::super::Transform;
     use proptest::prelude::*;
 
@@ -202,6 +202,12 @@ mod tests {
         #[test]
         fn url_decode_matches_oracle(input in prop_oneof![from_pieces(FOCUS), rich_bytes(), any_bytes()]) {
             check(Transform::UrlDecode, &input, &oracle(&input, false))?;
+        }
+
+        #[test]
+        fn long_matches_oracle(input in long_text(FOCUS, 20, 400)) {
+            check(Transform::UrlDecode, &input, &oracle(&input, false))?;
+            check(Transform::UrlDecodeUni, &input, &oracle(&input, true))?;
         }
 
         #[test]
