@@ -1,17 +1,23 @@
 //! The rule compiler: groups rules by (targets, roles, transform chain) and builds, per
-//! group, one multi-pattern regex and one literal prefilter.
+//! group, one multi-pattern regex, and per transform-chain node the literal prefilters that
+//! decide which rules may match.
 //!
 //! Budget reasoning (see DESIGN.md's measured facts): a CRS-sized regex set in one lazy DFA
 //! with default settings costs tens of milliseconds and gigabytes of cache, so every regex
-//! here is byte-oriented (ASCII classes), carries no capture states, has a bounded cache,
-//! and only runs on a field after the prefilter said some of its rules may match.
+//! here is byte-oriented (ASCII classes), carries no capture states unless it must report a
+//! span, has a bounded cache, and only runs on a field after the prefilter said some of its
+//! rules may match.
 //!
-//! The prefilter is ours (a literal → rule map, see `prefilter.rs`), but its search is
-//! delegated: multi-byte literals go into one leftmost-first regex-automata literal set per
-//! group (which runs aho-corasick's Teddy SIMD searcher underneath, also in `(?i-u)` mode,
-//! where aho-corasick's own ASCII case-insensitive mode would lose it), and one-byte
-//! literals are found with `memchr`. A direct aho-corasick overlapping search was measured
-//! first: it walks the automaton byte by byte and cost half of a 4 KiB inspection.
+//! The prefilter is ours: each rule has a condition in disjunctive normal form over literal
+//! sets (see `prefilter.rs`); a rule is a candidate once, for one of its phrases, a literal
+//! of every required set was seen. The search is delegated: one-byte literals (rare
+//! punctuation) with `memchr`; multi-byte literals with aho-corasick (Teddy to find the
+//! first occurrence, then one overlapping DFA pass) when the chain lowercased the value, or
+//! a regex-automata literal set in `(?i-u)` mode otherwise (it keeps Teddy, where
+//! aho-corasick's ASCII case-insensitive mode falls back to a byte-at-a-time automaton).
+//! Prefilters are keyed by (chain node, field kind, role), and when a field's chains all
+//! produce the same bytes (ordinary text: the decoders found nothing), one merged pass
+//! serves them all.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -286,6 +292,8 @@ pub(crate) struct Group {
     pub(crate) branch_masks: Vec<Vec<u32>>,
     /// Detector and length rules (indices into [`Program::rules`]).
     pub(crate) other_rules: Vec<u32>,
+    /// The shortest value any rule of the group can match (0 with detectors).
+    pub(crate) min_len: usize,
 }
 
 impl Group {
@@ -422,6 +430,8 @@ impl Program {
         let mut rules = Vec::with_capacity(defs.len());
         let mut singles = Vec::new();
         let mut literal_sets = Vec::new();
+        // Per regex (index = single): the shortest value it can match.
+        let mut min_lens: Vec<usize> = Vec::new();
         type Key = (Vec<Target>, RoleMask, u32);
         let mut groups: BTreeMap<Key, Vec<u32>> = BTreeMap::new();
         for def in defs {
@@ -447,6 +457,11 @@ impl Program {
                     .parse(&pat)
                     .ok();
                 literal_sets.push(hir.as_ref().map(required_literals).unwrap_or_default());
+                min_lens.push(
+                    hir.as_ref()
+                        .and_then(|h| h.properties().minimum_len())
+                        .unwrap_or(0),
+                );
                 singles.push(re);
                 Op::Regex((singles.len() - 1) as u32)
             } else if let Some(d) = &def.detector {
@@ -536,6 +551,17 @@ impl Program {
                 )
             };
             group_lits.push(entries);
+            // Transforms never lengthen a value, so a field shorter than every rule's
+            // shortest possible match cannot match any of them.
+            let min_len = if other_rules.is_empty() {
+                patterns
+                    .iter()
+                    .map(|&si| min_lens[si as usize])
+                    .min()
+                    .unwrap_or(0)
+            } else {
+                0
+            };
             out_groups.push(Group {
                 targets,
                 roles,
@@ -545,6 +571,7 @@ impl Program {
                 base,
                 branch_masks,
                 other_rules,
+                min_len,
             });
         }
         // One prefilter per (chain node, field kind, role) over exactly the groups such a
@@ -830,7 +857,7 @@ impl Program {
         caches.selected.clear();
         for &gi in groups {
             let g = &self.groups[gi as usize];
-            if !g.selects(field) {
+            if field.value.len() < g.min_len || !g.selects(field) {
                 continue;
             }
             caches.selected.push(gi);
