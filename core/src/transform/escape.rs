@@ -1,47 +1,14 @@
 //! Backslash escapes: JavaScript and CSS.
 
-use memchr::memchr;
+use super::{combine_surrogates, decode_marked, hex_byte, hex_u16, hex_val, push_char};
 
-use super::{combine_surrogates, hex_byte, hex_u16, hex_val, push_char};
-
-/// The shared driver: copies the input, handing each backslash to `escape`, which returns
-/// how many bytes it consumed or `None` (nothing written) to keep the backslash literally.
+/// Copies the input, handing each backslash to `escape` (see [`decode_marked`]).
 fn decode_backslashes(
     input: &[u8],
     out: &mut Vec<u8>,
     escape: impl Fn(&[u8], &mut Vec<u8>) -> Option<usize>,
 ) -> bool {
-    let Some(first) = memchr(b'\\', input) else {
-        return false;
-    };
-    out.clear();
-    out.reserve(input.len());
-    out.extend_from_slice(&input[..first]);
-    let mut changed = false;
-    let mut i = first;
-    loop {
-        // `input[i]` is '\'.
-        match escape(&input[i..], out) {
-            Some(n) => {
-                changed = true;
-                i += n;
-            }
-            None => {
-                out.push(b'\\');
-                i += 1;
-            }
-        }
-        match memchr(b'\\', &input[i..]) {
-            Some(off) => {
-                out.extend_from_slice(&input[i..i + off]);
-                i += off;
-            }
-            None => {
-                out.extend_from_slice(&input[i..]);
-                return changed;
-            }
-        }
-    }
+    decode_marked(input, out, b'\\', escape)
 }
 
 /// `js_decode`.

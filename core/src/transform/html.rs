@@ -8,9 +8,7 @@
 //! (`&LT;` and `&QUOT;` are real HTML; `&Lt;`, which HTML reads as `≪`, is decoded as `<`,
 //! an over-decoding that can only add matches).
 
-use memchr::memchr;
-
-use super::push_char;
+use super::{decode_marked, push_char};
 
 /// A named reference.
 struct Entity {
@@ -106,37 +104,7 @@ const MAX_NAME: usize = 16;
 
 /// `html_entity_decode`.
 pub(super) fn html_entity_decode(input: &[u8], out: &mut Vec<u8>) -> bool {
-    let Some(first) = memchr(b'&', input) else {
-        return false;
-    };
-    out.clear();
-    out.reserve(input.len());
-    out.extend_from_slice(&input[..first]);
-    let mut changed = false;
-    let mut i = first;
-    loop {
-        // `input[i]` is '&'.
-        match decode_reference(&input[i..], out) {
-            Some(n) => {
-                changed = true;
-                i += n;
-            }
-            None => {
-                out.push(b'&');
-                i += 1;
-            }
-        }
-        match memchr(b'&', &input[i..]) {
-            Some(off) => {
-                out.extend_from_slice(&input[i..i + off]);
-                i += off;
-            }
-            None => {
-                out.extend_from_slice(&input[i..]);
-                return changed;
-            }
-        }
-    }
+    decode_marked(input, out, b'&', decode_reference)
 }
 
 /// Decodes the reference at the start of `s` (which begins with `&`), returning how many

@@ -359,3 +359,46 @@ mod tests {
         }
     }
 }
+
+/// The shared driver of the escape decoders: copies the input, handing each `marker` byte
+/// (`\\` for JS/CSS, `&` for HTML) to `decode`, which returns how many bytes it consumed
+/// or `None` (nothing written) to keep the marker literally. Returns whether anything was
+/// decoded; on `false`, `out` is unspecified.
+pub(super) fn decode_marked(
+    input: &[u8],
+    out: &mut Vec<u8>,
+    marker: u8,
+    decode: impl Fn(&[u8], &mut Vec<u8>) -> Option<usize>,
+) -> bool {
+    let Some(first) = memchr::memchr(marker, input) else {
+        return false;
+    };
+    out.clear();
+    out.reserve(input.len());
+    out.extend_from_slice(&input[..first]);
+    let mut changed = false;
+    let mut i = first;
+    loop {
+        // `input[i]` is the marker.
+        match decode(&input[i..], out) {
+            Some(n) => {
+                changed = true;
+                i += n;
+            }
+            None => {
+                out.push(marker);
+                i += 1;
+            }
+        }
+        match memchr::memchr(marker, &input[i..]) {
+            Some(off) => {
+                out.extend_from_slice(&input[i..i + off]);
+                i += off;
+            }
+            None => {
+                out.extend_from_slice(&input[i..]);
+                return changed;
+            }
+        }
+    }
+}
