@@ -77,23 +77,28 @@ pub(crate) const INVALID_METHOD: Builtin = b(21, "invalid_method", 5);
 pub(crate) const DUPLICATE_FRAMING_HEADER: Builtin = b(22, "duplicate_framing_header", 5);
 pub(crate) const CL_TE_CONFLICT: Builtin = b(23, "content_length_with_transfer_encoding", 5);
 
-/// Every built-in finding, for listings.
-pub const BUILTIN_IDS: &[(u32, &str)] = &[
-    (10, "invalid_json"),
-    (11, "json_too_deep"),
-    (12, "too_many_fields"),
-    (13, "decoded_too_large"),
-    (14, "malformed_escape"),
-    (15, "invalid_utf8"),
-    (16, "malformed_multipart"),
-    (17, "too_many_parts"),
-    (18, "duplicate_json_key"),
-    (19, "invalid_json_escape"),
-    (20, "body_truncated"),
-    (21, "invalid_method"),
-    (22, "duplicate_framing_header"),
-    (23, "content_length_with_transfer_encoding"),
+/// Every built-in finding, in id order (one list, so ids and names cannot drift apart).
+const BUILTINS: [Builtin; 14] = [
+    INVALID_JSON,
+    JSON_TOO_DEEP,
+    TOO_MANY_FIELDS,
+    DECODED_TOO_LARGE,
+    MALFORMED_ESCAPE,
+    INVALID_UTF8,
+    MALFORMED_MULTIPART,
+    TOO_MANY_PARTS,
+    DUPLICATE_JSON_KEY,
+    INVALID_JSON_ESCAPE,
+    BODY_TRUNCATED,
+    INVALID_METHOD,
+    DUPLICATE_FRAMING_HEADER,
+    CL_TE_CONFLICT,
 ];
+
+/// Every built-in finding as `(rule id, name)`, for listings.
+pub fn builtin_ids() -> impl Iterator<Item = (u32, &'static str)> {
+    BUILTINS.iter().map(|b| (b.id, b.name))
+}
 
 fn builtin_for(f: &Finding) -> Builtin {
     match f {
@@ -277,8 +282,8 @@ impl Engine {
                 .map(|(i, _)| i)
                 .collect();
             let mut builtin_off = 0u64;
-            for (id, _) in BUILTIN_IDS {
-                if !enabled(*id, Category::Protocol) {
+            for (id, _) in builtin_ids() {
+                if !enabled(id, Category::Protocol) {
                     builtin_off |= 1 << id;
                 }
             }
@@ -749,16 +754,25 @@ fn location(f: &Field<'_>) -> String {
     }
 }
 
-impl Inspector<'_, '_> {
-    fn record(&mut self, m: RuleMatch) {
-        self.scores.0[m.category as usize] += m.score;
-        if self.matches.len() < self.max_matches {
-            self.matches.push(m);
-        } else {
-            self.truncated_matches = true;
-        }
+/// Adds a match's score, and keeps the match unless the decision already holds `max`; the
+/// match (with its location and excerpt strings) is only built when it is kept.
+fn record(
+    scores: &mut Scores,
+    matches: &mut Vec<RuleMatch>,
+    truncated: &mut bool,
+    max: usize,
+    (category, score): (Category, u32),
+    make: impl FnOnce() -> RuleMatch,
+) {
+    scores.0[category as usize] += score;
+    if matches.len() < max {
+        matches.push(make());
+    } else {
+        *truncated = true;
     }
+}
 
+impl Inspector<'_, '_> {
     fn builtin(&mut self, b: Builtin, location: &str) {
         if self.route.builtin_off & (1 << b.id) != 0 {
             return;
@@ -772,15 +786,22 @@ impl Inspector<'_, '_> {
         } else {
             return;
         };
-        self.record(RuleMatch {
-            rule_id: b.id,
-            name: Arc::from(b.name),
-            category: Category::Protocol,
-            score,
-            location: location.to_string(),
-            span: (0, 0),
-            excerpt: String::new(),
-        });
+        record(
+            &mut self.scores,
+            &mut self.matches,
+            &mut self.truncated_matches,
+            self.max_matches,
+            (Category::Protocol, score),
+            || RuleMatch {
+                rule_id: b.id,
+                name: Arc::from(b.name),
+                category: Category::Protocol,
+                score,
+                location: location.to_string(),
+                span: (0, 0),
+                excerpt: String::new(),
+            },
+        );
     }
 
     fn finish(self) -> Decision {
@@ -860,9 +881,13 @@ impl FieldSink for Inspector<'_, '_> {
             } else {
                 0
             };
-            scores.0[rule.category as usize] += score;
-            if matches.len() < *max_matches {
-                matches.push(RuleMatch {
+            record(
+                scores,
+                matches,
+                truncated_matches,
+                *max_matches,
+                (rule.category, score),
+                || RuleMatch {
                     rule_id: rule.id,
                     name: rule.name.clone(),
                     category: rule.category,
@@ -870,10 +895,8 @@ impl FieldSink for Inspector<'_, '_> {
                     location: location(f),
                     span: (span.0 as u32, span.1 as u32),
                     excerpt: excerpt(value, span),
-                });
-            } else {
-                *truncated_matches = true;
-            }
+                },
+            );
         });
     }
 

@@ -297,9 +297,20 @@ pub(crate) struct Group {
 }
 
 impl Group {
+    /// Whether some field of this kind and role can be read by the group (names aside).
+    fn can_select(&self, kind: FieldKind, role: Option<Role>) -> bool {
+        self.roles.admits(role)
+            && self
+                .targets
+                .iter()
+                .any(|t| t.kinds & (1 << kind as u16) != 0)
+    }
+
+    /// Whether the group reads `f`. Roles are not checked here: the scan only visits
+    /// groups listed for the field's (kind, role), where the role check already happened.
     #[inline]
     pub(crate) fn selects(&self, f: &Field<'_>) -> bool {
-        self.roles.admits(f.role) && self.targets.iter().any(|t| t.selects(f))
+        self.targets.iter().any(|t| t.selects(f))
     }
 }
 
@@ -579,6 +590,19 @@ impl Program {
         // only read headers; identical group lists share one prefilter.
         let mut prefilters: Vec<NodePrefilter> = Vec::new();
         let mut by_groups: BTreeMap<Vec<u32>, u32> = BTreeMap::new();
+        // The prefilter over exactly these groups, built once per distinct group list.
+        let mut intern = |members: Vec<u32>, lowercased: bool| -> Result<u32, CompileError> {
+            if let Some(&id) = by_groups.get(&members) {
+                return Ok(id);
+            }
+            let entries = members
+                .iter()
+                .flat_map(|&gi| group_lits[gi as usize].iter());
+            prefilters.push(NodePrefilter::build(entries, lowercased)?);
+            let id = (prefilters.len() - 1) as u32;
+            by_groups.insert(members, id);
+            Ok(id)
+        };
         let mut pf_index = vec![NO_PREFILTER; trie.nodes.len() * PF_KEYS];
         for node in 0..trie.nodes.len() {
             for kind in FieldKind::ALL {
@@ -589,27 +613,14 @@ impl Program {
                         .filter(|(gi, g)| {
                             g.chain as usize == node
                                 && !group_lits[*gi].is_empty()
-                                && g.roles.admits(*role)
-                                && g.targets.iter().any(|t| t.kinds & (1 << kind as u16) != 0)
+                                && g.can_select(kind, *role)
                         })
                         .map(|(gi, _)| gi as u32)
                         .collect();
                     if members.is_empty() {
                         continue;
                     }
-                    let id = match by_groups.get(&members) {
-                        Some(&id) => id,
-                        None => {
-                            let entries = members
-                                .iter()
-                                .flat_map(|&gi| group_lits[gi as usize].iter());
-                            prefilters
-                                .push(NodePrefilter::build(entries, trie.lowercases(node as u32))?);
-                            let id = (prefilters.len() - 1) as u32;
-                            by_groups.insert(members, id);
-                            id
-                        }
-                    };
+                    let id = intern(members, trie.lowercases(node as u32))?;
                     pf_index
                         [(node * FieldKind::ALL.len() + kind as usize) * ROLE_KEYS.len() + ri] = id;
                 }
@@ -626,8 +637,7 @@ impl Program {
                     .filter(|(gi, g)| {
                         !group_lits[*gi].is_empty()
                             && trie.lowercases(g.chain)
-                            && g.roles.admits(role)
-                            && g.targets.iter().any(|t| t.kinds & (1 << kind as u16) != 0)
+                            && g.can_select(kind, role)
                     })
                     .map(|(gi, _)| gi as u32)
                     .collect();
@@ -641,18 +651,7 @@ impl Program {
                     merged.push(None);
                     continue;
                 }
-                let id = match by_groups.get(&members) {
-                    Some(&id) => id,
-                    None => {
-                        let entries = members
-                            .iter()
-                            .flat_map(|&gi| group_lits[gi as usize].iter());
-                        prefilters.push(NodePrefilter::build(entries, true)?);
-                        let id = (prefilters.len() - 1) as u32;
-                        by_groups.insert(members, id);
-                        id
-                    }
-                };
+                let id = intern(members, true)?;
                 merged.push(Some((id, nodes)));
             }
         }
@@ -660,9 +659,7 @@ impl Program {
         for (gi, g) in out_groups.iter().enumerate() {
             for k in FieldKind::ALL {
                 for (ri, role) in ROLE_KEYS.iter().enumerate() {
-                    if g.roles.admits(*role)
-                        && g.targets.iter().any(|t| t.kinds & (1 << k as u16) != 0)
-                    {
+                    if g.can_select(k, *role) {
                         by_kind[k as usize * ROLE_KEYS.len() + ri].push(gi as u32);
                     }
                 }

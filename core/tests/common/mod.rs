@@ -40,28 +40,51 @@ pub struct Case {
     pub route: Option<String>,
 }
 
+/// The body of a vector or corpus row: `body_b64` when set, else `body`, else empty.
+fn decode_body(b64: &Option<String>, text: &Option<String>) -> Vec<u8> {
+    match (b64, text) {
+        (Some(b), _) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .expect("valid body_b64"),
+        (None, Some(b)) => b.as_bytes().to_vec(),
+        (None, None) => Vec::new(),
+    }
+}
+
+/// Inspects one request given as strings.
+fn inspect_parts(
+    engine: &Engine,
+    scratch: &mut Scratch,
+    method: &str,
+    uri: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Decision {
+    let headers: Vec<(&[u8], &[u8])> = headers
+        .iter()
+        .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+        .collect();
+    let req = Request::new(method.as_bytes(), uri.as_bytes())
+        .with_headers(&headers)
+        .with_body(body);
+    engine.inspect_with(scratch, &req)
+}
+
 impl Case {
     pub fn body(&self) -> Vec<u8> {
-        match (&self.body_b64, &self.body) {
-            (Some(b), _) => base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .expect("valid body_b64"),
-            (None, Some(b)) => b.as_bytes().to_vec(),
-            (None, None) => Vec::new(),
-        }
+        decode_body(&self.body_b64, &self.body)
     }
 
     pub fn inspect(&self, engine: &Engine, scratch: &mut Scratch) -> Decision {
         let body = self.body();
-        let headers: Vec<(&[u8], &[u8])> = self
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
-            .collect();
-        let req = Request::new(self.method.as_bytes(), self.uri.as_bytes())
-            .with_headers(&headers)
-            .with_body(&body);
-        engine.inspect_with(scratch, &req)
+        inspect_parts(
+            engine,
+            scratch,
+            &self.method,
+            &self.uri,
+            &self.headers,
+            &body,
+        )
     }
 
     /// Checks a decision against the case; returns a description of every mismatch.
@@ -134,23 +157,9 @@ pub struct Row {
 
 impl Row {
     pub fn inspect(&self, engine: &Engine, scratch: &mut Scratch) -> Decision {
-        let body = match (&self.body_b64, &self.body) {
-            (Some(b), _) => base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .unwrap_or_default(),
-            (None, Some(b)) => b.as_bytes().to_vec(),
-            _ => Vec::new(),
-        };
-        let headers: Vec<(&[u8], &[u8])> = self
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
-            .collect();
+        let body = decode_body(&self.body_b64, &self.body);
         let m = self.method.as_deref().unwrap_or("GET");
-        let req = Request::new(m.as_bytes(), self.uri.as_bytes())
-            .with_headers(&headers)
-            .with_body(&body);
-        engine.inspect_with(scratch, &req)
+        inspect_parts(engine, scratch, m, &self.uri, &self.headers, &body)
     }
 }
 
