@@ -138,25 +138,17 @@ pub(crate) struct CompiledRule {
     pub(crate) op: Op,
 }
 
-/// Finds the leftmost literal occurrence at or after a position.
+/// Finds every occurrence of the prefilter literals.
 #[derive(Debug)]
 pub(crate) enum Probe {
-    /// Case-sensitive (the chain lowercased the value): an aho-corasick DFA searched with
-    /// overlapping matches in one pass. Measured against a leftmost-first search restarted
-    /// after each hit (Teddy-accelerated, but ~1,000 instructions per call): prose hits
-    /// common literals hundreds of times per 4 KiB, and the single DFA pass (a few
-    /// instructions per byte) is several times cheaper.
-    Exact {
-        /// Leftmost-first with Teddy: finds where the first literal starts, at SIMD speed,
-        /// and usually that there is none.
-        first: aho_corasick::AhoCorasick,
-        /// Overlapping DFA search from there on.
-        all: aho_corasick::AhoCorasick,
-    },
-    /// ASCII case-insensitive: a regex-automata literal set in `(?i-u)` mode, which keeps
-    /// Teddy, where aho-corasick's own case-insensitive mode falls back to a byte-at-a-time
-    /// automaton.
-    Folded(Regex),
+    /// An aho-corasick DFA over the lowercased literals, walked byte by byte over the
+    /// lowercased value (see [`scan_literals`]). Measured against a leftmost-first search
+    /// restarted after each hit (~1,000 instructions per restart with more literals than
+    /// Teddy takes) and against aho-corasick's own overlapping iterator: prose hits common
+    /// literals hundreds of times per 4 KiB, and the bare transition loop is several times
+    /// cheaper than both. Case-keeping chains are probed through the lowercased value too
+    /// (literals are lowercase), which lets one probe serve every chain of a field.
+    Exact(aho_corasick::dfa::DFA),
 }
 
 /// "A literal of required set `bit` of the regex rule in slot `slot` was seen." Slots
@@ -168,23 +160,17 @@ pub(crate) struct Hit {
     group: u32,
 }
 
-/// The prefilter of one transform-chain node, shared by every group on that node: the
-/// value is the same for all of them, so it is searched once per field.
+/// The literal prefilter of the groups a kind of field can select.
 #[derive(Debug, Default)]
 pub(crate) struct NodePrefilter {
-    /// Multi-byte literals, searched leftmost-first.
+    /// Multi-byte literals, all occurrences reported.
     probe: Option<Probe>,
-    /// Per literal: the hits it stands for. A leftmost-first scan reports one literal per
-    /// start position, so each literal also carries the hits of every literal that could
-    /// match at the same position (see [`may_overlap`]); that keeps "no candidate" a proof
-    /// of "no match".
+    /// Per literal: the hits it stands for.
     lit_hits: Vec<Vec<Hit>>,
     /// One-byte literals (rare punctuation), found with memchr: Teddy's nibble fingerprints
     /// turn single bytes like `` ` `` and `"` into false hits on every space.
     byte_hits: Vec<(u8, Vec<Hit>)>,
 }
-
-const NO_PREFILTER: u32 = u32::MAX;
 
 /// The roles a field can have, as prefilter keys (index 0: not a prompt field).
 const ROLE_KEYS: [Option<Role>; 5] = [
@@ -194,7 +180,6 @@ const ROLE_KEYS: [Option<Role>; 5] = [
     Some(Role::Assistant),
     Some(Role::Tool),
 ];
-const PF_KEYS: usize = 15 * ROLE_KEYS.len();
 
 fn role_key(r: Option<Role>) -> usize {
     match r {
@@ -206,7 +191,6 @@ fn role_key(r: Option<Role>) -> usize {
 impl NodePrefilter {
     fn build<'a>(
         entries: impl Iterator<Item = &'a (Vec<u8>, Hit)>,
-        lowercased: bool,
     ) -> Result<NodePrefilter, CompileError> {
         let mut lits: Vec<Vec<u8>> = Vec::new();
         let mut own: Vec<Vec<Hit>> = Vec::new();
@@ -227,42 +211,17 @@ impl NodePrefilter {
                 }
             }
         }
-        let lit_hits: Vec<Vec<Hit>> = (0..lits.len())
-            .map(|i| {
-                let mut v: Vec<Hit> = (0..lits.len())
-                    .filter(|&j| j == i || may_overlap(&lits[i], &lits[j]))
-                    .flat_map(|j| own[j].iter().copied())
-                    .collect();
-                v.sort_unstable();
-                v.dedup();
-                v
-            })
-            .collect();
+        let lit_hits = own;
         let err =
             |e: String| CompileError::new(CompileErrorKind::TooLarge, format!("prefilter: {e}"));
         let probe = if lits.is_empty() {
             None
-        } else if lowercased {
-            Some(Probe::Exact {
-                first: aho_corasick::AhoCorasick::builder()
-                    .match_kind(aho_corasick::MatchKind::LeftmostFirst)
-                    .build(&lits)
-                    .map_err(|e| err(e.to_string()))?,
-                all: aho_corasick::AhoCorasick::builder()
-                    .match_kind(aho_corasick::MatchKind::Standard)
-                    .kind(Some(aho_corasick::AhoCorasickKind::DFA))
-                    .build(&lits)
-                    .map_err(|e| err(e.to_string()))?,
-            })
         } else {
-            // Literals are stored lowercased; the value is not, so match folded.
-            let pats: Vec<String> = lits
-                .iter()
-                .map(|l| format!("(?i-u:{})", escape_bytes(l)))
-                .collect();
-            Some(Probe::Folded(
-                regex_builder(MatchKind::LeftmostFirst, SINGLE_CACHE_BYTES)
-                    .build_many(&pats)
+            Some(Probe::Exact(
+                aho_corasick::dfa::Builder::new()
+                    .match_kind(aho_corasick::MatchKind::Standard)
+                    .prefilter(false)
+                    .build(&lits)
                     .map_err(|e| err(e.to_string()))?,
             ))
         };
@@ -323,12 +282,9 @@ pub(crate) struct Program {
     pub(crate) singles: Vec<Regex>,
     /// Prefilters, shared where their group lists are identical.
     pub(crate) prefilters: Vec<NodePrefilter>,
-    /// Prefilter id per (chain node, field kind, role key), or [`NO_PREFILTER`].
-    pub(crate) pf_index: Vec<u32>,
-    /// Per (field kind, role key): a prefilter over the groups of all lowercasing chain nodes
-    /// at once and those nodes, used when their values are identical for a field (nodes
-    /// that keep case are still probed on their own).
-    pub(crate) merged: Vec<Option<(u32, Vec<u32>)>>,
+    /// Per (field kind, role key): the prefilter over every group such a field can select,
+    /// whatever its transform chain, if any group has literals.
+    pub(crate) pf_by_key: Vec<Option<u32>>,
     /// Total regex-rule slots.
     pub(crate) slots: usize,
     /// Group indices per (field kind, role key), so a field only visits groups that can
@@ -336,36 +292,8 @@ pub(crate) struct Program {
     pub(crate) by_kind: Vec<Vec<u32>>,
 }
 
-/// Whether `a` and `b` can both match at the same position: then one is a prefix of the
-/// other. The probe resumes one byte after each reported match *start*, so every literal
-/// occurrence is either reported or starts where a prefix-related one was reported;
-/// linking those pairs keeps the scan exact without overlapping search.
-pub(crate) fn may_overlap(a: &[u8], b: &[u8]) -> bool {
-    a.starts_with(b) || b.starts_with(a)
-}
-
-/// Escapes bytes for a regex with Unicode off: printable ASCII via `regex_syntax::escape`,
-/// everything else as `\xNN`, so literals with non-ASCII or control bytes stay exact.
-fn escape_bytes(l: &[u8]) -> String {
-    let mut s = String::with_capacity(l.len() * 2);
-    for &b in l {
-        if b.is_ascii_graphic() || b == b' ' {
-            s.push_str(&regex_syntax::escape(
-                std::str::from_utf8(&[b]).unwrap_or(""),
-            ));
-        } else {
-            s.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    s
-}
-
 fn syntax_config() -> syntax::Config {
     syntax::Config::new().unicode(false).utf8(false)
-}
-
-fn regex_builder(kind: MatchKind, cache: usize) -> meta::Builder {
-    regex_builder_pf(kind, cache, true)
 }
 
 /// Rule regexes run only after our prefilter saw their literals, usually in ordinary text
@@ -373,10 +301,6 @@ fn regex_builder(kind: MatchKind, cache: usize) -> meta::Builder {
 /// lazy DFA at every occurrence and restart it (measured: two thirds of the regex time on
 /// a 4 KiB prompt), so rule regexes scan with the DFA alone.
 fn rule_regex_builder(kind: MatchKind, cache: usize) -> meta::Builder {
-    regex_builder_pf(kind, cache, false)
-}
-
-fn regex_builder_pf(kind: MatchKind, cache: usize, prefilter: bool) -> meta::Builder {
     // Multi-pattern sets only answer "which patterns match", so they carry no capture
     // states at all; single-rule regexes need the implicit group to report a span.
     let captures = if kind == MatchKind::All {
@@ -392,7 +316,7 @@ fn regex_builder_pf(kind: MatchKind, cache: usize, prefilter: bool) -> meta::Bui
             .which_captures(captures)
             .nfa_size_limit(Some(NFA_SIZE_LIMIT))
             .hybrid_cache_capacity(cache)
-            .auto_prefilter(prefilter),
+            .auto_prefilter(false),
     );
     b
 }
@@ -585,74 +509,39 @@ impl Program {
                 min_len,
             });
         }
-        // One prefilter per (chain node, field kind, role) over exactly the groups such a
-        // field can select, so a prompt field never searches for literals of rules that
-        // only read headers; identical group lists share one prefilter.
+        // One prefilter per (field kind, role) over exactly the groups such a field can
+        // select, so a prompt field never searches for literals of rules that only read
+        // headers; identical group lists share one prefilter. Chains are not separated:
+        // the values of most chains are byte-identical once lowercased, and one probe then
+        // serves them all (see `Program::scan`).
         let mut prefilters: Vec<NodePrefilter> = Vec::new();
         let mut by_groups: BTreeMap<Vec<u32>, u32> = BTreeMap::new();
-        // The prefilter over exactly these groups, built once per distinct group list.
-        let mut intern = |members: Vec<u32>, lowercased: bool| -> Result<u32, CompileError> {
-            if let Some(&id) = by_groups.get(&members) {
-                return Ok(id);
-            }
-            let entries = members
-                .iter()
-                .flat_map(|&gi| group_lits[gi as usize].iter());
-            prefilters.push(NodePrefilter::build(entries, lowercased)?);
-            let id = (prefilters.len() - 1) as u32;
-            by_groups.insert(members, id);
-            Ok(id)
-        };
-        let mut pf_index = vec![NO_PREFILTER; trie.nodes.len() * PF_KEYS];
-        for node in 0..trie.nodes.len() {
-            for kind in FieldKind::ALL {
-                for (ri, role) in ROLE_KEYS.iter().enumerate() {
-                    let members: Vec<u32> = out_groups
-                        .iter()
-                        .enumerate()
-                        .filter(|(gi, g)| {
-                            g.chain as usize == node
-                                && !group_lits[*gi].is_empty()
-                                && g.can_select(kind, *role)
-                        })
-                        .map(|(gi, _)| gi as u32)
-                        .collect();
-                    if members.is_empty() {
-                        continue;
-                    }
-                    let id = intern(members, trie.lowercases(node as u32))?;
-                    pf_index
-                        [(node * FieldKind::ALL.len() + kind as usize) * ROLE_KEYS.len() + ri] = id;
-                }
-            }
-        }
-        // Per (field kind, role): one prefilter over every lowercasing chain node's groups,
-        // for fields where all those nodes produce the same bytes.
-        let mut merged = Vec::with_capacity(FieldKind::ALL.len() * ROLE_KEYS.len());
+        let mut pf_by_key = Vec::with_capacity(FieldKind::ALL.len() * ROLE_KEYS.len());
         for kind in FieldKind::ALL {
             for role in ROLE_KEYS {
                 let members: Vec<u32> = out_groups
                     .iter()
                     .enumerate()
-                    .filter(|(gi, g)| {
-                        !group_lits[*gi].is_empty()
-                            && trie.lowercases(g.chain)
-                            && g.can_select(kind, role)
-                    })
+                    .filter(|(gi, g)| !group_lits[*gi].is_empty() && g.can_select(kind, role))
                     .map(|(gi, _)| gi as u32)
                     .collect();
-                let mut nodes: Vec<u32> = members
-                    .iter()
-                    .map(|&gi| out_groups[gi as usize].chain)
-                    .collect();
-                nodes.sort_unstable();
-                nodes.dedup();
-                if nodes.len() < 2 {
-                    merged.push(None);
+                if members.is_empty() {
+                    pf_by_key.push(None);
                     continue;
                 }
-                let id = intern(members, true)?;
-                merged.push(Some((id, nodes)));
+                let id = match by_groups.get(&members) {
+                    Some(&id) => id,
+                    None => {
+                        let entries = members
+                            .iter()
+                            .flat_map(|&gi| group_lits[gi as usize].iter());
+                        prefilters.push(NodePrefilter::build(entries)?);
+                        let id = (prefilters.len() - 1) as u32;
+                        by_groups.insert(members, id);
+                        id
+                    }
+                };
+                pf_by_key.push(Some(id));
             }
         }
         let mut by_kind = vec![Vec::new(); FieldKind::ALL.len() * ROLE_KEYS.len()];
@@ -671,8 +560,7 @@ impl Program {
             trie,
             singles,
             prefilters,
-            pf_index,
-            merged,
+            pf_by_key,
             slots: slots as usize,
             by_kind,
         })
@@ -687,14 +575,6 @@ impl Program {
                 .map(|g| g.multi.as_ref().map(Regex::create_cache))
                 .collect(),
             singles: self.singles.iter().map(Regex::create_cache).collect(),
-            probes: self
-                .prefilters
-                .iter()
-                .map(|p| match &p.probe {
-                    Some(Probe::Folded(r)) => Some(r.create_cache()),
-                    _ => None,
-                })
-                .collect(),
             patset: PatternSet::new(
                 self.groups
                     .iter()
@@ -706,7 +586,9 @@ impl Program {
             hits: vec![0; self.slots],
             active: vec![false; self.groups.len()],
             selected: Vec::with_capacity(self.groups.len()),
-            probed: vec![false; self.trie.nodes.len()],
+            class_of: vec![0; self.trie.nodes.len()],
+            classes: Vec::with_capacity(self.trie.nodes.len()),
+            lower: Vec::new(),
             pending: vec![0; self.trie.nodes.len()],
         }
     }
@@ -718,8 +600,6 @@ impl Program {
 pub(crate) struct ProgramCaches {
     multi: Vec<Option<meta::Cache>>,
     singles: Vec<meta::Cache>,
-    /// Per chain node, for folded probes.
-    probes: Vec<Option<meta::Cache>>,
     patset: PatternSet,
     /// Per slot: candidate for the current field.
     candidates: Vec<bool>,
@@ -729,8 +609,15 @@ pub(crate) struct ProgramCaches {
     active: Vec<bool>,
     /// Groups selected by the current field, in order.
     selected: Vec<u32>,
-    /// Per chain node: prefilter already run for the current field.
-    probed: Vec<bool>,
+    /// Per chain node: 1 + the index in `classes` of its value class for the current
+    /// field (0: not classified).
+    class_of: Vec<u32>,
+    /// The current field's value classes: chain nodes whose values are byte-identical
+    /// once lowercased, as (fold key, a node holding the lowercased value or `u32::MAX`,
+    /// selected rules waiting on the class).
+    classes: Vec<(u32, u32, u32)>,
+    /// The lowercased value of a class none of whose chains lowercases.
+    lower: Vec<u8>,
     /// Per chain node: selected rules on it that are not yet candidates.
     pending: Vec<u32>,
 }
@@ -827,6 +714,87 @@ impl TransformCache {
     }
 }
 
+/// Independent scans interleaved by [`scan_literals`].
+const LANES: usize = 4;
+
+/// Reports every occurrence of every literal of `dfa` in `value` (pattern index, in no
+/// particular order, possibly more than once) until `on_hit` returns `true`.
+///
+/// A DFA walk is a chain of dependent table loads, one per byte, so a single walk runs at
+/// load latency rather than at the core's throughput. The value is cut into [`LANES`]
+/// slices walked in lockstep; each slice starts `max_pattern_len` bytes early so that a
+/// literal crossing a cut is still seen whole by the lane it ends in.
+fn scan_literals(
+    dfa: &aho_corasick::dfa::DFA,
+    value: &[u8],
+    on_hit: &mut dyn FnMut(usize) -> bool,
+) {
+    use aho_corasick::automaton::Automaton;
+    use aho_corasick::Anchored;
+    let Ok(start) = dfa.start_state(Anchored::No) else {
+        return;
+    };
+    // Reports the literals ending at a match state; `true` to stop.
+    let mut report = |sid| {
+        for k in 0..dfa.match_len(sid) {
+            if on_hit(dfa.match_pattern(sid, k).as_usize()) {
+                return true;
+            }
+        }
+        false
+    };
+    let back = dfa.max_pattern_len().saturating_sub(1);
+    let chunk = value.len() / LANES;
+    if chunk <= back * 2 {
+        let mut sid = start;
+        for &b in value {
+            sid = dfa.next_state(Anchored::No, sid, b);
+            if dfa.is_match(sid) && report(sid) {
+                return;
+            }
+        }
+        return;
+    }
+    // Lane k covers ends in (k*chunk, (k+1)*chunk] (the last lane up to the end) and
+    // starts `back` bytes before its first end.
+    let begin = |k: usize| (k * chunk).saturating_sub(back);
+    let mut pos = [0usize; LANES];
+    let mut sid = [start; LANES];
+    for (k, p) in pos.iter_mut().enumerate() {
+        *p = begin(k);
+    }
+    // Every lane walks `chunk + back` bytes at most (lane 0 only `chunk`); walk the common
+    // length in lockstep.
+    let steps = chunk;
+    for i in 0..steps {
+        for k in 0..LANES {
+            let b = value[pos[k] + i];
+            sid[k] = dfa.next_state(Anchored::No, sid[k], b);
+        }
+        for s in sid {
+            if dfa.is_match(s) && report(s) {
+                return;
+            }
+        }
+    }
+    // Finish each lane on its own: lanes 1.. still have `back` bytes, the last lane the
+    // remainder of the value as well.
+    for k in 0..LANES {
+        let end = if k + 1 == LANES {
+            value.len()
+        } else {
+            (k + 1) * chunk
+        };
+        let mut s = sid[k];
+        for &b in &value[pos[k] + steps..end] {
+            s = dfa.next_state(Anchored::No, s, b);
+            if dfa.is_match(s) && report(s) {
+                return;
+            }
+        }
+    }
+}
+
 /// What a scan reports for each matching rule: the rule index, the transformed value and the
 /// match span in it.
 pub(crate) type OnMatch<'m> = dyn FnMut(u32, &[u8], (usize, usize)) + 'm;
@@ -871,50 +839,62 @@ impl Program {
                 }
             }
         }
-        // 2. One prefilter pass per chain node that has selected rules waiting on it — or a
-        // single pass for all of them when their values came out byte-identical, the common
-        // case for ordinary text, where the decoders find nothing to decode.
+        // 2. Prefilter: sort the chain nodes with waiting rules into classes whose values
+        // are byte-identical once lowercased, and search each class's value once. For
+        // ordinary text the decoders find nothing to decode and every chain lands in one
+        // class: one probe per field.
         if prefilter_on {
             let key = field.kind as usize * ROLE_KEYS.len() + role_key(field.role);
-            if let Some((pf, nodes)) = &self.merged[key] {
-                let mut same = None;
-                let mut waiting = 0;
-                for &n in nodes {
-                    if caches.pending[n as usize] == 0 {
+            if let Some(pf) = self.pf_by_key[key] {
+                caches.classes.clear();
+                for i in 0..caches.selected.len() {
+                    let node = self.groups[caches.selected[i] as usize].chain;
+                    let n = node as usize;
+                    if caches.class_of[n] != 0 || caches.pending[n] == 0 {
                         continue;
                     }
-                    tc.value(&self.trie, field.value, n);
-                    let r = tc.resolve(&self.trie, n);
-                    waiting += caches.pending[n as usize];
-                    if *same.get_or_insert(r) != r {
-                        same = Some(u32::MAX);
-                    }
-                }
-                if let Some(r) = same.filter(|&r| r != u32::MAX) {
-                    // Only nodes with waiting rules belong to selected groups; the cleanup
-                    // at the end resets exactly those.
-                    for &n in nodes {
-                        if caches.pending[n as usize] > 0 {
-                            caches.probed[n as usize] = true;
+                    tc.value(&self.trie, field.value, node);
+                    let r = tc.resolve(&self.trie, node);
+                    let fold = self.fold_key(tc, r);
+                    let lowered = if self.trie.lowercases(node) {
+                        r
+                    } else {
+                        u32::MAX
+                    };
+                    let c = match caches.classes.iter().position(|c| c.0 == fold) {
+                        Some(c) => c,
+                        None => {
+                            caches.classes.push((fold, u32::MAX, 0));
+                            caches.classes.len() - 1
                         }
+                    };
+                    let class = &mut caches.classes[c];
+                    if class.1 == u32::MAX {
+                        class.1 = lowered;
                     }
-                    let value = tc.value(&self.trie, field.value, r);
-                    self.probe_node(caches, waiting, *pf as usize, value);
+                    class.2 += caches.pending[n];
+                    caches.class_of[n] = c as u32 + 1;
                 }
-            }
-            for i in 0..caches.selected.len() {
-                let node = self.groups[caches.selected[i] as usize].chain as usize;
-                if caches.probed[node] || caches.pending[node] == 0 {
-                    continue;
+                for c in 0..caches.classes.len() {
+                    let (fold, lowered, waiting) = caches.classes[c];
+                    let mut lower = std::mem::take(&mut caches.lower);
+                    let value: &[u8] = if lowered != u32::MAX {
+                        tc.value(&self.trie, field.value, lowered)
+                    } else {
+                        // No chain of this class lowercases: the literals are lowercase, so
+                        // search a lowercased copy (rare: a decoder changed the value).
+                        let v = tc.value(&self.trie, field.value, fold);
+                        if v.iter().any(u8::is_ascii_uppercase) {
+                            lower.clear();
+                            lower.extend(v.iter().map(u8::to_ascii_lowercase));
+                            &lower
+                        } else {
+                            v
+                        }
+                    };
+                    self.probe_node(caches, waiting, pf as usize, value, c as u32 + 1);
+                    caches.lower = lower;
                 }
-                caches.probed[node] = true;
-                let pf = self.pf_index[node * PF_KEYS + key];
-                if pf == NO_PREFILTER {
-                    continue;
-                }
-                let value = tc.value(&self.trie, field.value, node as u32);
-                let waiting = caches.pending[node];
-                self.probe_node(caches, waiting, pf as usize, value);
             }
         }
         // 3. Run the rules.
@@ -968,23 +948,43 @@ impl Program {
         for &gi in &caches.selected {
             caches.active[gi as usize] = false;
             let node = self.groups[gi as usize].chain as usize;
-            caches.probed[node] = false;
+            caches.class_of[node] = 0;
             caches.pending[node] = 0;
         }
+    }
+
+    /// The value class of a resolved node: a value produced by lowercasing another is keyed
+    /// by that other, so a lowercasing chain and a case-keeping chain over the same bytes
+    /// share one probe.
+    fn fold_key(&self, tc: &TransformCache, r: u32) -> u32 {
+        if r != 0 {
+            let (parent, t) = self.trie.nodes[r as usize];
+            if t == Some(Transform::Lowercase) {
+                return tc.resolve(&self.trie, parent);
+            }
+        }
+        r
     }
 
     /// Searches one chain node's value for its literals and turns rules whose prefilter
     /// condition is met into candidates. Stops early once no selected rule is waiting.
     /// `waiting` is the number of selected, not-yet-candidate rules this prefilter can
     /// decide (over one chain node, or several whose values are identical).
-    fn probe_node(&self, caches: &mut ProgramCaches, waiting: u32, pf_id: usize, value: &[u8]) {
+    fn probe_node(
+        &self,
+        caches: &mut ProgramCaches,
+        waiting: u32,
+        pf_id: usize,
+        value: &[u8],
+        class: u32,
+    ) {
         let pf = &self.prefilters[pf_id];
         let ProgramCaches {
             candidates,
             hits,
             active,
             pending,
-            probes,
+            class_of,
             ..
         } = caches;
         let groups = &self.groups;
@@ -993,11 +993,15 @@ impl Program {
             if candidates[slot] {
                 return;
             }
-            // Hits for groups this field does not select are ignored.
+            // Hits for groups this field does not select, or whose chain produced a
+            // different value, are ignored.
             if !active[h.group as usize] {
                 return;
             }
             let g = &groups[h.group as usize];
+            if class_of[g.chain as usize] != class {
+                return;
+            }
             hits[slot] |= h.bit;
             let masks = &g.branch_masks[slot - g.base as usize];
             if masks.iter().any(|&m| hits[slot] & m == m) {
@@ -1018,37 +1022,15 @@ impl Program {
                 }
             }
         }
-        match (&pf.probe, probes[pf_id].as_mut()) {
-            (Some(Probe::Exact { first, all }), _) => {
-                // No literal starts before the leftmost match, so the overlapping search
-                // (which reports every occurrence of every literal) can start there.
-                let Some(f) = first.find(value) else { return };
-                let input = aho_corasick::Input::new(value).span(f.start()..value.len());
-                for m in all.find_overlapping_iter(input) {
-                    for h in &pf.lit_hits[m.pattern().as_usize()] {
+        if let Some(Probe::Exact(dfa)) = &pf.probe {
+            if *pending > 0 {
+                scan_literals(dfa, value, &mut |pid| {
+                    for h in &pf.lit_hits[pid] {
                         mark(h, pending);
                     }
-                    if *pending == 0 {
-                        break;
-                    }
-                }
+                    *pending == 0
+                });
             }
-            (Some(Probe::Folded(re)), Some(pc)) => {
-                let mut at = 0;
-                while *pending > 0 && at < value.len() {
-                    // Resuming one byte after each reported match *start* (not its end)
-                    // finds literals that overlap it; see `may_overlap` for those starting
-                    // at that byte.
-                    let Some(m) = re.search_with(pc, &Input::new(value).range(at..)) else {
-                        break;
-                    };
-                    for h in &pf.lit_hits[m.pattern().as_usize()] {
-                        mark(h, pending);
-                    }
-                    at = m.start() + 1;
-                }
-            }
-            _ => {}
         }
     }
 
@@ -1069,6 +1051,56 @@ impl Program {
             Op::Regex(si) => self.singles[si as usize]
                 .search_with(&mut caches.singles[si as usize], &Input::new(v))
                 .map(|m| (m.start(), m.end())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn dfa(lits: &[Vec<u8>]) -> aho_corasick::dfa::DFA {
+        aho_corasick::dfa::Builder::new()
+            .match_kind(aho_corasick::MatchKind::Standard)
+            .prefilter(false)
+            .build(lits)
+            .unwrap()
+    }
+
+    proptest! {
+        /// The interleaved walk finds exactly the literals a naive search finds, whatever
+        /// the length of the value and wherever the lane cuts fall.
+        #[test]
+        fn scan_literals_finds_every_literal(
+            lits in proptest::collection::vec(proptest::collection::vec(b'a'..=b'd', 1..6), 1..8),
+            value in proptest::collection::vec(b'a'..=b'e', 0..600),
+        ) {
+            let d = dfa(&lits);
+            let mut seen = vec![false; lits.len()];
+            scan_literals(&d, &value, &mut |p| { seen[p] = true; false });
+            for (i, l) in lits.iter().enumerate() {
+                let naive = value.windows(l.len()).any(|w| w == l.as_slice());
+                prop_assert_eq!(seen[i], naive, "literal {:?}", l);
+            }
+        }
+    }
+
+    #[test]
+    fn scan_literals_sees_literals_across_lane_cuts() {
+        let lits = vec![b"needle".to_vec()];
+        let d = dfa(&lits);
+        for len in [64usize, 257, 1000, 4096] {
+            for at in 0..len - 6 {
+                let mut v = vec![b'x'; len];
+                v[at..at + 6].copy_from_slice(b"needle");
+                let mut n = 0;
+                scan_literals(&d, &v, &mut |_| {
+                    n += 1;
+                    false
+                });
+                assert!(n >= 1, "len {len} at {at}");
+            }
         }
     }
 }

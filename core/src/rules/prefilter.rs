@@ -9,9 +9,6 @@ use regex_syntax::hir::{Class, Hir, HirKind};
 
 /// At most this many literals per rule; larger sets stop paying for themselves.
 const MAX_SET: usize = 48;
-/// Sets whose shortest literal is shorter than this match nearly every text (`or`, `'`),
-/// so the rule runs without our prefilter and the regex engine's own one decides.
-const MIN_LEN: usize = 3;
 /// Classes of at most this many characters expand into literal sets (`['"]` → `'`, `"`).
 const MAX_CLASS: usize = 4;
 
@@ -131,13 +128,18 @@ fn worth(set: &LiteralSet) -> bool {
 }
 
 /// Whether a literal is selective enough to be worth searching for: long enough, or made
-/// only of punctuation that ordinary prose rarely contains (quotes, `<`, `$`, `{`, `|`),
-/// which SIMD search skips over as fast as a long literal.
+/// only of bytes that ordinary prose rarely contains. One-byte literals are searched with
+/// memchr rather than the literal automaton, so any byte that is not a letter, digit,
+/// space or sentence punctuation is worth it (`\0`, `<`, `$`, `|`, quotes); two-byte
+/// literals of punctuation (`..`, `//`, `$(`) are rare in prose as pairs even where one of
+/// their bytes is common.
 fn useful(l: &[u8]) -> bool {
-    l.len() >= MIN_LEN
-        || (!l.is_empty()
-            && l.iter()
-                .all(|&b| b.is_ascii_punctuation() && !b".,-:;!?()/".contains(&b)))
+    match l {
+        [] => false,
+        [b] => !b.is_ascii_alphanumeric() && !b" .,-:;!?()/".contains(b),
+        [a, b] => a.is_ascii_punctuation() && b.is_ascii_punctuation(),
+        _ => true,
+    }
 }
 
 /// The exact single string `hir` matches (case-folded), if it matches only one (up to ASCII
@@ -295,6 +297,16 @@ fn required_all(hir: &Hir) -> Vec<LiteralSet> {
     }
     match hir.kind() {
         HirKind::Capture(c) => required_all(&c.sub),
+        // `\.{2,3}` requires `..`: the mandatory copies of an exact piece, concatenated.
+        HirKind::Repetition(r) if (2..=8).contains(&r.min) && exact(&r.sub).is_some() => {
+            let one = exact(&r.sub).unwrap_or_default();
+            let set = vec![one.repeat(r.min as usize)];
+            if worth(&set) {
+                vec![set]
+            } else {
+                required_all(&r.sub)
+            }
+        }
         HirKind::Repetition(r) if r.min >= 1 => required_all(&r.sub),
         HirKind::Alternation(alts) => {
             let mut out: LiteralSet = Vec::new();
@@ -420,6 +432,11 @@ mod tests {
         assert!(lits("\\bor\\s*\\d").is_empty());
         assert_eq!(lits("['\"]\\s*or"), one(&["\"", "'"]));
         assert_eq!(lits("\\.\\./"), one(&["../"]));
+        // Mandatory repetitions, punctuation pairs and rare bytes are kept.
+        assert_eq!(lits("\\.{2,3}[/\\\\]"), one(&[".."]));
+        assert_eq!(lits("\\x00"), one(&["\0"]));
+        assert_eq!(lits("[a-z]//"), one(&["//"]));
+        assert!(lits("\\w\\.\\d").is_empty());
         assert_eq!(lits("x['\"]or"), one(&["x\"or", "x'or"]));
         assert!(lits("\\w+").is_empty());
         assert!(lits("a|\\d").is_empty());
