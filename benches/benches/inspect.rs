@@ -3,17 +3,28 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use edgeward::{Engine, Policy, Request};
+use edgeward::{Config, Engine, Policy, Request};
 use edgeward_benches::{chat_body_with, Text, HEADERS};
 
 fn inspect(c: &mut Criterion) {
-    let engine = Engine::default_engine();
+    let memo = Engine::default_engine();
+    // Every field scanned in full on every call: what a stream of requests whose headers
+    // and JSON keys never repeat would cost.
+    let no_memo = Engine::builder()
+        .config(Config {
+            clean_field_memo: 0,
+            ..Config::default()
+        })
+        .build(&Policy::default_policy())
+        .expect("default policy compiles");
     let mut g = c.benchmark_group("inspect");
     for kib in [1usize, 4, 16, 64] {
-        for (kind, attack, text) in [
-            ("benign-plain", false, Text::Plain),
-            ("benign", false, Text::Triggers),
-            ("attack", true, Text::Triggers),
+        for (kind, attack, text, engine) in [
+            ("benign-plain", false, Text::Plain, &memo),
+            ("benign", false, Text::Triggers, &memo),
+            ("attack", true, Text::Triggers, &memo),
+            ("benign-plain-nomemo", false, Text::Plain, &no_memo),
+            ("benign-nomemo", false, Text::Triggers, &no_memo),
         ] {
             let body = chat_body_with(kib * 1024, attack, text);
             let req = Request::new(b"POST", b"/v1/chat/completions")

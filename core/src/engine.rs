@@ -20,6 +20,11 @@ pub struct Config {
     pub prefilter: bool,
     /// Most matches recorded in one decision; scoring continues past it.
     pub max_matches: usize,
+    /// Short fields (name and value up to 96 bytes) that matched no rule, remembered per
+    /// [`Scratch`] and program so a repeated header, JSON key or model name is not scanned
+    /// again; 0 turns the memo off. Only clean results are remembered, compared on the full
+    /// bytes, so it changes speed, never a decision.
+    pub clean_field_memo: usize,
 }
 
 impl Default for Config {
@@ -27,6 +32,7 @@ impl Default for Config {
         Config {
             prefilter: true,
             max_matches: 32,
+            clean_field_memo: 256,
         }
     }
 }
@@ -364,7 +370,7 @@ impl Engine {
                 .inner
                 .programs
                 .iter()
-                .map(Program::new_caches)
+                .map(|p| p.new_caches(self.inner.config.clean_field_memo))
                 .collect(),
             path: Vec::new(),
             scored: vec![0; max_rules.div_ceil(64) + 1],
@@ -565,7 +571,7 @@ impl Engine {
                 }]
             }
         };
-        let mut caches = program.new_caches();
+        let mut caches = program.new_caches(0);
         let mut tc = TransformCache::default();
         let mut out = Vec::new();
         for (i, def) in defs.iter().enumerate() {

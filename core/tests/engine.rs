@@ -4,12 +4,16 @@ mod common;
 
 use edgeward::{Config, Engine, Policy, Request};
 
+/// The prefilter and the clean-field memo change speed, never a decision: the default
+/// engine (both on; every request inspected twice, the second time with the memo warm)
+/// against one with both off.
 #[test]
 fn prefilter_on_and_off_decide_identically() {
     let on = Engine::default_engine();
     let off = Engine::builder()
         .config(Config {
             prefilter: false,
+            clean_field_memo: 0,
             ..Config::default()
         })
         .build(&Policy::default_policy())
@@ -17,12 +21,9 @@ fn prefilter_on_and_off_decide_identically() {
     let (mut s_on, mut s_off) = (on.new_scratch(), off.new_scratch());
     let mut n = 0;
     for (_, c) in common::vectors() {
-        assert_eq!(
-            c.inspect(&on, &mut s_on),
-            c.inspect(&off, &mut s_off),
-            "{}",
-            c.name
-        );
+        let want = c.inspect(&off, &mut s_off);
+        assert_eq!(c.inspect(&on, &mut s_on), want, "{}", c.name);
+        assert_eq!(c.inspect(&on, &mut s_on), want, "{} (memo warm)", c.name);
         n += 1;
     }
     // The labeled corpora hold tens of thousands of real attacks and benign requests; a
@@ -32,15 +33,44 @@ fn prefilter_on_and_off_decide_identically() {
         eprintln!("note: ../shared/corpora not found; compared the vectors only");
     }
     for r in &rows {
-        assert_eq!(
-            r.inspect(&on, &mut s_on),
-            r.inspect(&off, &mut s_off),
-            "{}",
-            r.id
-        );
+        let want = r.inspect(&off, &mut s_off);
+        assert_eq!(r.inspect(&on, &mut s_on), want, "{}", r.id);
+        assert_eq!(r.inspect(&on, &mut s_on), want, "{} (memo warm)", r.id);
         n += 1;
     }
     assert!(n >= 40);
+}
+
+/// The memo is keyed on the field's kind, name and value: a value remembered clean under
+/// one name still matches under a name a rule targets, and a matching field is never
+/// remembered.
+#[test]
+fn clean_field_memo_never_hides_a_match() {
+    let engine = Engine::default_engine();
+    let mut s = engine.new_scratch();
+    let req = |name: &'static [u8]| {
+        let headers: &'static [(&'static [u8], &'static [u8])] = match name {
+            b"x-note" => &[(b"x-note", b"sqlmap/1.7")],
+            _ => &[(b"user-agent", b"sqlmap/1.7")],
+        };
+        Request::new(b"GET", b"/v1/models").with_headers(headers)
+    };
+    for _ in 0..3 {
+        assert!(engine.inspect_with(&mut s, &req(b"x-note")).is_allowed());
+    }
+    for _ in 0..3 {
+        let d = engine.inspect_with(&mut s, &req(b"user-agent"));
+        assert!(
+            d.matches.iter().any(|m| m.category.as_str() == "scanner"),
+            "{}",
+            d.to_json()
+        );
+    }
+    // A small attack value is reported every time it is seen.
+    let q = Request::new(b"GET", b"/search?q=1%27%20or%201=1--");
+    for _ in 0..3 {
+        assert!(!engine.inspect_with(&mut s, &q).is_allowed());
+    }
 }
 
 fn chat(body: &[u8]) -> Request<'_> {

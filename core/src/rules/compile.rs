@@ -566,9 +566,11 @@ impl Program {
         })
     }
 
-    /// Fresh per-worker caches for this program.
-    pub(crate) fn new_caches(&self) -> ProgramCaches {
+    /// Fresh per-worker caches for this program, remembering up to `clean_slots` small
+    /// fields that matched nothing.
+    pub(crate) fn new_caches(&self, clean_slots: usize) -> ProgramCaches {
         ProgramCaches {
+            clean: CleanFields::new(clean_slots),
             multi: self
                 .groups
                 .iter()
@@ -594,10 +596,73 @@ impl Program {
     }
 }
 
+/// Longest name plus value remembered by [`CleanFields`].
+const CLEAN_MAX: usize = 96;
+
+/// Small fields that matched no rule of the program, remembered per worker.
+///
+/// Scanning a field has a fixed cost of several thousand instructions (group selection,
+/// transform chains, prefilter set-up), which dominates for the many short fields of an API
+/// request — header values, JSON keys, model names, roles — and those repeat from request
+/// to request. The scan is a pure function of (kind, role, name, value), so a clean result
+/// can be remembered. Only "no match" is stored, compared on the full bytes (never on the
+/// hash alone), in a fixed direct-mapped table: a collision or a flood of unique fields only
+/// evicts entries and costs the normal scan, never a wrong answer.
+#[derive(Debug, Clone)]
+pub(crate) struct CleanFields {
+    hasher: std::hash::RandomState,
+    /// Per slot: kind, role key, name length, value length; `None` when empty.
+    keys: Vec<Option<(u8, u8, u8, u8)>>,
+    /// Per slot: name then value, `CLEAN_MAX` bytes.
+    bytes: Vec<u8>,
+}
+
+impl CleanFields {
+    fn new(slots: usize) -> CleanFields {
+        CleanFields {
+            hasher: std::hash::RandomState::new(),
+            keys: vec![None; slots],
+            bytes: vec![0; slots * CLEAN_MAX],
+        }
+    }
+
+    /// The slot for a field and its key, if the field is small enough to remember.
+    #[inline]
+    fn slot(&self, f: &Field<'_>) -> Option<(usize, (u8, u8, u8, u8))> {
+        if self.keys.is_empty() || f.name.len() + f.value.len() > CLEAN_MAX {
+            return None;
+        }
+        let key = (
+            f.kind as u8,
+            role_key(f.role) as u8,
+            f.name.len() as u8,
+            f.value.len() as u8,
+        );
+        let h = std::hash::BuildHasher::hash_one(&self.hasher, (key, f.name, f.value));
+        Some(((h % self.keys.len() as u64) as usize, key))
+    }
+
+    fn contains(&self, slot: usize, key: (u8, u8, u8, u8), f: &Field<'_>) -> bool {
+        if self.keys[slot] != Some(key) {
+            return false;
+        }
+        let b = &self.bytes[slot * CLEAN_MAX..];
+        b[..f.name.len()] == *f.name && b[f.name.len()..f.name.len() + f.value.len()] == *f.value
+    }
+
+    fn insert(&mut self, slot: usize, key: (u8, u8, u8, u8), f: &Field<'_>) {
+        let b = &mut self.bytes[slot * CLEAN_MAX..];
+        b[..f.name.len()].copy_from_slice(f.name);
+        b[f.name.len()..f.name.len() + f.value.len()].copy_from_slice(f.value);
+        self.keys[slot] = Some(key);
+    }
+}
+
 /// Per-worker mutable search state for one [`Program`]. Every vector is sized at creation,
 /// so scanning never allocates.
 #[derive(Debug, Clone)]
 pub(crate) struct ProgramCaches {
+    clean: CleanFields,
     multi: Vec<Option<meta::Cache>>,
     singles: Vec<meta::Cache>,
     patset: PatternSet,
@@ -756,37 +821,44 @@ fn scan_literals(
         return;
     }
     // Lane k covers ends in (k*chunk, (k+1)*chunk] (the last lane up to the end) and
-    // starts `back` bytes before its first end.
+    // starts `back` bytes before its first end. The lockstep part walks `chunk` bytes of
+    // each lane from four equal-length slices (no bounds checks, states in registers);
+    // match states are rare, so one `is_special` test per lane and byte is all the
+    // common path pays.
     let begin = |k: usize| (k * chunk).saturating_sub(back);
-    let mut pos = [0usize; LANES];
+    let (l0, l1, l2, l3) = (
+        &value[begin(0)..][..chunk],
+        &value[begin(1)..][..chunk],
+        &value[begin(2)..][..chunk],
+        &value[begin(3)..][..chunk],
+    );
     let mut sid = [start; LANES];
-    for (k, p) in pos.iter_mut().enumerate() {
-        *p = begin(k);
-    }
-    // Every lane walks `chunk + back` bytes at most (lane 0 only `chunk`); walk the common
-    // length in lockstep.
-    let steps = chunk;
-    for i in 0..steps {
-        for k in 0..LANES {
-            let b = value[pos[k] + i];
-            sid[k] = dfa.next_state(Anchored::No, sid[k], b);
-        }
-        for s in sid {
-            if dfa.is_match(s) && report(s) {
-                return;
+    for i in 0..chunk {
+        sid[0] = dfa.next_state(Anchored::No, sid[0], l0[i]);
+        sid[1] = dfa.next_state(Anchored::No, sid[1], l1[i]);
+        sid[2] = dfa.next_state(Anchored::No, sid[2], l2[i]);
+        sid[3] = dfa.next_state(Anchored::No, sid[3], l3[i]);
+        if dfa.is_special(sid[0])
+            | dfa.is_special(sid[1])
+            | dfa.is_special(sid[2])
+            | dfa.is_special(sid[3])
+        {
+            for s in sid {
+                if dfa.is_match(s) && report(s) {
+                    return;
+                }
             }
         }
     }
     // Finish each lane on its own: lanes 1.. still have `back` bytes, the last lane the
     // remainder of the value as well.
-    for k in 0..LANES {
+    for (k, mut s) in sid.into_iter().enumerate() {
         let end = if k + 1 == LANES {
             value.len()
         } else {
             (k + 1) * chunk
         };
-        let mut s = sid[k];
-        for &b in &value[pos[k] + steps..end] {
+        for &b in &value[begin(k) + chunk..end] {
             s = dfa.next_state(Anchored::No, s, b);
             if dfa.is_match(s) && report(s) {
                 return;
@@ -817,6 +889,17 @@ impl Program {
         if groups.is_empty() {
             return;
         }
+        let memo = caches.clean.slot(field);
+        if let Some((slot, key)) = memo {
+            if caches.clean.contains(slot, key, field) {
+                return;
+            }
+        }
+        let mut matched = false;
+        let on_match = &mut |ri: u32, value: &[u8], span: (usize, usize)| {
+            matched = true;
+            on_match(ri, value, span);
+        };
         tc.reset(self.trie.nodes.len());
         // 1. Which groups read this field; reset their slots.
         caches.selected.clear();
@@ -950,6 +1033,9 @@ impl Program {
             let node = self.groups[gi as usize].chain as usize;
             caches.class_of[node] = 0;
             caches.pending[node] = 0;
+        }
+        if let (Some((slot, key)), false) = (memo, matched) {
+            caches.clean.insert(slot, key, field);
         }
     }
 
