@@ -27,7 +27,7 @@ use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind, PatternSet};
 
 use super::detect::Detector;
-use super::prefilter::required_literals;
+use super::prefilter::{canonical_whitespace, required_literals};
 use super::{Category, RuleDef, Target};
 use crate::error::{CompileError, CompileErrorKind};
 use crate::field::{Field, FieldKind, Role};
@@ -299,8 +299,37 @@ fn syntax_config() -> syntax::Config {
 /// Rule regexes run only after our prefilter saw their literals, usually in ordinary text
 /// where those literals are common; regex-automata's own prefilter would then stop the
 /// lazy DFA at every occurrence and restart it (measured: two thirds of the regex time on
-/// a 4 KiB prompt), so rule regexes scan with the DFA alone.
+/// a 4 KiB prompt), so rule regexes scan with the DFA alone — unless every match starts
+/// with a rare byte (see [`starts_with_rare_bytes`]).
 fn rule_regex_builder(kind: MatchKind, cache: usize) -> meta::Builder {
+    rule_regex_builder_pf(kind, cache, false)
+}
+
+/// Whether every match of `hir` starts with one of a few punctuation or control bytes
+/// (`['"\`]\s*or…`): then regex-automata's prefilter jumps between those bytes with
+/// memchr and tries a short anchored match at each, instead of walking the DFA over every
+/// byte of a long prompt (a DFA walk costs ~2 ns per byte however simple the pattern).
+fn starts_with_rare_bytes(hir: &regex_syntax::hir::Hir) -> bool {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    let seq = Extractor::new().kind(ExtractKind::Prefix).extract(hir);
+    let Some(lits) = seq.literals() else {
+        return false;
+    };
+    let mut firsts: Vec<u8> = lits
+        .iter()
+        .filter_map(|l| l.as_bytes().first().copied())
+        .collect();
+    firsts.sort_unstable();
+    firsts.dedup();
+    !lits.is_empty()
+        && lits.iter().all(|l| !l.as_bytes().is_empty())
+        && firsts.len() <= 3
+        && firsts
+            .iter()
+            .all(|b| !b.is_ascii_alphanumeric() && *b != b' ' && *b != b'.' && *b != b',')
+}
+
+fn rule_regex_builder_pf(kind: MatchKind, cache: usize, prefilter: bool) -> meta::Builder {
     // Multi-pattern sets only answer "which patterns match", so they carry no capture
     // states at all; single-rule regexes need the implicit group to report a span.
     let captures = if kind == MatchKind::All {
@@ -316,9 +345,22 @@ fn rule_regex_builder(kind: MatchKind, cache: usize) -> meta::Builder {
             .which_captures(captures)
             .nfa_size_limit(Some(NFA_SIZE_LIMIT))
             .hybrid_cache_capacity(cache)
-            .auto_prefilter(false),
+            .auto_prefilter(prefilter),
     );
     b
+}
+
+/// Whether a chain leaves every whitespace run as exactly one space: it compresses
+/// whitespace, and only lowercasing follows (other transforms could delete bytes between
+/// two spaces or decode new whitespace).
+fn whitespace_is_canonical(chain: &[Transform]) -> bool {
+    match chain
+        .iter()
+        .rposition(|t| *t == Transform::CompressWhitespace)
+    {
+        Some(i) => chain[i + 1..].iter().all(|t| *t == Transform::Lowercase),
+        None => false,
+    }
 }
 
 /// The regex source of a regex or literals rule.
@@ -338,7 +380,7 @@ fn pattern_of(def: &RuleDef) -> Option<String> {
 pub(crate) fn compile_single(def: &RuleDef, pat: &str) -> Result<Regex, CompileError> {
     // Parse first for a precise message (look-around and back-references are syntax errors
     // in regex-syntax, which is exactly the guarantee we want).
-    regex_syntax::ParserBuilder::new()
+    let hir = regex_syntax::ParserBuilder::new()
         .unicode(false)
         .utf8(false)
         .build()
@@ -346,7 +388,8 @@ pub(crate) fn compile_single(def: &RuleDef, pat: &str) -> Result<Regex, CompileE
         .map_err(|e| {
             CompileError::new(CompileErrorKind::InvalidRegex, format!("{e}")).with_rule(def.id)
         })?;
-    rule_regex_builder(MatchKind::LeftmostFirst, SINGLE_CACHE_BYTES)
+    let prefilter = starts_with_rare_bytes(&hir);
+    rule_regex_builder_pf(MatchKind::LeftmostFirst, SINGLE_CACHE_BYTES, prefilter)
         .build(pat)
         .map_err(|e| {
             let kind = if e.size_limit().is_some() {
@@ -391,7 +434,18 @@ impl Program {
                     .build()
                     .parse(&pat)
                     .ok();
-                literal_sets.push(hir.as_ref().map(required_literals).unwrap_or_default());
+                let canonical = whitespace_is_canonical(&def.transforms);
+                literal_sets.push(
+                    hir.as_ref()
+                        .map(|h| {
+                            if canonical {
+                                required_literals(&canonical_whitespace(h))
+                            } else {
+                                required_literals(h)
+                            }
+                        })
+                        .unwrap_or_default(),
+                );
                 min_lens.push(
                     hir.as_ref()
                         .and_then(|h| h.properties().minimum_len())
@@ -1170,6 +1224,27 @@ mod tests {
                 prop_assert_eq!(seen[i], naive, "literal {:?}", l);
             }
         }
+    }
+
+    #[test]
+    fn rare_first_bytes_turn_the_regex_prefilter_on() {
+        let parse = |p: &str| {
+            regex_syntax::ParserBuilder::new()
+                .unicode(false)
+                .utf8(false)
+                .build()
+                .parse(p)
+                .unwrap()
+        };
+        assert!(starts_with_rare_bytes(&parse(
+            r#"['"`]\s*\)?\s*(?:or|and)"#
+        )));
+        assert!(starts_with_rare_bytes(&parse(r"<\s*/?\s*script\b")));
+        assert!(!starts_with_rare_bytes(&parse(
+            r"\b(?:ignore|forget)\s+all"
+        )));
+        assert!(!starts_with_rare_bytes(&parse(r"(?:^|\n)\s*system:")));
+        assert!(!starts_with_rare_bytes(&parse(r"x?<a")));
     }
 
     #[test]

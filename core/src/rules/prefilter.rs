@@ -5,10 +5,10 @@
 //! only statement a prefilter may make ("definitely no"). We keep our own literal → rule map
 //! because regex-automata's built-in prefilter drops pattern identity.
 
-use regex_syntax::hir::{Class, Hir, HirKind};
+use regex_syntax::hir::{Class, Hir, HirKind, Repetition};
 
 /// At most this many literals per rule; larger sets stop paying for themselves.
-const MAX_SET: usize = 48;
+const MAX_SET: usize = 128;
 /// Classes of at most this many characters expand into literal sets (`['"]` → `'`, `"`).
 const MAX_CLASS: usize = 4;
 
@@ -43,6 +43,65 @@ pub(crate) fn required_literals(hir: &Hir) -> Dnf {
     } else {
         vec![conj]
     }
+}
+
+/// Rewrites `hir` for values whose whitespace is canonical: after `compress_whitespace`
+/// (and nothing but `lowercase` later) every whitespace run is exactly one space, so a
+/// whitespace class matches only ` `, `\s+` matches exactly ` ` and `\s*` matches nothing
+/// or ` `. Phrases then extract as whole literals (`stay in character` instead of three
+/// words that ordinary prose contains one by one), which is what keeps natural-language
+/// rules from becoming candidates on every prompt.
+pub(crate) fn canonical_whitespace(hir: &Hir) -> Hir {
+    let space = || Hir::literal(b" ".to_vec());
+    match hir.kind() {
+        HirKind::Class(c) if only_whitespace(c) => space(),
+        HirKind::Repetition(r) if matches!(r.sub.kind(), HirKind::Class(c) if only_whitespace(c)) => {
+            if r.min >= 1 {
+                space()
+            } else {
+                Hir::repetition(Repetition {
+                    min: 0,
+                    max: Some(1),
+                    greedy: true,
+                    sub: Box::new(space()),
+                })
+            }
+        }
+        HirKind::Repetition(r) => Hir::repetition(Repetition {
+            sub: Box::new(canonical_whitespace(&r.sub)),
+            ..r.clone()
+        }),
+        HirKind::Capture(c) => canonical_whitespace(&c.sub),
+        HirKind::Concat(cs) => Hir::concat(cs.iter().map(canonical_whitespace).collect()),
+        HirKind::Alternation(alts) => {
+            Hir::alternation(alts.iter().map(canonical_whitespace).collect())
+        }
+        _ => hir.clone(),
+    }
+}
+
+/// Whether a class contains a space and nothing but ASCII whitespace (`\s`, `[ \t]`).
+fn only_whitespace(c: &Class) -> bool {
+    let ws = |lo: u32, hi: u32| (lo..=hi).all(|x| x == 32 || (9..=13).contains(&x));
+    let (all, space) = match c {
+        Class::Bytes(b) => (
+            b.ranges()
+                .iter()
+                .all(|r| ws(r.start() as u32, r.end() as u32)),
+            b.ranges()
+                .iter()
+                .any(|r| r.start() <= b' ' && b' ' <= r.end()),
+        ),
+        Class::Unicode(u) => (
+            u.ranges()
+                .iter()
+                .all(|r| ws(r.start() as u32, r.end() as u32)),
+            u.ranges()
+                .iter()
+                .any(|r| r.start() <= ' ' && ' ' <= r.end()),
+        ),
+    };
+    all && space
 }
 
 fn dnf(hir: &Hir) -> Option<Dnf> {
@@ -146,6 +205,8 @@ fn useful(l: &[u8]) -> bool {
 /// case).
 fn exact(hir: &Hir) -> Option<Vec<u8>> {
     match hir.kind() {
+        // Zero-width: an assertion only narrows where the surrounding literal can be.
+        HirKind::Empty | HirKind::Look(_) => Some(Vec::new()),
         HirKind::Literal(l) => Some(l.0.to_ascii_lowercase()),
         HirKind::Class(c) => single_char(c),
         HirKind::Capture(c) => exact(&c.sub),
@@ -211,6 +272,11 @@ fn exact_set(hir: &Hir) -> Option<LiteralSet> {
     match hir.kind() {
         HirKind::Capture(c) => exact_set(&c.sub),
         HirKind::Class(c) => small_class(c),
+        HirKind::Repetition(r) if r.min == 0 && r.max == Some(1) => {
+            let mut set = exact_set(&r.sub)?;
+            set.push(Vec::new());
+            Some(set)
+        }
         HirKind::Alternation(alts) => {
             let mut out = Vec::new();
             for a in alts {
@@ -456,6 +522,43 @@ mod tests {
                 vec!["instructions".to_string()],
                 vec!["ignore".to_string()]
             ]
+        );
+    }
+
+    #[test]
+    fn canonical_whitespace_turns_phrases_into_literals() {
+        let canon = |p: &str| {
+            let hir = regex_syntax::ParserBuilder::new()
+                .unicode(false)
+                .utf8(false)
+                .build()
+                .parse(p)
+                .unwrap();
+            required_literals(&canonical_whitespace(&hir))
+                .into_iter()
+                .map(|b| {
+                    b.into_iter()
+                        .map(|s| {
+                            s.into_iter()
+                                .map(|l| String::from_utf8(l).unwrap())
+                                .collect::<Vec<_>>()
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            canon(r"\bstay\s+in\s+character\b"),
+            vec![vec![vec!["stay in character".to_string()]]]
+        );
+        assert_eq!(
+            canon(r"new\s*:"),
+            vec![vec![vec!["new :".to_string(), "new:".to_string()]]]
+        );
+        // Classes mixing whitespace with other bytes are left alone.
+        assert_eq!(
+            canon(r"alpha[\s,]omega"),
+            vec![vec![vec!["alpha".to_string()], vec!["omega".to_string()]]]
         );
     }
 
