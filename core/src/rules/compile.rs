@@ -300,36 +300,35 @@ fn syntax_config() -> syntax::Config {
 /// where those literals are common; regex-automata's own prefilter would then stop the
 /// lazy DFA at every occurrence and restart it (measured: two thirds of the regex time on
 /// a 4 KiB prompt), so rule regexes scan with the DFA alone — unless every match starts
-/// with a rare byte (see [`starts_with_rare_bytes`]).
+/// with a rare byte (see [`rare_first_bytes`]).
 fn rule_regex_builder(kind: MatchKind, cache: usize) -> meta::Builder {
-    rule_regex_builder_pf(kind, cache, false)
+    rule_regex_builder_pf(kind, cache, None)
 }
 
-/// Whether every match of `hir` starts with one of a few punctuation or control bytes
-/// (`['"\`]\s*or…`): then regex-automata's prefilter jumps between those bytes with
-/// memchr and tries a short anchored match at each, instead of walking the DFA over every
+/// The bytes every match of `hir` starts with, if they are at most three punctuation or
+/// control bytes (`['"\`]\s*or…`, `<\s*script`): then a memchr prefilter jumps between
+/// them and tries a short anchored match at each, instead of walking the DFA over every
 /// byte of a long prompt (a DFA walk costs ~2 ns per byte however simple the pattern).
-fn starts_with_rare_bytes(hir: &regex_syntax::hir::Hir) -> bool {
+/// The prefilter is built from these bytes alone: regex-automata's own choice would be the
+/// longer prefixes, searched with a slower multi-literal automaton.
+fn rare_first_bytes(hir: &regex_syntax::hir::Hir) -> Option<Vec<u8>> {
     use regex_syntax::hir::literal::{ExtractKind, Extractor};
     let seq = Extractor::new().kind(ExtractKind::Prefix).extract(hir);
-    let Some(lits) = seq.literals() else {
-        return false;
-    };
-    let mut firsts: Vec<u8> = lits
-        .iter()
-        .filter_map(|l| l.as_bytes().first().copied())
-        .collect();
+    let lits = seq.literals()?;
+    if lits.is_empty() || lits.iter().any(|l| l.as_bytes().is_empty()) {
+        return None;
+    }
+    let mut firsts: Vec<u8> = lits.iter().map(|l| l.as_bytes()[0]).collect();
     firsts.sort_unstable();
     firsts.dedup();
-    !lits.is_empty()
-        && lits.iter().all(|l| !l.as_bytes().is_empty())
-        && firsts.len() <= 3
+    (firsts.len() <= 3
         && firsts
             .iter()
-            .all(|b| !b.is_ascii_alphanumeric() && *b != b' ' && *b != b'.' && *b != b',')
+            .all(|b| !b.is_ascii_alphanumeric() && !b" .,".contains(b)))
+    .then_some(firsts)
 }
 
-fn rule_regex_builder_pf(kind: MatchKind, cache: usize, prefilter: bool) -> meta::Builder {
+fn rule_regex_builder_pf(kind: MatchKind, cache: usize, first: Option<&[u8]>) -> meta::Builder {
     // Multi-pattern sets only answer "which patterns match", so they carry no capture
     // states at all; single-rule regexes need the implicit group to report a span.
     let captures = if kind == MatchKind::All {
@@ -345,7 +344,11 @@ fn rule_regex_builder_pf(kind: MatchKind, cache: usize, prefilter: bool) -> meta
             .which_captures(captures)
             .nfa_size_limit(Some(NFA_SIZE_LIMIT))
             .hybrid_cache_capacity(cache)
-            .auto_prefilter(prefilter),
+            .auto_prefilter(false)
+            .prefilter(first.and_then(|bytes| {
+                let needles: Vec<[u8; 1]> = bytes.iter().map(|&b| [b]).collect();
+                regex_automata::util::prefilter::Prefilter::new(kind, &needles)
+            })),
     );
     b
 }
@@ -388,17 +391,21 @@ pub(crate) fn compile_single(def: &RuleDef, pat: &str) -> Result<Regex, CompileE
         .map_err(|e| {
             CompileError::new(CompileErrorKind::InvalidRegex, format!("{e}")).with_rule(def.id)
         })?;
-    let prefilter = starts_with_rare_bytes(&hir);
-    rule_regex_builder_pf(MatchKind::LeftmostFirst, SINGLE_CACHE_BYTES, prefilter)
-        .build(pat)
-        .map_err(|e| {
-            let kind = if e.size_limit().is_some() {
-                CompileErrorKind::TooLarge
-            } else {
-                CompileErrorKind::InvalidRegex
-            };
-            CompileError::new(kind, format!("{e}")).with_rule(def.id)
-        })
+    let first = rare_first_bytes(&hir);
+    rule_regex_builder_pf(
+        MatchKind::LeftmostFirst,
+        SINGLE_CACHE_BYTES,
+        first.as_deref(),
+    )
+    .build(pat)
+    .map_err(|e| {
+        let kind = if e.size_limit().is_some() {
+            CompileErrorKind::TooLarge
+        } else {
+            CompileErrorKind::InvalidRegex
+        };
+        CompileError::new(kind, format!("{e}")).with_rule(def.id)
+    })
 }
 
 impl Program {
@@ -1236,15 +1243,17 @@ mod tests {
                 .parse(p)
                 .unwrap()
         };
-        assert!(starts_with_rare_bytes(&parse(
-            r#"['"`]\s*\)?\s*(?:or|and)"#
-        )));
-        assert!(starts_with_rare_bytes(&parse(r"<\s*/?\s*script\b")));
-        assert!(!starts_with_rare_bytes(&parse(
-            r"\b(?:ignore|forget)\s+all"
-        )));
-        assert!(!starts_with_rare_bytes(&parse(r"(?:^|\n)\s*system:")));
-        assert!(!starts_with_rare_bytes(&parse(r"x?<a")));
+        assert_eq!(
+            rare_first_bytes(&parse(r#"['"`]\s*\)?\s*(?:or|and)"#)),
+            Some(b"\"'`".to_vec())
+        );
+        assert_eq!(
+            rare_first_bytes(&parse(r"<\s*/?\s*script\b")),
+            Some(b"<".to_vec())
+        );
+        assert_eq!(rare_first_bytes(&parse(r"\b(?:ignore|forget)\s+all")), None);
+        assert_eq!(rare_first_bytes(&parse(r"(?:^|\n)\s*system:")), None);
+        assert_eq!(rare_first_bytes(&parse(r"x?<a")), None);
     }
 
     #[test]
