@@ -280,6 +280,9 @@ pub(crate) struct Program {
     pub(crate) groups: Vec<Group>,
     pub(crate) trie: TransformTrie,
     pub(crate) singles: Vec<Regex>,
+    /// Per single regex: where its matches can start, when that is only the start of the
+    /// value or at a few bytes (see [`MatchStarts`]).
+    pub(crate) starts: Vec<Option<MatchStarts>>,
     /// Prefilters, shared where their group lists are identical.
     pub(crate) prefilters: Vec<NodePrefilter>,
     /// Per (field kind, role key): the prefilter over every group such a field can select,
@@ -414,6 +417,7 @@ impl Program {
         let mut trie = TransformTrie::new();
         let mut rules = Vec::with_capacity(defs.len());
         let mut singles = Vec::new();
+        let mut starts = Vec::new();
         let mut literal_sets = Vec::new();
         // Per regex (index = single): the shortest value it can match.
         let mut min_lens: Vec<usize> = Vec::new();
@@ -459,6 +463,7 @@ impl Program {
                         .unwrap_or(0),
                 );
                 singles.push(re);
+                starts.push(hir.as_ref().and_then(MatchStarts::of));
                 Op::Regex((singles.len() - 1) as u32)
             } else if let Some(d) = &def.detector {
                 Op::Detector(Detector::by_name(d).ok_or_else(|| {
@@ -620,6 +625,7 @@ impl Program {
             groups: out_groups,
             trie,
             singles,
+            starts,
             prefilters,
             pf_by_key,
             slots: slots as usize,
@@ -1082,9 +1088,8 @@ impl Program {
                 let Op::Regex(si) = self.rules[ri as usize].op else {
                     continue;
                 };
-                let si = si as usize;
-                if let Some(m) = self.singles[si].search_with(&mut caches.singles[si], &input) {
-                    on_match(ri, value, (m.start(), m.end()));
+                if let Some(span) = self.find_single(si as usize, caches, value) {
+                    on_match(ri, value, span);
                 }
             }
         }
@@ -1195,10 +1200,109 @@ impl Program {
         match r.op {
             Op::Detector(d) => d.run(v),
             Op::LengthOver(n) => (v.len() as u64 > n).then_some((0, v.len())),
-            Op::Regex(si) => self.singles[si as usize]
-                .search_with(&mut caches.singles[si as usize], &Input::new(v))
-                .map(|m| (m.start(), m.end())),
+            Op::Regex(si) => self.find_single(si as usize, caches, v),
         }
+    }
+
+    /// The leftmost match of single regex `si` in `value`. A regex whose matches can only
+    /// start at the start of the value or at one of a few bytes (`(?:^|\n)…`) is tried
+    /// anchored at exactly those positions, in order, so the first success is the leftmost
+    /// match; each failing try stops within a few bytes, where an unanchored search walks
+    /// the DFA over the whole value.
+    fn find_single(
+        &self,
+        si: usize,
+        caches: &mut ProgramCaches,
+        value: &[u8],
+    ) -> Option<(usize, usize)> {
+        let re = &self.singles[si];
+        let cache = &mut caches.singles[si];
+        let Some(st) = &self.starts[si] else {
+            return re
+                .search_with(cache, &Input::new(value))
+                .map(|m| (m.start(), m.end()));
+        };
+        let mut try_at = |at: usize| {
+            re.search_with(
+                cache,
+                &Input::new(value)
+                    .range(at..)
+                    .anchored(regex_automata::Anchored::Yes),
+            )
+            .map(|m| (m.start(), m.end()))
+        };
+        if st.at_zero {
+            if let Some(m) = try_at(0) {
+                return Some(m);
+            }
+        }
+        // The first position at or after which each try is made, without allocating an
+        // iterator object per call.
+        fn first_ok(
+            positions: impl Iterator<Item = usize>,
+            skip_zero: bool,
+            try_at: &mut dyn FnMut(usize) -> Option<(usize, usize)>,
+        ) -> Option<(usize, usize)> {
+            positions
+                .filter(|&p| !(skip_zero && p == 0))
+                .find_map(try_at)
+        }
+        let z = st.at_zero;
+        match st.bytes.as_slice() {
+            [a] => first_ok(memchr::memchr_iter(*a, value), z, &mut try_at),
+            [a, b] => first_ok(memchr::memchr2_iter(*a, *b, value), z, &mut try_at),
+            [a, b, c] => first_ok(memchr::memchr3_iter(*a, *b, *c, value), z, &mut try_at),
+            _ => None,
+        }
+    }
+}
+
+/// Where every match of a regex starts: at offset 0 (`^`) and/or at one of up to three
+/// bytes, when its pattern begins with an alternation of just those (`(?:^|\n)`,
+/// `(?:^|[;|])`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MatchStarts {
+    at_zero: bool,
+    bytes: Vec<u8>,
+}
+
+impl MatchStarts {
+    fn of(hir: &regex_syntax::hir::Hir) -> Option<MatchStarts> {
+        use regex_syntax::hir::{HirKind, Look};
+        let mut h = hir;
+        while let HirKind::Capture(c) = h.kind() {
+            h = &c.sub;
+        }
+        let HirKind::Concat(cs) = h.kind() else {
+            return None;
+        };
+        let mut first = cs.first()?;
+        while let HirKind::Capture(c) = first.kind() {
+            first = &c.sub;
+        }
+        let alts: &[regex_syntax::hir::Hir] = match first.kind() {
+            HirKind::Alternation(a) => a,
+            _ => std::slice::from_ref(first),
+        };
+        let mut st = MatchStarts {
+            at_zero: false,
+            bytes: Vec::new(),
+        };
+        for a in alts {
+            match a.kind() {
+                HirKind::Look(Look::Start) => st.at_zero = true,
+                HirKind::Literal(l) if l.0.len() == 1 => st.bytes.push(l.0[0]),
+                HirKind::Class(regex_syntax::hir::Class::Bytes(c)) => {
+                    for r in c.ranges() {
+                        st.bytes.extend(r.start()..=r.end());
+                    }
+                }
+                _ => return None,
+            }
+        }
+        st.bytes.sort_unstable();
+        st.bytes.dedup();
+        (st.bytes.len() <= 3 && (st.at_zero || !st.bytes.is_empty())).then_some(st)
     }
 }
 
@@ -1215,7 +1319,67 @@ mod tests {
             .unwrap()
     }
 
+    /// Two programs over the same patterns: the first as written (line-start strategy where
+    /// it applies), the second with a dead alternative that turns the strategy off.
+    fn line_start_programs(pats: &[&str]) -> (Program, Program) {
+        let base = crate::Policy::default_policy().rules[0].clone();
+        let defs = |wrap: bool| -> Vec<RuleDef> {
+            pats.iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let mut d = base.clone();
+                    d.id = 100 + i as u32;
+                    d.transforms = Vec::new();
+                    d.literals = None;
+                    d.detector = None;
+                    d.regex = Some(if wrap {
+                        p.replacen("(?:^|", "(?:\\b\\B|^|", 1)
+                    } else {
+                        p.to_string()
+                    });
+                    d
+                })
+                .collect()
+        };
+        let (a, b) = (defs(false), defs(true));
+        let build = |v: &[RuleDef]| Program::build(&v.iter().collect::<Vec<_>>()).unwrap();
+        (build(&a), build(&b))
+    }
+
+    const LINE_PATTERNS: [&str; 3] = [
+        r"(?:^|\n)\s*(?:#{1,4}\s*|\[)?(?:sys|dev)\s*\]?\s*:\s*(?:go|no)",
+        r"(?:^|[;|])\s*id\b",
+        r"(?:^|\n|,)ab+",
+    ];
+
+    #[test]
+    fn line_start_strategy_applies_to_line_patterns() {
+        let (on, off) = line_start_programs(&LINE_PATTERNS);
+        assert!(on.starts.iter().all(Option::is_some), "{:?}", on.starts);
+        assert!(off.starts.iter().all(Option::is_none), "{:?}", off.starts);
+    }
+
     proptest! {
+        /// Anchored tries at the possible starts find the same leftmost match as an
+        /// unanchored search.
+        #[test]
+        fn line_start_strategy_finds_the_same_match(
+            value in proptest::collection::vec(
+                proptest::sample::select(b"\n ;|,#[]:sydevgoniab".to_vec()), 0..80)
+        ) {
+            static PROGRAMS: std::sync::OnceLock<(Program, Program)> = std::sync::OnceLock::new();
+            let (on, off) = PROGRAMS.get_or_init(|| line_start_programs(&LINE_PATTERNS));
+            let (mut c1, mut c2) = (on.new_caches(0), off.new_caches(0));
+            let (mut t1, mut t2) = (TransformCache::default(), TransformCache::default());
+            for r in 0..LINE_PATTERNS.len() as u32 {
+                prop_assert_eq!(
+                    on.test_value(&mut c1, &mut t1, r, &value),
+                    off.test_value(&mut c2, &mut t2, r, &value),
+                    "rule {} on {:?}", r, String::from_utf8_lossy(&value)
+                );
+            }
+        }
+
         /// The interleaved walk finds exactly the literals a naive search finds, whatever
         /// the length of the value and wherever the lane cuts fall.
         #[test]
