@@ -1,9 +1,10 @@
 //! Runs `inspect` on a chat request in a loop, for profilers (`perf record`, callgrind).
 //! Usage: `cargo run --release -p edgeward-benches --example profile -- [KiB] [iterations] [rule-id-prefix]`
-//! (`PLAIN=1` for neutral prose instead of trigger-word prose).
+//! (`PLAIN=1` for neutral prose instead of trigger-word prose, `NOMEMO=1` to scan every
+//! field in full on every call).
 //! With a rule-id prefix, only built-in rules whose id starts with it are loaded, to see
 //! what one rule file costs.
-use edgeward::{Engine, Policy, Request};
+use edgeward::{Config, Engine, Policy, Request};
 use edgeward_benches::{chat_body_with, Text, HEADERS};
 
 fn main() {
@@ -16,7 +17,18 @@ fn main() {
             .rules
             .retain(|r| r.id.to_string().starts_with(&prefix));
     }
-    let engine = Engine::new(&policy).expect("policy compiles");
+    let config = Config {
+        clean_field_memo: if std::env::var_os("NOMEMO").is_some() {
+            0
+        } else {
+            Config::default().clean_field_memo
+        },
+        ..Config::default()
+    };
+    let engine = Engine::builder()
+        .config(config)
+        .build(&policy)
+        .expect("policy compiles");
     let text = if std::env::var_os("PLAIN").is_some() {
         Text::Plain
     } else {

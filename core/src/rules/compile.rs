@@ -62,19 +62,70 @@ impl RoleMask {
     }
 }
 
+/// Whether a value is "plain": none of the bytes the decoders act on (`%` `+` `&` `\\`,
+/// NUL, non-ASCII). Header values, JSON keys, model names and most prose are.
+#[inline]
+pub(crate) fn is_plain(v: &[u8]) -> bool {
+    v.is_ascii()
+        && memchr::memchr3(b'%', b'+', b'&', v).is_none()
+        && memchr::memchr2(b'\\', 0, v).is_none()
+}
+
 /// Transform chains as a trie: chains sharing a prefix share nodes, so per field the shared
 /// prefix is computed once. Node 0 is the identity.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TransformTrie {
     /// `(parent, transform)` per node; node 0's entry is unused.
     pub(crate) nodes: Vec<(u32, Option<Transform>)>,
+    /// Per node: the node of the same chain without the decoders that cannot change a
+    /// plain value (see [`is_plain`]); filled by [`TransformTrie::reduce`].
+    pub(crate) plain: Vec<u32>,
 }
 
 impl TransformTrie {
     fn new() -> TransformTrie {
         TransformTrie {
             nodes: vec![(0, None)],
+            plain: Vec::new(),
         }
+    }
+
+    /// The transforms of the chain ending at `node`, first first.
+    fn chain(&self, mut node: u32) -> Vec<Transform> {
+        let mut out = Vec::new();
+        while node != 0 {
+            let (p, t) = self.nodes[node as usize];
+            out.extend(t);
+            node = p;
+        }
+        out.reverse();
+        out
+    }
+
+    /// Fills `plain`: for a plain value every decoder is the identity as long as nothing
+    /// before it in the chain can produce the bytes it decodes (only `base64_segments`
+    /// can), so such a field walks a shorter chain that reaches the same bytes, and chains
+    /// that differ only in decoders share one value and one probe.
+    fn reduce(&mut self) {
+        let original = self.nodes.len();
+        let mut plain = Vec::with_capacity(original);
+        for node in 0..original as u32 {
+            let mut seen_b64 = false;
+            let reduced: Vec<Transform> = self
+                .chain(node)
+                .into_iter()
+                .filter(|t| {
+                    let drop = !seen_b64 && t.identity_on_plain();
+                    seen_b64 |= *t == Transform::Base64Segments;
+                    !drop
+                })
+                .collect();
+            plain.push(self.insert(&reduced));
+        }
+        // Nodes added for reduced chains keep their remaining decoders (they follow a
+        // base64 step), so they are their own reduction.
+        plain.extend(original as u32..self.nodes.len() as u32);
+        self.plain = plain;
     }
 
     fn insert(&mut self, chain: &[Transform]) -> u32 {
@@ -620,6 +671,7 @@ impl Program {
                 }
             }
         }
+        trie.reduce();
         Ok(Program {
             rules,
             groups: out_groups,
@@ -968,6 +1020,16 @@ impl Program {
             on_match(ri, value, span);
         };
         tc.reset(self.trie.nodes.len());
+        // The chain node each group's value is computed at: for a plain value, the chain
+        // without its no-op decoders.
+        let plain = is_plain(field.value);
+        let eff = |chain: u32| {
+            if plain {
+                self.trie.plain[chain as usize]
+            } else {
+                chain
+            }
+        };
         // 1. Which groups read this field; reset their slots.
         caches.selected.clear();
         for &gi in groups {
@@ -985,7 +1047,7 @@ impl Program {
                 caches.candidates[b + l] = always;
                 caches.hits[b + l] = 0;
                 if !always {
-                    caches.pending[g.chain as usize] += 1;
+                    caches.pending[eff(g.chain) as usize] += 1;
                 }
             }
         }
@@ -998,7 +1060,7 @@ impl Program {
             if let Some(pf) = self.pf_by_key[key] {
                 caches.classes.clear();
                 for i in 0..caches.selected.len() {
-                    let node = self.groups[caches.selected[i] as usize].chain;
+                    let node = eff(self.groups[caches.selected[i] as usize].chain);
                     let n = node as usize;
                     if caches.class_of[n] != 0 || caches.pending[n] == 0 {
                         continue;
@@ -1042,7 +1104,7 @@ impl Program {
                             v
                         }
                     };
-                    self.probe_node(caches, waiting, pf as usize, value, c as u32 + 1);
+                    self.probe_node(caches, waiting, pf as usize, value, (c as u32 + 1, plain));
                     caches.lower = lower;
                 }
             }
@@ -1051,7 +1113,7 @@ impl Program {
         for i in 0..caches.selected.len() {
             let gi = caches.selected[i] as usize;
             let g = &self.groups[gi];
-            let value = tc.value(&self.trie, field.value, g.chain);
+            let value = tc.value(&self.trie, field.value, eff(g.chain));
             for &ri in &g.other_rules {
                 let span = match self.rules[ri as usize].op {
                     Op::Detector(d) => d.run(value),
@@ -1096,7 +1158,7 @@ impl Program {
         // 4. Leave the per-field state clean for the next field.
         for &gi in &caches.selected {
             caches.active[gi as usize] = false;
-            let node = self.groups[gi as usize].chain as usize;
+            let node = eff(self.groups[gi as usize].chain) as usize;
             caches.class_of[node] = 0;
             caches.pending[node] = 0;
         }
@@ -1128,7 +1190,7 @@ impl Program {
         waiting: u32,
         pf_id: usize,
         value: &[u8],
-        class: u32,
+        (class, plain): (u32, bool),
     ) {
         let pf = &self.prefilters[pf_id];
         let ProgramCaches {
@@ -1140,6 +1202,7 @@ impl Program {
             ..
         } = caches;
         let groups = &self.groups;
+        let trie = &self.trie;
         let mut mark = |h: &Hit, left: &mut u32| {
             let slot = h.slot as usize;
             if candidates[slot] {
@@ -1151,14 +1214,19 @@ impl Program {
                 return;
             }
             let g = &groups[h.group as usize];
-            if class_of[g.chain as usize] != class {
+            let chain = if plain {
+                trie.plain[g.chain as usize]
+            } else {
+                g.chain
+            } as usize;
+            if class_of[chain] != class {
                 return;
             }
             hits[slot] |= h.bit;
             let masks = &g.branch_masks[slot - g.base as usize];
             if masks.iter().any(|&m| hits[slot] & m == m) {
                 candidates[slot] = true;
-                pending[g.chain as usize] = pending[g.chain as usize].saturating_sub(1);
+                pending[chain] = pending[chain].saturating_sub(1);
                 *left = left.saturating_sub(1);
             }
         };

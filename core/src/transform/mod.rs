@@ -94,6 +94,22 @@ pub enum Transform {
 }
 
 impl Transform {
+    /// Whether the transform leaves every plain value (ASCII without `%` `+` `&` `\\` and
+    /// NUL) unchanged: the decoders, which only act on those bytes. Checked against
+    /// `apply` by a property test.
+    pub(crate) fn identity_on_plain(self) -> bool {
+        matches!(
+            self,
+            Transform::UrlDecode
+                | Transform::UrlDecodeUni
+                | Transform::HtmlEntityDecode
+                | Transform::RemoveNulls
+                | Transform::NormalizeUnicode
+                | Transform::JsDecode
+                | Transform::CssDecode
+        )
+    }
+
     /// Every transform.
     pub const ALL: [Transform; 13] = [
         Transform::UrlDecode,
@@ -340,6 +356,27 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The transforms the engine skips on plain values really leave them unchanged, and
+        /// the others never turn a plain value into one a decoder would act on.
+        #[test]
+        fn plain_values_pass_decoders_unchanged(
+            input in prop::collection::vec(
+                (0u8..0x80).prop_filter("plain", |b| !b"%+&\\\0".contains(b)), 0..200),
+        ) {
+            prop_assert!(crate::rules::compile::is_plain(&input));
+            let mut out = Vec::new();
+            for t in Transform::ALL {
+                let changed = t.apply(&input, &mut out);
+                if t.identity_on_plain() {
+                    prop_assert!(!changed || out == input, "{} changed {:?}", t.name(),
+                        String::from_utf8_lossy(&input));
+                } else if changed && t != Transform::Base64Segments {
+                    prop_assert!(crate::rules::compile::is_plain(&out), "{} made {:?} unplain",
+                        t.name(), String::from_utf8_lossy(&input));
+                }
+            }
+        }
 
         /// Chains of transforms never grow the value and never panic.
         #[test]
