@@ -304,6 +304,10 @@ pub(crate) struct Group {
     pub(crate) other_rules: Vec<u32>,
     /// The shortest value any rule of the group can match (0 with detectors).
     pub(crate) min_len: usize,
+    /// Per local regex rule: a candidate from the start (no usable literals).
+    pub(crate) always: Vec<bool>,
+    /// How many regex rules wait for the prefilter.
+    pub(crate) waiting: u32,
 }
 
 impl Group {
@@ -314,6 +318,16 @@ impl Group {
                 .targets
                 .iter()
                 .any(|t| t.kinds & (1 << kind as u16) != 0)
+    }
+
+    /// Whether the group reads every field of this kind and role, whatever its name.
+    fn selects_all(&self, kind: FieldKind, role: Option<Role>) -> bool {
+        self.roles.admits(role)
+            && self.targets.iter().any(|t| {
+                t.kinds & (1 << kind as u16) != 0
+                    && t.name.is_none()
+                    && (!t.prompt_only || role.is_some())
+            })
     }
 
     /// Whether the group reads `f`. Roles are not checked here: the scan only visits
@@ -343,7 +357,9 @@ pub(crate) struct Program {
     pub(crate) slots: usize,
     /// Group indices per (field kind, role key), so a field only visits groups that can
     /// select it.
-    pub(crate) by_kind: Vec<Vec<u32>>,
+    /// Per (field kind, role key): the groups that can select such a field, each with
+    /// whether its targets must still be checked against the field's name.
+    pub(crate) by_kind: Vec<Vec<(u32, bool)>>,
 }
 
 fn syntax_config() -> syntax::Config {
@@ -614,6 +630,8 @@ impl Program {
             } else {
                 0
             };
+            let always: Vec<bool> = branch_masks.iter().map(Vec::is_empty).collect();
+            let waiting = always.iter().filter(|a| !**a).count() as u32;
             out_groups.push(Group {
                 targets,
                 roles,
@@ -624,6 +642,8 @@ impl Program {
                 branch_masks,
                 other_rules,
                 min_len,
+                always,
+                waiting,
             });
         }
         // One prefilter per (field kind, role) over exactly the groups such a field can
@@ -666,7 +686,8 @@ impl Program {
             for k in FieldKind::ALL {
                 for (ri, role) in ROLE_KEYS.iter().enumerate() {
                     if g.can_select(k, *role) {
-                        by_kind[k as usize * ROLE_KEYS.len() + ri].push(gi as u32);
+                        by_kind[k as usize * ROLE_KEYS.len() + ri]
+                            .push((gi as u32, !g.selects_all(k, *role)));
                     }
                 }
             }
@@ -1032,23 +1053,22 @@ impl Program {
         };
         // 1. Which groups read this field; reset their slots.
         caches.selected.clear();
-        for &gi in groups {
+        for &(gi, check) in groups {
             let g = &self.groups[gi as usize];
-            if field.value.len() < g.min_len || !g.selects(field) {
+            if field.value.len() < g.min_len || (check && !g.selects(field)) {
                 continue;
             }
             caches.selected.push(gi);
             caches.active[gi as usize] = true;
             let (b, n) = (g.base as usize, g.regex_rules.len());
-            for l in 0..n {
-                // Rules without literals (and every rule with the prefilter off) are
-                // candidates from the start.
-                let always = !prefilter_on || g.branch_masks[l].is_empty();
-                caches.candidates[b + l] = always;
-                caches.hits[b + l] = 0;
-                if !always {
-                    caches.pending[eff(g.chain) as usize] += 1;
-                }
+            caches.hits[b..b + n].fill(0);
+            // Rules without literals (and every rule with the prefilter off) are candidates
+            // from the start.
+            if prefilter_on {
+                caches.candidates[b..b + n].copy_from_slice(&g.always);
+                caches.pending[eff(g.chain) as usize] += g.waiting;
+            } else {
+                caches.candidates[b..b + n].fill(true);
             }
         }
         // 2. Prefilter: sort the chain nodes with waiting rules into classes whose values
