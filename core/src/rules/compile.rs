@@ -731,6 +731,14 @@ impl Program {
             class_of: vec![0; self.trie.nodes.len()],
             classes: Vec::with_capacity(self.trie.nodes.len()),
             lower: Vec::new(),
+            seen: vec![
+                0;
+                self.prefilters
+                    .iter()
+                    .map(|p| p.lit_hits.len().div_ceil(64))
+                    .max()
+                    .unwrap_or(0)
+            ],
             pending: vec![0; self.trie.nodes.len()],
         }
     }
@@ -823,6 +831,8 @@ pub(crate) struct ProgramCaches {
     classes: Vec<(u32, u32, u32)>,
     /// The lowercased value of a class none of whose chains lowercases.
     lower: Vec<u8>,
+    /// Per literal of the prefilter being run: already seen in the current value.
+    seen: Vec<u64>,
     /// Per chain node: selected rules on it that are not yet candidates.
     pending: Vec<u32>,
 }
@@ -1219,6 +1229,7 @@ impl Program {
             active,
             pending,
             class_of,
+            seen,
             ..
         } = caches;
         let groups = &self.groups;
@@ -1264,9 +1275,17 @@ impl Program {
         }
         if let Some(Probe::Exact(dfa)) = &pf.probe {
             if *pending > 0 {
+                // Marking is idempotent, so only a literal's first occurrence counts:
+                // ordinary prose repeats common literals hundreds of times.
+                let seen = &mut seen[..pf.lit_hits.len().div_ceil(64)];
+                seen.fill(0);
                 scan_literals(dfa, value, &mut |pid| {
-                    for h in &pf.lit_hits[pid] {
-                        mark(h, pending);
+                    let (w, bit) = (pid / 64, 1u64 << (pid % 64));
+                    if seen[w] & bit == 0 {
+                        seen[w] |= bit;
+                        for h in &pf.lit_hits[pid] {
+                            mark(h, pending);
+                        }
                     }
                     *pending == 0
                 });
