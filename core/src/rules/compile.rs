@@ -218,9 +218,6 @@ pub(crate) struct NodePrefilter {
     probe: Option<Probe>,
     /// Per literal: the hits it stands for.
     lit_hits: Vec<Vec<Hit>>,
-    /// One-byte literals (rare punctuation), found with memchr: Teddy's nibble fingerprints
-    /// turn single bytes like `` ` `` and `"` into false hits on every space.
-    byte_hits: Vec<(u8, Vec<Hit>)>,
 }
 
 /// The roles a field can have, as prefilter keys (index 0: not a prompt field).
@@ -245,20 +242,14 @@ impl NodePrefilter {
     ) -> Result<NodePrefilter, CompileError> {
         let mut lits: Vec<Vec<u8>> = Vec::new();
         let mut own: Vec<Vec<Hit>> = Vec::new();
-        let mut byte_hits: Vec<(u8, Vec<Hit>)> = Vec::new();
+        // One-byte literals go into the automaton too: its walk costs the same per byte
+        // whatever it searches for, where a memchr per rare byte would be a pass each.
         for (l, hit) in entries {
-            if let [b] = l.as_slice() {
-                match byte_hits.iter_mut().find(|(x, _)| x == b) {
-                    Some((_, v)) => v.push(*hit),
-                    None => byte_hits.push((*b, vec![*hit])),
-                }
-            } else {
-                match lits.iter().position(|x| x == l) {
-                    Some(p) => own[p].push(*hit),
-                    None => {
-                        lits.push(l.clone());
-                        own.push(vec![*hit]);
-                    }
+            match lits.iter().position(|x| x == l) {
+                Some(p) => own[p].push(*hit),
+                None => {
+                    lits.push(l.clone());
+                    own.push(vec![*hit]);
                 }
             }
         }
@@ -276,11 +267,7 @@ impl NodePrefilter {
                     .map_err(|e| err(e.to_string()))?,
             ))
         };
-        Ok(NodePrefilter {
-            probe,
-            lit_hits,
-            byte_hits,
-        })
+        Ok(NodePrefilter { probe, lit_hits })
     }
 }
 
@@ -964,7 +951,7 @@ fn scan_literals(
         let mut sid = start;
         for &b in value {
             sid = dfa.next_state(Anchored::No, sid, b);
-            if dfa.is_match(sid) && report(sid) {
+            if dfa.is_special(sid) && dfa.is_match(sid) && report(sid) {
                 return;
             }
         }
@@ -1263,16 +1250,6 @@ impl Program {
         };
         let mut waiting = waiting;
         let pending = &mut waiting;
-        for (b, hs) in &pf.byte_hits {
-            if *pending == 0 {
-                return;
-            }
-            if memchr::memchr(*b, value).is_some() {
-                for h in hs {
-                    mark(h, pending);
-                }
-            }
-        }
         if let Some(Probe::Exact(dfa)) = &pf.probe {
             if *pending > 0 {
                 // Marking is idempotent, so only a literal's first occurrence counts:
