@@ -1,23 +1,26 @@
 //! The rule compiler: groups rules by (targets, roles, transform chain) and builds, per
-//! group, one multi-pattern regex, and per transform-chain node the literal prefilters that
-//! decide which rules may match.
+//! group, one multi-pattern regex, and per (field kind, role) the literal prefilter that
+//! decides which rules may match.
 //!
-//! Budget reasoning (see DESIGN.md's measured facts): a CRS-sized regex set in one lazy DFA
-//! with default settings costs tens of milliseconds and gigabytes of cache, so every regex
-//! here is byte-oriented (ASCII classes), carries no capture states unless it must report a
-//! span, has a bounded cache, and only runs on a field after the prefilter said some of its
-//! rules may match.
+//! Budget reasoning (see DESIGN.md's measured facts and `benches/RESULTS.md`): a CRS-sized
+//! regex set in one lazy DFA with default settings costs tens of milliseconds and gigabytes
+//! of cache, so every regex here is byte-oriented (ASCII classes), carries no capture
+//! states unless it must report a span, has a bounded cache, and only runs on a field after
+//! the prefilter said it may match. And any DFA walk — lazy, dense or aho-corasick — costs
+//! about 2 ns per byte as one chain of dependent loads, so a 4 KiB prompt affords about two
+//! full walks: everything else is skipped (prefilter, anchoring, memo) or interleaved.
 //!
 //! The prefilter is ours: each rule has a condition in disjunctive normal form over literal
 //! sets (see `prefilter.rs`); a rule is a candidate once, for one of its phrases, a literal
-//! of every required set was seen. The search is delegated: one-byte literals (rare
-//! punctuation) with `memchr`; multi-byte literals with aho-corasick (Teddy to find the
-//! first occurrence, then one overlapping DFA pass) when the chain lowercased the value, or
-//! a regex-automata literal set in `(?i-u)` mode otherwise (it keeps Teddy, where
-//! aho-corasick's ASCII case-insensitive mode falls back to a byte-at-a-time automaton).
-//! Prefilters are keyed by (chain node, field kind, role), and when a field's chains all
-//! produce the same bytes (ordinary text: the decoders found nothing), one merged pass
-//! serves them all.
+//! of every required set was seen. One aho-corasick DFA per (field kind, role) holds the
+//! lowercased literals of every group such a field can select; `scan_literals` walks it
+//! in four interleaved lanes. A field's chains are sorted into classes whose values are
+//! byte-identical once lowercased and each class is walked once — for ordinary text, one
+//! walk per field. Plain values (see `is_plain`) skip the decoders, which cannot change
+//! them. Candidates run as single regexes, with a memchr prefilter when every match starts
+//! with a rare byte and anchored tries at line starts for `(?:^|\n)…` rules, or as the
+//! group's multi-pattern regex when many are candidates. Short fields that matched
+//! nothing are remembered per worker (`CleanFields`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
