@@ -11,17 +11,26 @@ pub enum Detector {
     InvisibleText,
     /// ASCII control characters other than tab, CR and LF (NUL, ESC, backspace, …) in text.
     ControlChars,
+    /// A short token or cycle of short tokens repeated dozens of times in a row (`ö ö ö …`),
+    /// sent to drown the guarded instructions or burn tokens; see
+    /// [`prompt_scorer`](super::prompt_scorer).
+    TokenFlood,
 }
 
 impl Detector {
     /// Every detector.
-    pub const ALL: [Detector; 2] = [Detector::InvisibleText, Detector::ControlChars];
+    pub const ALL: [Detector; 3] = [
+        Detector::InvisibleText,
+        Detector::ControlChars,
+        Detector::TokenFlood,
+    ];
 
     /// The name used in rule files.
     pub fn name(self) -> &'static str {
         match self {
             Detector::InvisibleText => "invisible_text",
             Detector::ControlChars => "control_chars",
+            Detector::TokenFlood => "token_flood",
         }
     }
 
@@ -38,6 +47,7 @@ impl Detector {
                 .iter()
                 .position(|&b| b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n'))
                 .map(|i| (i, i + 1)),
+            Detector::TokenFlood => super::prompt_scorer::token_flood(value),
         }
     }
 }
