@@ -25,8 +25,8 @@ const FLOOD_MIN: usize = 40;
 
 /// Returns the span of the first token flood in `v`, if any.
 ///
-/// Linear in `v.len()`: each token is compared with at most [`MAX_PERIOD`] earlier tokens
-/// of at most [`MAX_TOKEN`] bytes. Never panics: every slice is taken from bounds found in
+/// Linear in `v.len()`: each token is compared with at most `MAX_PERIOD` (3) earlier tokens
+/// of at most `MAX_TOKEN` (4) bytes. Never panics: every slice is taken from bounds found in
 /// `v` itself.
 pub fn token_flood(v: &[u8]) -> Option<(usize, usize)> {
     // The last MAX_PERIOD tokens as (start, end), most recent last; (0, 0) is "none yet"
