@@ -210,7 +210,7 @@ pub(crate) enum Probe {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Hit {
     slot: u32,
-    bit: u32,
+    bit: u64,
     group: u32,
 }
 
@@ -289,7 +289,7 @@ pub(crate) struct Group {
     /// Per local regex rule: one mask per branch of its prefilter condition, one bit per
     /// required literal set; the rule is a candidate once some branch's bits are all set.
     /// An empty list means the rule has no usable literals and always runs.
-    pub(crate) branch_masks: Vec<Vec<u32>>,
+    pub(crate) branch_masks: Vec<Vec<u64>>,
     /// Detector and length rules (indices into [`Program::rules`]).
     pub(crate) other_rules: Vec<u32>,
     /// The shortest value any rule of the group can match (0 with detectors).
@@ -569,17 +569,17 @@ impl Program {
             }
             let base = slots;
             slots += regex_rules.len() as u32;
-            let mut branch_masks: Vec<Vec<u32>> = Vec::with_capacity(patterns.len());
+            let mut branch_masks: Vec<Vec<u64>> = Vec::with_capacity(patterns.len());
             let mut entries: Vec<(Vec<u8>, Hit)> = Vec::new();
             for (local, &si) in patterns.iter().enumerate() {
                 let mut masks = Vec::new();
                 let mut next_bit = 0u32;
                 for branch in &literal_sets[si as usize] {
-                    let mut mask = 0u32;
+                    let mut mask = 0u64;
                     for set in branch {
                         let hit = Hit {
                             slot: base + local as u32,
-                            bit: 1 << next_bit,
+                            bit: 1u64 << next_bit,
                             group: out_groups.len() as u32,
                         };
                         mask |= hit.bit;
@@ -807,7 +807,7 @@ pub(crate) struct ProgramCaches {
     /// Per slot: candidate for the current field.
     candidates: Vec<bool>,
     /// Per slot: required-set bits seen in the current field.
-    hits: Vec<u32>,
+    hits: Vec<u64>,
     /// Per group: selected by the current field.
     active: Vec<bool>,
     /// Groups selected by the current field, in order.
