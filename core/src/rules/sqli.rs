@@ -751,9 +751,10 @@ fn anywhere(ts: &Toks, opened: bool) -> bool {
         match t.k {
             K::Union => {
                 let n = ts.get(i + 1);
-                if n.is_some_and(|n| {
-                    matches!(n.k, K::Select) || matches!(n.kw, Kw::All | Kw::Distinct)
-                }) || (n.is_some_and(|n| n.k == K::LPar) && ts.kind(i + 2) == Some(K::Select))
+                let modifier = n.is_some_and(|n| matches!(n.kw, Kw::All | Kw::Distinct));
+                let at = if modifier { i + 2 } else { i + 1 };
+                if ts.kind(at) == Some(K::Select)
+                    || (ts.kind(at) == Some(K::LPar) && ts.kind(at + 1) == Some(K::Select))
                 {
                     return true;
                 }
