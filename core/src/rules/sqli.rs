@@ -849,30 +849,18 @@ fn quoted(s: &[u8], q: u8) -> bool {
     after_operand(&ts, 1, Ctx::Quoted, K::Str) || anywhere(&ts, false)
 }
 
-/// Bytes without which no context can change: quotes, statement and expression punctuation,
-/// comment starters, and the digits and letters of keyword-only payloads are checked later.
-fn has_sql_punct(v: &[u8]) -> bool {
-    memchr::memchr3(b'\'', b'"', b'(', v).is_some()
-        || memchr::memchr3(b'=', b'-', b'#', v).is_some()
-        || memchr::memchr3(b';', b'/', b'|', v).is_some()
-        || memchr::memchr3(b'&', b'<', b'>', v).is_some()
-}
-
 /// Finds SQL injection in `v`; returns the span of the value judged (the whole value).
+///
+/// Ordinary text is rejected cheaply: the quoted contexts run only when the value holds that
+/// quote (one `memchr` each), and the bare context stops after [`MAX_TOKENS`] tokens, so
+/// prose costs a few word comparisons however long it is.
 pub(crate) fn sqli(v: &[u8]) -> Option<(usize, usize)> {
     if v.is_empty() {
         return None;
     }
-    let hit = if has_sql_punct(v) {
-        (memchr::memchr(b'\'', v).is_some() && quoted(v, b'\''))
-            || (memchr::memchr(b'"', v).is_some() && quoted(v, b'"'))
-            || bare(v)
-    } else {
-        // Without punctuation only keyword sequences remain (`1 union select 1`,
-        // `1 or true`); a value with neither a digit nor a `union`/`select`-like word start
-        // cannot be one, and prose is mostly rejected here by the first token.
-        bare(v)
-    };
+    let hit = (memchr::memchr(b'\'', v).is_some() && quoted(v, b'\''))
+        || (memchr::memchr(b'"', v).is_some() && quoted(v, b'"'))
+        || bare(v);
     hit.then_some((0, v.len()))
 }
 
@@ -913,6 +901,9 @@ mod tests {
             "sleep(5)",
             "' or true--",
             "') or ('x')=('x",
+            "1 AND 0x61=0x61",
+            "x'||pg_sleep(2)||'",
+            "1;select pg_sleep(3)",
         ] {
             assert!(hit(a), "{a}");
         }
@@ -939,6 +930,8 @@ mod tests {
             "select the best answer",
             "",
             "2024-01-01",
+            "Which SQL query lists the customers who ordered more than five items?",
+            "union members select a new chair",
         ] {
             assert!(!hit(b), "{b}");
         }
