@@ -11,17 +11,25 @@ pub enum Detector {
     InvisibleText,
     /// ASCII control characters other than tab, CR and LF (NUL, ESC, backspace, …) in text.
     ControlChars,
+    /// SQL injection: the value, read as a bare operand or as the rest of a single- or
+    /// double-quoted string, leaves that context and continues as SQL.
+    Sqli,
 }
 
 impl Detector {
     /// Every detector.
-    pub const ALL: [Detector; 2] = [Detector::InvisibleText, Detector::ControlChars];
+    pub const ALL: [Detector; 3] = [
+        Detector::InvisibleText,
+        Detector::ControlChars,
+        Detector::Sqli,
+    ];
 
     /// The name used in rule files.
     pub fn name(self) -> &'static str {
         match self {
             Detector::InvisibleText => "invisible_text",
             Detector::ControlChars => "control_chars",
+            Detector::Sqli => "sqli",
         }
     }
 
@@ -38,6 +46,7 @@ impl Detector {
                 .iter()
                 .position(|&b| b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n'))
                 .map(|i| (i, i + 1)),
+            Detector::Sqli => super::sqli::sqli(value),
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod compile;
 pub mod detect;
 pub mod prefilter;
+mod sqli;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
