@@ -11,17 +11,25 @@ pub enum Detector {
     InvisibleText,
     /// ASCII control characters other than tab, CR and LF (NUL, ESC, backspace, …) in text.
     ControlChars,
+    /// Markup that would run script if the value landed in HTML text or an attribute value:
+    /// active elements, event handlers, script URLs (the `xss` module).
+    XssContext,
 }
 
 impl Detector {
     /// Every detector.
-    pub const ALL: [Detector; 2] = [Detector::InvisibleText, Detector::ControlChars];
+    pub const ALL: [Detector; 3] = [
+        Detector::InvisibleText,
+        Detector::ControlChars,
+        Detector::XssContext,
+    ];
 
     /// The name used in rule files.
     pub fn name(self) -> &'static str {
         match self {
             Detector::InvisibleText => "invisible_text",
             Detector::ControlChars => "control_chars",
+            Detector::XssContext => "xss_context",
         }
     }
 
@@ -38,6 +46,7 @@ impl Detector {
                 .iter()
                 .position(|&b| b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n'))
                 .map(|i| (i, i + 1)),
+            Detector::XssContext => super::xss::detect(value),
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod compile;
 pub mod detect;
 pub mod prefilter;
+mod xss;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
