@@ -91,8 +91,11 @@ pub fn detect(v: &[u8]) -> Option<(usize, usize)> {
         }
         i += 1;
     }
-    // A value that is itself a URL (e.g. a `redirect=` parameter rendered into `href`).
-    script_url(v, skip_ws_quotes(v, 0)).map(|end| (0, end))
+    // A value that is itself a URL (e.g. a `redirect=` parameter rendered into `href`). A
+    // space right after the scheme reads as prose ("JavaScript: the basics"), not a payload.
+    script_url(v, skip_ws_quotes(v, 0))
+        .filter(|&end| v.get(end).is_some_and(|&b| !is_ws(b)))
+        .map(|end| (0, end))
 }
 
 fn is_ws(b: u8) -> bool {
@@ -379,6 +382,7 @@ mod tests {
             "\"label\": \"done\"",
             "<?xml version=\"1.0\"?><svg></svg>",
             "the data: a table",
+            "JavaScript: Basics of JavaScript",
             "<p class=\"note\">Note: onboarding=yes</p>",
             "",
         ] {
