@@ -160,7 +160,12 @@ fn tag_at(v: &[u8], lt: usize) -> Option<(usize, usize)> {
     // A complete name: ends at whitespace, `/`, `>` or the end of the value. `<scripting`
     // is not `<script`.
     let complete = after.is_none_or(|b| is_ws(b) || b == b'/' || b == b'>');
-    if !closing && complete && name_in(name, ACTIVE_TAGS) {
+    // `<x:script xmlns:x=…>` is a script element in XHTML: compare the local name too.
+    let local = name
+        .iter()
+        .rposition(|&b| b == b':')
+        .map_or(name, |c| &name[c + 1..]);
+    if !closing && complete && (name_in(name, ACTIVE_TAGS) || name_in(local, ACTIVE_TAGS)) {
         return Some((lt, name_stop));
     }
     if closing {
@@ -195,6 +200,11 @@ fn attrs(v: &[u8], mut i: usize) -> Option<(usize, usize)> {
         let mut j = ne;
         while v.get(j).is_some_and(|&b| is_ws(b)) {
             j += 1;
+        }
+        if j >= v.len() && is_event_name(name) {
+            // The value ends right after a handler name: in a query string the `=` that
+            // follows became the name/value separator (`?<svg onload=alert(1)`).
+            return Some((ns, ne));
         }
         if v.get(j) != Some(&b'=') {
             i = ne.max(i + 1);
@@ -261,6 +271,10 @@ fn attr_breakout_at(v: &[u8], q: usize) -> Option<(usize, usize)> {
             j += 1;
         }
         let has_eq = v.get(j) == Some(&b'=');
+        if j >= v.len() && is_event_name(&v[ns..ne]) {
+            // As in `attrs`: the `=` was consumed as the query's name/value separator.
+            return Some((q, ne));
+        }
         if !has_eq {
             // A bare attribute (`autofocus`); the separator after it is read next round.
             j = ne;
@@ -362,6 +376,8 @@ mod tests {
             "javascript:alert(1)",
             "  data:text/html;base64,PHN2Zz4=",
             "<svg><script>x</script>",
+            "\"><track/onerror",
+            "<x:script xmlns:x=\"http://www.w3.org/1999/xhtml\">",
         ] {
             assert!(hit(s), "{s}");
         }
@@ -383,6 +399,8 @@ mod tests {
             "<?xml version=\"1.0\"?><svg></svg>",
             "the data: a table",
             "JavaScript: Basics of JavaScript",
+            "<ns:scripted>",
+            "say \"online",
             "<p class=\"note\">Note: onboarding=yes</p>",
             "",
         ] {
