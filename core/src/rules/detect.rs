@@ -14,14 +14,18 @@ pub enum Detector {
     /// SQL injection: the value, read as a bare operand or as the rest of a single- or
     /// double-quoted string, leaves that context and continues as SQL.
     Sqli,
+    /// Markup that would run script if the value landed in HTML text or an attribute value:
+    /// active elements, event handlers, script URLs (the `xss` module).
+    XssContext,
 }
 
 impl Detector {
     /// Every detector.
-    pub const ALL: [Detector; 3] = [
+    pub const ALL: [Detector; 4] = [
         Detector::InvisibleText,
         Detector::ControlChars,
         Detector::Sqli,
+        Detector::XssContext,
     ];
 
     /// The name used in rule files.
@@ -30,6 +34,7 @@ impl Detector {
             Detector::InvisibleText => "invisible_text",
             Detector::ControlChars => "control_chars",
             Detector::Sqli => "sqli",
+            Detector::XssContext => "xss_context",
         }
     }
 
@@ -47,6 +52,7 @@ impl Detector {
                 .position(|&b| b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n'))
                 .map(|i| (i, i + 1)),
             Detector::Sqli => super::sqli::sqli(value),
+            Detector::XssContext => super::xss::detect(value),
         }
     }
 }

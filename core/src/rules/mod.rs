@@ -9,6 +9,7 @@ pub mod compile;
 pub mod detect;
 pub mod prefilter;
 mod sqli;
+mod xss;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
