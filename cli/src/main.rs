@@ -49,6 +49,13 @@ enum Cmd {
         /// Write the full result as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Run every route at this paranoia level (1-4) instead of the policy's.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=4))]
+        paranoia: Option<u8>,
+        /// Write every missed attack and every false positive to this file (JSON Lines:
+        /// file, id, category, label, matched rule ids).
+        #[arg(long)]
+        misses: Option<PathBuf>,
         /// Corpus files (`*.jsonl`) or directories holding them.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -73,12 +80,20 @@ enum Cmd {
 }
 
 fn load_engine(policy: &Option<PathBuf>) -> Result<Engine, String> {
-    let p = match policy {
+    load_engine_at(policy, None)
+}
+
+/// Loads the engine, optionally with every route at one paranoia level (for `eval`).
+fn load_engine_at(policy: &Option<PathBuf>, paranoia: Option<u8>) -> Result<Engine, String> {
+    let mut p = match policy {
         Some(path) => {
             if path
                 .extension()
                 .is_some_and(|e| e == "bundle" || e == "ewb")
             {
+                if paranoia.is_some() {
+                    return Err("--paranoia needs a policy file, not a bundle".into());
+                }
                 let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
                 return Engine::from_bundle(&bytes).map_err(|e| e.to_string());
             }
@@ -86,6 +101,12 @@ fn load_engine(policy: &Option<PathBuf>) -> Result<Engine, String> {
         }
         None => Policy::default_policy(),
     };
+    if let Some(level) = paranoia {
+        p.document.spec.defaults.paranoia = Some(level);
+        for r in &mut p.document.spec.routes {
+            r.paranoia = Some(level);
+        }
+    }
     Engine::new(&p).map_err(|e| e.to_string())
 }
 
@@ -98,8 +119,19 @@ fn main() -> ExitCode {
         Cmd::Eval {
             policy,
             json,
+            paranoia,
+            misses,
             paths,
-        } => load_engine(&policy).and_then(|e| eval::run(&e, &paths, json.as_deref())),
+        } => load_engine_at(&policy, paranoia).and_then(|e| {
+            eval::run(
+                &e,
+                &paths,
+                eval::Outputs {
+                    json: json.as_deref(),
+                    misses: misses.as_deref(),
+                },
+            )
+        }),
         Cmd::Compile { policy, output } => load_engine(&policy).and_then(|e| {
             let b = e.to_bundle();
             std::fs::write(&output, &b).map_err(|e| format!("{}: {e}", output.display()))?;

@@ -68,7 +68,13 @@ fn inspect_jsonl_prints_one_decision_per_line_with_id() {
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["id"], "a1");
     assert_eq!(lines[0]["action"], "deny");
-    assert_eq!(lines[0]["matches"][0]["rule_id"], 2001);
+    let rules: Vec<u64> = lines[0]["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["rule_id"].as_u64().unwrap())
+        .collect();
+    assert!(rules.contains(&2001), "{rules:?}");
     assert_eq!(lines[1]["id"], "b2");
     assert_eq!(lines[1]["action"], "allow");
     let err = text(&o.stderr);
@@ -157,6 +163,83 @@ fn eval_reports_rates_per_file_and_category() {
         serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     assert_eq!(v["categories"]["xss"]["detected"], 1);
     assert_eq!(v["files"]["mini"]["benign"], 1);
+}
+
+/// `--misses` lists exactly the missed attacks and false positives; `--paranoia` runs the
+/// policy at another level; files named like the development corpora get target lines,
+/// and `crs_v4_regression` rows are matched to their rule's paranoia level through the
+/// `meta/` file beside them.
+#[test]
+fn eval_lists_misses_and_computes_targets() {
+    let dir = std::env::temp_dir().join(format!("edgeward-eval-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("meta")).unwrap();
+    let row = |id: &str, uri: &str, label: &str, cat: &str| {
+        format!(
+            r#"{{"id":"{id}","method":"GET","uri":"{uri}","headers":[],"body":"","label":"{label}","category":"{cat}"}}"#
+        )
+    };
+    std::fs::write(
+        dir.join("crs_v4_regression.jsonl"),
+        [
+            row(
+                "c1",
+                "/?q=%3Cscript%3Ealert(1)%3C/script%3E",
+                "attack",
+                "xss",
+            ),
+            row("c2", "/?q=nothing-to-see", "attack", "xss"),
+            row("c3", "/?q=also-nothing", "attack", "xss"),
+            row("c4", "/?q=hello", "benign", "benign_api"),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("meta/crs_v4_regression.paranoia.jsonl"),
+        concat!(
+            r#"{"id":"c1","rule_id":1,"rule_paranoia_level":1}"#,
+            "\n",
+            r#"{"id":"c2","rule_id":2,"rule_paranoia_level":1}"#,
+            "\n",
+            r#"{"id":"c3","rule_id":3,"rule_paranoia_level":3}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let misses = dir.join("misses.jsonl");
+    let o = edgeward(
+        &[
+            "eval",
+            "--paranoia",
+            "2",
+            "--misses",
+            misses.to_str().unwrap(),
+            dir.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("targets at paranoia level 2"), "{out}");
+    // c1 and c2 are rows of level-1 rules (c3's rule is at level 3): one of two detected.
+    let line = out
+        .lines()
+        .find(|l| l.contains("attack rows of rules at this paranoia level"))
+        .unwrap_or_default();
+    assert!(line.contains(" 50.0 >= "), "{out}");
+    let ids: Vec<String> = std::fs::read_to_string(&misses)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids, ["c2", "c3"]);
+    let bad = edgeward(&["eval", "--paranoia", "7", dir.to_str().unwrap()], None);
+    assert!(!bad.status.success());
 }
 
 #[test]

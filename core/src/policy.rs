@@ -35,6 +35,10 @@ pub const BUILTIN_RULE_FILES: &[(&str, &str)] = &[
         include_str!("../../rulesets/rules/sqli.yaml"),
     ),
     (
+        "builtin:nosql.yaml",
+        include_str!("../../rulesets/rules/nosql.yaml"),
+    ),
+    (
         "builtin:xss.yaml",
         include_str!("../../rulesets/rules/xss.yaml"),
     ),

@@ -205,7 +205,7 @@ spec:
       match: {paths: ["/search"]}
   exclusions:
     - reason: the search box takes SQL on purpose
-      rules: [2001]
+      rules: [2001, 2010, 2011]
       routes: [search]
       fields: ["query:sql"]
 "#,

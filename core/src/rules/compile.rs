@@ -30,7 +30,7 @@ use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind, PatternSet};
 
 use super::detect::Detector;
-use super::prefilter::{canonical_whitespace, required_literals};
+use super::prefilter::{canonical_whitespace, parse_pattern, required_literals};
 use super::{Category, RuleDef, Target};
 use crate::error::{CompileError, CompileErrorKind};
 use crate::field::{Field, FieldKind, Role};
@@ -192,19 +192,6 @@ pub(crate) struct CompiledRule {
     pub(crate) op: Op,
 }
 
-/// Finds every occurrence of the prefilter literals.
-#[derive(Debug)]
-pub(crate) enum Probe {
-    /// An aho-corasick DFA over the lowercased literals, walked byte by byte over the
-    /// lowercased value (see [`scan_literals`]). Measured against a leftmost-first search
-    /// restarted after each hit (~1,000 instructions per restart with more literals than
-    /// Teddy takes) and against aho-corasick's own overlapping iterator: prose hits common
-    /// literals hundreds of times per 4 KiB, and the bare transition loop is several times
-    /// cheaper than both. Case-keeping chains are probed through the lowercased value too
-    /// (literals are lowercase), which lets one probe serve every chain of a field.
-    Exact(aho_corasick::dfa::DFA),
-}
-
 /// "A literal of required set `bit` of the regex rule in slot `slot` was seen." Slots
 /// number the regex rules of all groups consecutively (`Group::base` + local index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -216,9 +203,16 @@ pub(crate) struct Hit {
 
 /// The literal prefilter of the groups a kind of field can select.
 #[derive(Debug, Default)]
-pub(crate) struct NodePrefilter {
-    /// Multi-byte literals, all occurrences reported.
-    probe: Option<Probe>,
+pub(crate) struct KindPrefilter {
+    /// An aho-corasick DFA over the lowercased literals, walked byte by byte over the
+    /// lowercased value (see [`scan_literals`]); `None` without literals. Measured against a
+    /// leftmost-first search restarted after each hit (~1,000 instructions per restart with
+    /// more literals than Teddy takes) and against aho-corasick's own overlapping iterator:
+    /// prose hits common literals hundreds of times per 4 KiB, and the bare transition loop
+    /// is several times cheaper than both. Case-keeping chains are probed through the
+    /// lowercased value too (literals are lowercase), which lets one probe serve every chain
+    /// of a field.
+    dfa: Option<aho_corasick::dfa::DFA>,
     /// Per literal: the hits it stands for.
     lit_hits: Vec<Vec<Hit>>,
 }
@@ -239,38 +233,37 @@ fn role_key(r: Option<Role>) -> usize {
     }
 }
 
-impl NodePrefilter {
+impl KindPrefilter {
     fn build<'a>(
         entries: impl Iterator<Item = &'a (Vec<u8>, Hit)>,
-    ) -> Result<NodePrefilter, CompileError> {
+    ) -> Result<KindPrefilter, CompileError> {
         let mut lits: Vec<Vec<u8>> = Vec::new();
-        let mut own: Vec<Vec<Hit>> = Vec::new();
+        let mut lit_hits: Vec<Vec<Hit>> = Vec::new();
         // One-byte literals go into the automaton too: its walk costs the same per byte
         // whatever it searches for, where a memchr per rare byte would be a pass each.
         for (l, hit) in entries {
             match lits.iter().position(|x| x == l) {
-                Some(p) => own[p].push(*hit),
+                Some(p) => lit_hits[p].push(*hit),
                 None => {
                     lits.push(l.clone());
-                    own.push(vec![*hit]);
+                    lit_hits.push(vec![*hit]);
                 }
             }
         }
-        let lit_hits = own;
         let err =
             |e: String| CompileError::new(CompileErrorKind::TooLarge, format!("prefilter: {e}"));
-        let probe = if lits.is_empty() {
+        let dfa = if lits.is_empty() {
             None
         } else {
-            Some(Probe::Exact(
+            Some(
                 aho_corasick::dfa::Builder::new()
                     .match_kind(aho_corasick::MatchKind::Standard)
                     .prefilter(false)
                     .build(&lits)
                     .map_err(|e| err(e.to_string()))?,
-            ))
+            )
         };
-        Ok(NodePrefilter { probe, lit_hits })
+        Ok(KindPrefilter { dfa, lit_hits })
     }
 }
 
@@ -339,7 +332,7 @@ pub(crate) struct Program {
     /// value or at a few bytes (see [`MatchStarts`]).
     pub(crate) starts: Vec<Option<MatchStarts>>,
     /// Prefilters, shared where their group lists are identical.
-    pub(crate) prefilters: Vec<NodePrefilter>,
+    pub(crate) prefilters: Vec<KindPrefilter>,
     /// Per (field kind, role key): the prefilter over every group such a field can select,
     /// whatever its transform chain, if any group has literals.
     pub(crate) pf_by_key: Vec<Option<u32>>,
@@ -439,18 +432,17 @@ fn pattern_of(def: &RuleDef) -> Option<String> {
     })
 }
 
-/// Validates and compiles one rule's regex, rejecting what we cannot run in linear time.
-pub(crate) fn compile_single(def: &RuleDef, pat: &str) -> Result<Regex, CompileError> {
+/// Validates and compiles one rule's regex, rejecting what we cannot run in linear time;
+/// returns it with its parsed pattern, which the compiler also reads for literals.
+pub(crate) fn compile_single(
+    def: &RuleDef,
+    pat: &str,
+) -> Result<(Regex, regex_syntax::hir::Hir), CompileError> {
     // Parse first for a precise message (look-around and back-references are syntax errors
     // in regex-syntax, which is exactly the guarantee we want).
-    let hir = regex_syntax::ParserBuilder::new()
-        .unicode(false)
-        .utf8(false)
-        .build()
-        .parse(pat)
-        .map_err(|e| {
-            CompileError::new(CompileErrorKind::InvalidRegex, format!("{e}")).with_rule(def.id)
-        })?;
+    let hir = parse_pattern(pat).map_err(|e| {
+        CompileError::new(CompileErrorKind::InvalidRegex, format!("{e}")).with_rule(def.id)
+    })?;
     let first = rare_first_bytes(&hir);
     rule_regex_builder_pf(
         MatchKind::LeftmostFirst,
@@ -458,6 +450,7 @@ pub(crate) fn compile_single(def: &RuleDef, pat: &str) -> Result<Regex, CompileE
         first.as_deref(),
     )
     .build(pat)
+    .map(|re| (re, hir))
     .map_err(|e| {
         let kind = if e.size_limit().is_some() {
             CompileErrorKind::TooLarge
@@ -495,32 +488,15 @@ impl Program {
                 .map(RoleMask::from_roles)
                 .unwrap_or(RoleMask::DEFAULT);
             let op = if let Some(pat) = pattern_of(def) {
-                let re = compile_single(def, &pat)?;
-                let hir = regex_syntax::ParserBuilder::new()
-                    .unicode(false)
-                    .utf8(false)
-                    .build()
-                    .parse(&pat)
-                    .ok();
-                let canonical = whitespace_is_canonical(&def.transforms);
-                literal_sets.push(
-                    hir.as_ref()
-                        .map(|h| {
-                            if canonical {
-                                required_literals(&canonical_whitespace(h))
-                            } else {
-                                required_literals(h)
-                            }
-                        })
-                        .unwrap_or_default(),
-                );
-                min_lens.push(
-                    hir.as_ref()
-                        .and_then(|h| h.properties().minimum_len())
-                        .unwrap_or(0),
-                );
+                let (re, hir) = compile_single(def, &pat)?;
+                literal_sets.push(if whitespace_is_canonical(&def.transforms) {
+                    required_literals(&canonical_whitespace(&hir))
+                } else {
+                    required_literals(&hir)
+                });
+                min_lens.push(hir.properties().minimum_len().unwrap_or(0));
                 singles.push(re);
-                starts.push(hir.as_ref().and_then(MatchStarts::of));
+                starts.push(MatchStarts::of(&hir));
                 Op::Regex((singles.len() - 1) as u32)
             } else if let Some(d) = &def.detector {
                 Op::Detector(Detector::by_name(d).ok_or_else(|| {
@@ -641,7 +617,7 @@ impl Program {
         // headers; identical group lists share one prefilter. Chains are not separated:
         // the values of most chains are byte-identical once lowercased, and one probe then
         // serves them all (see `Program::scan`).
-        let mut prefilters: Vec<NodePrefilter> = Vec::new();
+        let mut prefilters: Vec<KindPrefilter> = Vec::new();
         let mut by_groups: BTreeMap<Vec<u32>, u32> = BTreeMap::new();
         let mut pf_by_key = Vec::with_capacity(FieldKind::ALL.len() * ROLE_KEYS.len());
         for kind in FieldKind::ALL {
@@ -662,7 +638,7 @@ impl Program {
                         let entries = members
                             .iter()
                             .flat_map(|&gi| group_lits[gi as usize].iter());
-                        prefilters.push(NodePrefilter::build(entries)?);
+                        prefilters.push(KindPrefilter::build(entries)?);
                         let id = (prefilters.len() - 1) as u32;
                         by_groups.insert(members, id);
                         id
@@ -1253,7 +1229,7 @@ impl Program {
         };
         let mut waiting = waiting;
         let pending = &mut waiting;
-        if let Some(Probe::Exact(dfa)) = &pf.probe {
+        if let Some(dfa) = &pf.dfa {
             if *pending > 0 {
                 // Marking is idempotent, so only a literal's first occurrence counts:
                 // ordinary prose repeats common literals hundreds of times.
@@ -1486,14 +1462,7 @@ mod tests {
 
     #[test]
     fn rare_first_bytes_turn_the_regex_prefilter_on() {
-        let parse = |p: &str| {
-            regex_syntax::ParserBuilder::new()
-                .unicode(false)
-                .utf8(false)
-                .build()
-                .parse(p)
-                .unwrap()
-        };
+        let parse = |p: &str| parse_pattern(p).unwrap();
         assert_eq!(
             rare_first_bytes(&parse(r#"['"`]\s*\)?\s*(?:or|and)"#)),
             Some(b"\"'`".to_vec())

@@ -15,14 +15,22 @@ pub enum Detector {
     /// sent to drown the guarded instructions or burn tokens; see
     /// [`prompt_scorer`](super::prompt_scorer).
     TokenFlood,
+    /// SQL injection: the value, read as a bare operand or as the rest of a single- or
+    /// double-quoted string, leaves that context and continues as SQL.
+    Sqli,
+    /// Markup that would run script if the value landed in HTML text or an attribute value:
+    /// active elements, event handlers, script URLs (the `xss` module).
+    XssContext,
 }
 
 impl Detector {
     /// Every detector.
-    pub const ALL: [Detector; 3] = [
+    pub const ALL: [Detector; 5] = [
         Detector::InvisibleText,
         Detector::ControlChars,
         Detector::TokenFlood,
+        Detector::Sqli,
+        Detector::XssContext,
     ];
 
     /// The name used in rule files.
@@ -31,6 +39,8 @@ impl Detector {
             Detector::InvisibleText => "invisible_text",
             Detector::ControlChars => "control_chars",
             Detector::TokenFlood => "token_flood",
+            Detector::Sqli => "sqli",
+            Detector::XssContext => "xss_context",
         }
     }
 
@@ -48,6 +58,8 @@ impl Detector {
                 .position(|&b| b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n'))
                 .map(|i| (i, i + 1)),
             Detector::TokenFlood => super::prompt_scorer::token_flood(value),
+            Detector::Sqli => super::sqli::sqli(value),
+            Detector::XssContext => super::xss::detect(value),
         }
     }
 }

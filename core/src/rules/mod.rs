@@ -9,6 +9,8 @@ pub mod compile;
 pub mod detect;
 pub mod prefilter;
 pub mod prompt_scorer;
+mod sqli;
+mod xss;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

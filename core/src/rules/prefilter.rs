@@ -45,6 +45,17 @@ pub(crate) fn required_literals(hir: &Hir) -> Dnf {
     }
 }
 
+/// Parses a rule pattern the way every rule regex is compiled: bytes, not Unicode, so
+/// classes stay byte classes and non-UTF-8 literals are allowed.
+pub(crate) fn parse_pattern(pattern: &str) -> Result<Hir, Box<regex_syntax::Error>> {
+    regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .map_err(Box::new)
+}
+
 /// Rewrites `hir` for values whose whitespace is canonical: after `compress_whitespace`
 /// (and nothing but `lowercase` later) every whitespace run is exactly one space, so a
 /// whitespace class matches only ` `, `\s+` matches exactly ` ` and `\s*` matches nothing
@@ -82,26 +93,27 @@ pub(crate) fn canonical_whitespace(hir: &Hir) -> Hir {
 
 /// Whether a class contains a space and nothing but ASCII whitespace (`\s`, `[ \t]`).
 fn only_whitespace(c: &Class) -> bool {
-    let ws = |lo: u32, hi: u32| (lo..=hi).all(|x| x == 32 || (9..=13).contains(&x));
-    let (all, space) = match c {
-        Class::Bytes(b) => (
-            b.ranges()
-                .iter()
-                .all(|r| ws(r.start() as u32, r.end() as u32)),
-            b.ranges()
-                .iter()
-                .any(|r| r.start() <= b' ' && b' ' <= r.end()),
-        ),
-        Class::Unicode(u) => (
-            u.ranges()
-                .iter()
-                .all(|r| ws(r.start() as u32, r.end() as u32)),
-            u.ranges()
-                .iter()
-                .any(|r| r.start() <= ' ' && ' ' <= r.end()),
-        ),
-    };
-    all && space
+    let ranges = class_ranges(c);
+    ranges
+        .iter()
+        .all(|&(lo, hi)| (lo..=hi).all(|x| x == 32 || (9..=13).contains(&x)))
+        && ranges.iter().any(|&(lo, hi)| lo <= 32 && 32 <= hi)
+}
+
+/// A class's ranges as code points (bytes for a byte class).
+fn class_ranges(c: &Class) -> Vec<(u32, u32)> {
+    match c {
+        Class::Bytes(b) => b
+            .ranges()
+            .iter()
+            .map(|r| (r.start() as u32, r.end() as u32))
+            .collect(),
+        Class::Unicode(u) => u
+            .ranges()
+            .iter()
+            .map(|r| (r.start() as u32, r.end() as u32))
+            .collect(),
+    }
 }
 
 fn dnf(hir: &Hir) -> Option<Dnf> {
@@ -227,18 +239,7 @@ fn exact(hir: &Hir) -> Option<Vec<u8>> {
 
 /// A class matching one byte/char, or one ASCII letter in both cases.
 fn single_char(c: &Class) -> Option<Vec<u8>> {
-    let ranges: Vec<(u32, u32)> = match c {
-        Class::Bytes(b) => b
-            .ranges()
-            .iter()
-            .map(|r| (r.start() as u32, r.end() as u32))
-            .collect(),
-        Class::Unicode(u) => u
-            .ranges()
-            .iter()
-            .map(|r| (r.start() as u32, r.end() as u32))
-            .collect(),
-    };
+    let ranges = class_ranges(c);
     let encode = |cp: u32| -> Option<Vec<u8>> {
         match c {
             Class::Bytes(_) => Some(vec![cp as u8]),
@@ -444,12 +445,7 @@ fn key(s: &LiteralSet) -> (usize, usize) {
 /// The prefilter condition of a regex source, as used by the compiler (for tooling): a match
 /// is possible only if, for some branch, every set of that branch has a literal present.
 pub fn literals_of(pattern: &str) -> Vec<Vec<Vec<String>>> {
-    let Ok(hir) = regex_syntax::ParserBuilder::new()
-        .unicode(false)
-        .utf8(false)
-        .build()
-        .parse(pattern)
-    else {
+    let Ok(hir) = parse_pattern(pattern) else {
         return Vec::new();
     };
     required_literals(&hir)
@@ -528,12 +524,7 @@ mod tests {
     #[test]
     fn canonical_whitespace_turns_phrases_into_literals() {
         let canon = |p: &str| {
-            let hir = regex_syntax::ParserBuilder::new()
-                .unicode(false)
-                .utf8(false)
-                .build()
-                .parse(p)
-                .unwrap();
+            let hir = parse_pattern(p).unwrap();
             required_literals(&canonical_whitespace(&hir))
                 .into_iter()
                 .map(|b| {
