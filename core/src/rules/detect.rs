@@ -21,16 +21,23 @@ pub enum Detector {
     /// Markup that would run script if the value landed in HTML text or an attribute value:
     /// active elements, event handlers, script URLs (the `xss` module).
     XssContext,
+    /// The statistical prompt-attack model (see [`prompt_model`](super::prompt_model)) at
+    /// its paranoia-1 threshold, chosen for a near-zero benign false-positive rate.
+    PromptModel,
+    /// The same model at its lower paranoia-2 threshold.
+    PromptModelBroad,
 }
 
 impl Detector {
     /// Every detector.
-    pub const ALL: [Detector; 5] = [
+    pub const ALL: [Detector; 7] = [
         Detector::InvisibleText,
         Detector::ControlChars,
         Detector::TokenFlood,
         Detector::Sqli,
         Detector::XssContext,
+        Detector::PromptModel,
+        Detector::PromptModelBroad,
     ];
 
     /// The name used in rule files.
@@ -41,6 +48,8 @@ impl Detector {
             Detector::TokenFlood => "token_flood",
             Detector::Sqli => "sqli",
             Detector::XssContext => "xss_context",
+            Detector::PromptModel => "prompt_model",
+            Detector::PromptModelBroad => "prompt_model_broad",
         }
     }
 
@@ -60,6 +69,12 @@ impl Detector {
             Detector::TokenFlood => super::prompt_scorer::token_flood(value),
             Detector::Sqli => super::sqli::sqli(value),
             Detector::XssContext => super::xss::detect(value),
+            Detector::PromptModel => {
+                super::prompt_model::detect(value, super::prompt_model::Level::Strict)
+            }
+            Detector::PromptModelBroad => {
+                super::prompt_model::detect(value, super::prompt_model::Level::Broad)
+            }
         }
     }
 }
