@@ -208,9 +208,18 @@ EPOCHS = 12
 L2 = 1e-5
 LR = 0.2
 FOLDS = 4
+# Texts with fewer features are normalized as if they had this many: a greeting of two or
+# three tokens carries too little evidence for its few weights to decide alone ("Thanks!"
+# must not score like a jailbreak because "!" is frequent in jailbreaks).
+MIN_NORM = 16
 # The over-defence sets are few and hard; counting each of their rows more keeps the
 # decision boundary off their trigger words.
-FILE_WEIGHTS = {"notinject_benign": 3.0, "wildguard_benign": 2.0, "cyberseceval_frr_benign": 2.0}
+FILE_WEIGHTS = {
+    "notinject_benign": 3.0,
+    "hard_negatives": 3.0,
+    "wildguard_benign": 2.0,
+    "cyberseceval_frr_benign": 2.0,
+}
 # (max FPR of each benign file, max pooled FPR) on out-of-fold scores: half the issue's
 # bounds at PL1, leaving room for the phrase rules' own false positives and for a held-out
 # half that is not the training half.
@@ -251,14 +260,14 @@ def load(corpora):
     return rows
 
 
-def system_negatives(rows):
+def system_negatives(rows, all_splits=False):
     """The operator system prompts of cyberseceval's training rows, deduplicated, as
     benign examples: ordinary instructions in the same 16 languages as its attacks, so
     that the model cannot learn "not English" as a sign of attack."""
     seen = set()
     out = []
     for r in rows:
-        if r["system"] is None or r["split"] != "train":
+        if r["system"] is None or (r["split"] != "train" and not all_splits):
             continue
         if r["system"] in seen:
             continue
@@ -273,6 +282,22 @@ def system_negatives(rows):
                 "system": None,
             }
         )
+    return out
+
+
+def hard_negatives():
+    """Hand-written benign prompts with trigger words (hard_negatives.txt), all in the
+    training split: the corpora's over-defence sets are small, and a phrase like "ignore
+    the typos in my previous message" must not read as an override."""
+    out = []
+    with open(os.path.join(HERE, "hard_negatives.txt"), encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                out.append(
+                    {"file": "hard_negatives", "id": f"hard-{i}", "label": 0, "split": "train",
+                     "text": line.encode("utf-8"), "system": None}
+                )
     return out
 
 
@@ -301,7 +326,7 @@ def train(samples, bits, epochs, l2, lr, weights_by_file, seed):
         counts, n = vectorize(s["text"], bits)
         if n == 0:
             continue
-        inv = 1.0 / math.sqrt(n)
+        inv = 1.0 / math.sqrt(max(n, MIN_NORM))
         x = [(i, c * inv) for i, c in sorted(counts.items())]
         data.append((x, s["label"], weights_by_file.get(s["file"], 1.0)))
     rng = random.Random(seed)
@@ -331,24 +356,22 @@ def quantize(w):
 
 def score_q(text, q, scale, bias, bits):
     idx = flat(text, bits)
-    if not idx:
-        return bias
     s = sum(q[i] for i in idx)
-    return bias + scale * s / math.sqrt(len(idx))
+    return bias + scale * s / math.sqrt(max(len(idx), MIN_NORM))
 
 
 # --- weights file -------------------------------------------------------------------------
 
 MAGIC = b"EWPM"
-VERSION = 1
+VERSION = 2
 
 
 def write_weights(path, q, scale, bias, bits, t1, t2):
     """Header (28 bytes, little-endian): magic "EWPM", u16 version, u16 bits, f32 scale,
-    f32 bias, f32 threshold PL1, f32 threshold PL2, u32 reserved; then 2^bits i8 weights."""
+    f32 bias, f32 threshold PL1, f32 threshold PL2, u32 MIN_NORM; then 2^bits i8 weights."""
     with open(path, "wb") as fh:
         fh.write(MAGIC)
-        fh.write(struct.pack("<HHffffI", VERSION, bits, scale, bias, t1, t2, 0))
+        fh.write(struct.pack("<HHffffI", VERSION, bits, scale, bias, t1, t2, MIN_NORM))
         fh.write(bytes((x & 0xFF) for x in q))
 
 
@@ -442,41 +465,84 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-system-negatives", action="store_true")
     ap.add_argument("--dry-run", action="store_true", help="do not write the weights file")
+    ap.add_argument(
+        "--rules-misses",
+        help="`edgeward eval --misses` file of a run with the model rules disabled: also report "
+        "the phrase rules alone and rules + model on the validation split",
+    )
+    ap.add_argument(
+        "--train-split-only",
+        action="store_true",
+        help="ship the validated model trained on the training split instead of refitting on all rows",
+    )
     args = ap.parse_args()
 
     rows = load(args.corpora)
     train_rows = [r for r in rows if r["split"] == "train"]
     valid_rows = [r for r in rows if r["split"] == "valid"]
-    extra = [] if args.no_system_negatives else system_negatives(rows)
+    extra = hard_negatives() + ([] if args.no_system_negatives else system_negatives(rows))
     fit = lambda samples: train(samples, args.bits, args.epochs, args.l2, args.lr, FILE_WEIGHTS, args.seed)
 
-    # Thresholds come from out-of-fold scores of the training split (each row scored by a
-    # model that did not see it), so the validation split stays untouched until the report.
-    oof = [0.0] * len(train_rows)
-    for k in range(args.folds):
-        inside = [r for r in train_rows if fold_of(r["id"], args.folds) != k]
-        w, bias = fit(inside + extra)
-        q, scale = quantize(w)
-        for j, r in enumerate(train_rows):
-            if fold_of(r["id"], args.folds) == k:
-                oof[j] = score_q(r["text"], q, scale, bias, args.bits)
-        print(f"fold {k + 1}/{args.folds} done", file=sys.stderr)
+    def cross_scores(labeled):
+        """Out-of-fold scores: each row scored by a model trained without its fold."""
+        oof = [0.0] * len(labeled)
+        for k in range(args.folds):
+            inside = [r for r in labeled if fold_of(r["id"], args.folds) != k]
+            w, bias = fit(inside + extra)
+            q, scale = quantize(w)
+            for j, r in enumerate(labeled):
+                if fold_of(r["id"], args.folds) == k:
+                    oof[j] = score_q(r["text"], q, scale, bias, args.bits)
+            print(f"fold {k + 1}/{args.folds} done", file=sys.stderr)
+        return oof
+
+    # 1. Validation: a model trained on the training split only, its thresholds taken from
+    #    out-of-fold scores of that split, measured once on the untouched validation split.
+    oof = cross_scores(train_rows)
     t1 = f32(pick_threshold(train_rows, oof, *PL1_FPR))
     t2 = f32(pick_threshold(train_rows, oof, *PL2_FPR))
-
     w, bias = fit(train_rows + extra)
     q, scale = quantize(w)
     scale, bias = f32(scale), f32(bias)
     vs = [score_q(r["text"], q, scale, bias, args.bits) for r in valid_rows]
     out = [
         f"bits {args.bits}, epochs {args.epochs}, l2 {args.l2}, lr {args.lr}, folds {args.folds}, "
-        f"train rows {len(train_rows)} (+{len(extra)} system prompts), valid rows {len(valid_rows)}, "
-        f"scale {scale:.6g}, bias {bias:.6g}, nonzero weights {sum(1 for x in q if x)}",
+        f"train rows {len(train_rows)} (+{len(extra)} hand-written and system-prompt negatives), valid rows {len(valid_rows)}",
     ]
-    report("validation split, PL1 threshold", valid_rows, vs, t1, out)
-    report("validation split, PL2 threshold", valid_rows, vs, t2, out)
-    report("training split, out-of-fold scores, PL1 threshold", train_rows, oof, t1, out)
-    report("training split, out-of-fold scores, PL2 threshold", train_rows, oof, t2, out)
+    report("validation split, model trained on the training split, PL1 threshold", valid_rows, vs, t1, out)
+    report("validation split, model trained on the training split, PL2 threshold", valid_rows, vs, t2, out)
+    if args.rules_misses:
+        missed = set()
+        with open(args.rules_misses, encoding="utf-8") as fh:
+            for line in fh:
+                m = json.loads(line)
+                missed.add((m["file"], m["id"]))
+        # A rule hit is "wrong" for a benign row and "right" for an attack row; give it a
+        # score above any threshold so that rates() counts rules OR model.
+        ruled = [((r["file"], r["id"]) in missed) != bool(r["label"]) for r in valid_rows]
+        inf = float("inf")
+        report("validation split, phrase rules alone (--rules-misses)", valid_rows, [inf if h else -inf for h in ruled], 0.0, out)
+        for name, t in (("PL1", t1), ("PL2", t2)):
+            both = [inf if h else s for h, s in zip(ruled, vs)]
+            report(f"validation split, phrase rules + model, {name} threshold", valid_rows, both, t, out)
+
+    # 2. The shipped model: the same recipe refit on every development row (validation
+    #    included), thresholds from out-of-fold scores over all rows. Its held-out estimate
+    #    is the validation table above and the out-of-fold table below.
+    if not args.train_split_only:
+        extra = hard_negatives() + ([] if args.no_system_negatives else system_negatives(rows, all_splits=True))
+        oof = cross_scores(rows)
+        t1 = f32(pick_threshold(rows, oof, *PL1_FPR))
+        t2 = f32(pick_threshold(rows, oof, *PL2_FPR))
+        report("all development rows, out-of-fold scores, PL1 threshold", rows, oof, t1, out)
+        report("all development rows, out-of-fold scores, PL2 threshold", rows, oof, t2, out)
+        w, bias = fit(rows + extra)
+        q, scale = quantize(w)
+        scale, bias = f32(scale), f32(bias)
+    out.append(
+        f"shipped model: scale {scale:.6g}, bias {bias:.6g}, thresholds {t1:.4f} / {t2:.4f}, "
+        f"nonzero weights {sum(1 for x in q if x)}"
+    )
     out.append("golden scores (text, score):")
     for g in GOLDEN:
         out.append(f"  {json.dumps(g, ensure_ascii=True)} {score_q(g.encode(), q, scale, bias, args.bits):.6f}")

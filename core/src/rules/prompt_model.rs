@@ -19,8 +19,9 @@
 //!   inflected and unspaced scripts); ASCII text skips this pass.
 //!
 //! Each feature indexes a table of 2^bits signed 8-bit weights; the score is
-//! `bias + scale · Σ w / √n` over the `n` features (repeats counted), so a long text is
-//! judged by the density of its evidence, not its length. Time is linear in the value,
+//! `bias + scale · Σ w / √max(n, min_norm)` over the `n` features (repeats counted), so a
+//! long text is judged by the density of its evidence, not its length, and a greeting of
+//! three tokens by too little evidence to decide. Time is linear in the value,
 //! one table read per feature, with no allocation; the weights are a static byte slice
 //! embedded in the binary and checked when the crate compiles.
 
@@ -37,6 +38,9 @@ struct Model {
     pl1: f64,
     /// Lower threshold for the paranoia-2 rule.
     pl2: f64,
+    /// Texts with fewer features are normalized as if they had this many, so that a
+    /// two-word greeting cannot reach a threshold on one or two weights.
+    min_norm: u64,
     weights: &'static [u8],
 }
 
@@ -53,7 +57,7 @@ const fn parse(b: &'static [u8]) -> Model {
         "prompt model: bad magic"
     );
     assert!(
-        u16::from_le_bytes([b[4], b[5]]) == 1,
+        u16::from_le_bytes([b[4], b[5]]) == 2,
         "prompt model: unknown version"
     );
     let bits = u16::from_le_bytes([b[6], b[7]]) as u32;
@@ -63,7 +67,10 @@ const fn parse(b: &'static [u8]) -> Model {
         "prompt model: weights file length does not match its header"
     );
     let (_, weights) = b.split_at(HEADER);
+    let min_norm = u32::from_le_bytes([b[24], b[25], b[26], b[27]]);
+    assert!(min_norm >= 1, "prompt model: bad normalization floor");
     Model {
+        min_norm: min_norm as u64,
         bits,
         scale: f32_at(b, 8),
         bias: f32_at(b, 12),
@@ -158,11 +165,8 @@ impl Scorer {
     }
 
     fn score(&self, m: &Model) -> f64 {
-        if self.n == 0 {
-            return m.bias;
-        }
         // Same operation order as train.py, so both compute the same f64.
-        m.bias + m.scale * self.sum as f64 / (self.n as f64).sqrt()
+        m.bias + m.scale * self.sum as f64 / (self.n.max(m.min_norm) as f64).sqrt()
     }
 
     #[inline(always)]
@@ -357,6 +361,8 @@ mod tests {
     fn benign_is_allowed() {
         for v in [
             "What is the capital of France?",
+            "Thanks!",
+            "Hi",
             "Write a Python function that reverses a linked list.",
             "",
             "   ",
