@@ -22,7 +22,7 @@
 //! group's multi-pattern regex when many are candidates. Short fields that matched
 //! nothing are remembered per worker (`CleanFields`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use regex_automata::meta::{self, Regex};
@@ -233,6 +233,9 @@ fn role_key(r: Option<Role>) -> usize {
     }
 }
 
+/// Longest literal kept in a prefilter automaton; see [`KindPrefilter::build`].
+const MAX_LITERAL_LEN: usize = 12;
+
 impl KindPrefilter {
     fn build<'a>(
         entries: impl Iterator<Item = &'a (Vec<u8>, Hit)>,
@@ -241,11 +244,22 @@ impl KindPrefilter {
         let mut lit_hits: Vec<Vec<Hit>> = Vec::new();
         // One-byte literals go into the automaton too: its walk costs the same per byte
         // whatever it searches for, where a memchr per rare byte would be a pass each.
+        let mut index: HashMap<&[u8], usize> = HashMap::new();
         for (l, hit) in entries {
-            match lits.iter().position(|x| x == l) {
-                Some(p) => lit_hits[p].push(*hit),
+            // A prefix of a required literal is required too. Cutting phrase literals
+            // short merges the many phrases that share an opening into one trie path, which
+            // keeps the automaton small (phrase products in 16 languages otherwise make a
+            // dense DFA of tens of megabytes) while losing little selectivity.
+            let l = &l[..l.len().min(MAX_LITERAL_LEN)];
+            match index.get(l) {
+                Some(&p) => {
+                    if !lit_hits[p].contains(hit) {
+                        lit_hits[p].push(*hit)
+                    }
+                }
                 None => {
-                    lits.push(l.clone());
+                    index.insert(l, lits.len());
+                    lits.push(l.to_vec());
                     lit_hits.push(vec![*hit]);
                 }
             }
