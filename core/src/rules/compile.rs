@@ -22,7 +22,7 @@
 //! group's multi-pattern regex when many are candidates. Short fields that matched
 //! nothing are remembered per worker (`CleanFields`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use regex_automata::meta::{self, Regex};
@@ -197,7 +197,7 @@ pub(crate) struct CompiledRule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Hit {
     slot: u32,
-    bit: u32,
+    bit: u64,
     group: u32,
 }
 
@@ -233,6 +233,9 @@ fn role_key(r: Option<Role>) -> usize {
     }
 }
 
+/// Longest literal kept in a prefilter automaton; see [`KindPrefilter::build`].
+const MAX_LITERAL_LEN: usize = 12;
+
 impl KindPrefilter {
     fn build<'a>(
         entries: impl Iterator<Item = &'a (Vec<u8>, Hit)>,
@@ -241,11 +244,22 @@ impl KindPrefilter {
         let mut lit_hits: Vec<Vec<Hit>> = Vec::new();
         // One-byte literals go into the automaton too: its walk costs the same per byte
         // whatever it searches for, where a memchr per rare byte would be a pass each.
+        let mut index: HashMap<&[u8], usize> = HashMap::new();
         for (l, hit) in entries {
-            match lits.iter().position(|x| x == l) {
-                Some(p) => lit_hits[p].push(*hit),
+            // A prefix of a required literal is required too. Cutting phrase literals
+            // short merges the many phrases that share an opening into one trie path, which
+            // keeps the automaton small (phrase products in 16 languages otherwise make a
+            // dense DFA of tens of megabytes) while losing little selectivity.
+            let l = &l[..l.len().min(MAX_LITERAL_LEN)];
+            match index.get(l) {
+                Some(&p) => {
+                    if !lit_hits[p].contains(hit) {
+                        lit_hits[p].push(*hit)
+                    }
+                }
                 None => {
-                    lits.push(l.clone());
+                    index.insert(l, lits.len());
+                    lits.push(l.to_vec());
                     lit_hits.push(vec![*hit]);
                 }
             }
@@ -282,7 +296,7 @@ pub(crate) struct Group {
     /// Per local regex rule: one mask per branch of its prefilter condition, one bit per
     /// required literal set; the rule is a candidate once some branch's bits are all set.
     /// An empty list means the rule has no usable literals and always runs.
-    pub(crate) branch_masks: Vec<Vec<u32>>,
+    pub(crate) branch_masks: Vec<Vec<u64>>,
     /// Detector and length rules (indices into [`Program::rules`]).
     pub(crate) other_rules: Vec<u32>,
     /// The shortest value any rule of the group can match (0 with detectors).
@@ -545,17 +559,17 @@ impl Program {
             }
             let base = slots;
             slots += regex_rules.len() as u32;
-            let mut branch_masks: Vec<Vec<u32>> = Vec::with_capacity(patterns.len());
+            let mut branch_masks: Vec<Vec<u64>> = Vec::with_capacity(patterns.len());
             let mut entries: Vec<(Vec<u8>, Hit)> = Vec::new();
             for (local, &si) in patterns.iter().enumerate() {
                 let mut masks = Vec::new();
                 let mut next_bit = 0u32;
                 for branch in &literal_sets[si as usize] {
-                    let mut mask = 0u32;
+                    let mut mask = 0u64;
                     for set in branch {
                         let hit = Hit {
                             slot: base + local as u32,
-                            bit: 1 << next_bit,
+                            bit: 1u64 << next_bit,
                             group: out_groups.len() as u32,
                         };
                         mask |= hit.bit;
@@ -783,7 +797,7 @@ pub(crate) struct ProgramCaches {
     /// Per slot: candidate for the current field.
     candidates: Vec<bool>,
     /// Per slot: required-set bits seen in the current field.
-    hits: Vec<u32>,
+    hits: Vec<u64>,
     /// Per group: selected by the current field.
     active: Vec<bool>,
     /// Groups selected by the current field, in order.

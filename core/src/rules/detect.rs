@@ -11,6 +11,10 @@ pub enum Detector {
     InvisibleText,
     /// ASCII control characters other than tab, CR and LF (NUL, ESC, backspace, …) in text.
     ControlChars,
+    /// A short token or cycle of short tokens repeated dozens of times in a row (`ö ö ö …`),
+    /// sent to drown the guarded instructions or burn tokens; see
+    /// [`prompt_scorer`](super::prompt_scorer).
+    TokenFlood,
     /// SQL injection: the value, read as a bare operand or as the rest of a single- or
     /// double-quoted string, leaves that context and continues as SQL.
     Sqli,
@@ -21,9 +25,10 @@ pub enum Detector {
 
 impl Detector {
     /// Every detector.
-    pub const ALL: [Detector; 4] = [
+    pub const ALL: [Detector; 5] = [
         Detector::InvisibleText,
         Detector::ControlChars,
+        Detector::TokenFlood,
         Detector::Sqli,
         Detector::XssContext,
     ];
@@ -33,6 +38,7 @@ impl Detector {
         match self {
             Detector::InvisibleText => "invisible_text",
             Detector::ControlChars => "control_chars",
+            Detector::TokenFlood => "token_flood",
             Detector::Sqli => "sqli",
             Detector::XssContext => "xss_context",
         }
@@ -51,6 +57,7 @@ impl Detector {
                 .iter()
                 .position(|&b| b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n'))
                 .map(|i| (i, i + 1)),
+            Detector::TokenFlood => super::prompt_scorer::token_flood(value),
             Detector::Sqli => super::sqli::sqli(value),
             Detector::XssContext => super::xss::detect(value),
         }

@@ -8,6 +8,7 @@
 pub mod compile;
 pub mod detect;
 pub mod prefilter;
+pub mod prompt_scorer;
 mod sqli;
 mod xss;
 

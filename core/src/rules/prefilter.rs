@@ -21,7 +21,7 @@ pub(crate) type LiteralSet = Vec<Vec<u8>>;
 pub(crate) const MAX_CONJ: usize = 3;
 
 /// Most branches kept for a rule written as an alternation of phrases.
-pub(crate) const MAX_BRANCHES: usize = 8;
+pub(crate) const MAX_BRANCHES: usize = 32;
 
 /// A rule's prefilter condition in disjunctive normal form: the rule can match only if, for
 /// some branch, every literal set of that branch has a literal in the value. Empty means
@@ -33,7 +33,7 @@ pub(crate) type Dnf = Vec<Vec<LiteralSet>>;
 /// phrase needs all of its own words; anything else is one conjunction.
 pub(crate) fn required_literals(hir: &Hir) -> Dnf {
     if let Some(branches) = dnf(hir) {
-        if branches.len() <= MAX_BRANCHES && branches.iter().map(Vec::len).sum::<usize>() <= 32 {
+        if branches.len() <= MAX_BRANCHES && branches.iter().map(Vec::len).sum::<usize>() <= 64 {
             return branches;
         }
     }
