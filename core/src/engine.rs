@@ -688,14 +688,14 @@ fn walk_body(
         Schema::Auto if has(b"json") => Schema::Json,
         Schema::Auto if has(b"x-www-form-urlencoded") => Schema::Form,
         Schema::Auto if has(b"multipart/form-data") => Schema::Multipart,
+        Schema::Auto if has(b"xml") => Schema::Xml,
         Schema::Auto => {
-            // An unlabeled body that looks like JSON is parsed as JSON, so leaving the
-            // Content-Type out cannot hide a payload from argument rules.
-            let first = body.iter().find(|b| !b.is_ascii_whitespace());
-            if matches!(first, Some(b'{') | Some(b'[')) {
-                Schema::Json
-            } else {
-                Schema::Raw
+            // An unlabeled body that looks like JSON or XML is parsed as such, so leaving
+            // the Content-Type out cannot hide a payload from argument rules.
+            match body.iter().find(|b| !b.is_ascii_whitespace()) {
+                Some(b'{') | Some(b'[') => Schema::Json,
+                Some(b'<') => Schema::Xml,
+                _ => Schema::Auto,
             }
         }
         s => s,
@@ -718,7 +718,19 @@ fn walk_body(
                 raw(em);
             }
         },
-        Schema::Raw | Schema::Auto => raw(em),
+        Schema::Xml => {
+            raw(em);
+            parse::xml::walk(body, ps, em);
+        }
+        Schema::Raw => raw(em),
+        Schema::Auto => {
+            raw(em);
+            // Text without a declared form type (none, `text/plain`, an unknown one) is
+            // still parsed as a form by many frameworks: read it as one too.
+            if std::str::from_utf8(body).is_ok() {
+                parse::urlencoded::walk_guessed(body, ps, em);
+            }
+        }
         s => parse::json::walk(body, s.chat_shape(), ps, em),
     }
 }

@@ -46,11 +46,14 @@ pub enum FieldKind {
     JsonKey,
     /// The whole body, for routes whose schema is `raw` (or bodies no parser accepts).
     Body,
+    /// An XML text node, CDATA section or attribute value (`xml:name`), entity-decoded;
+    /// the name is the enclosing element's or the attribute's qualified name.
+    Xml,
 }
 
 impl FieldKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [FieldKind; 15] = [
+    pub const ALL: [FieldKind; 16] = [
         FieldKind::Method,
         FieldKind::Path,
         FieldKind::Query,
@@ -66,6 +69,7 @@ impl FieldKind {
         FieldKind::Json,
         FieldKind::JsonKey,
         FieldKind::Body,
+        FieldKind::Xml,
     ];
 
     /// The stable prefix used in field locations (`query:id`, `json:/a/0`).
@@ -86,6 +90,7 @@ impl FieldKind {
             FieldKind::Json => "json",
             FieldKind::JsonKey => "json_key",
             FieldKind::Body => "body",
+            FieldKind::Xml => "xml",
         }
     }
 

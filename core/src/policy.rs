@@ -162,7 +162,8 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Schema {
-    /// Pick by `Content-Type`: JSON, form, multipart, else raw.
+    /// Pick by `Content-Type`: JSON, form, multipart, XML; else by the first byte (JSON,
+    /// XML), else raw and also read as a form when the body is text.
     #[default]
     Auto,
     /// OpenAI chat completions (and legacy completions): roles per message.
@@ -179,6 +180,8 @@ pub enum Schema {
     Form,
     /// `multipart/form-data`.
     Multipart,
+    /// XML (SOAP, XML-RPC): text and attribute values as fields, plus the raw body.
+    Xml,
     /// The body is inspected as one opaque field.
     Raw,
 }

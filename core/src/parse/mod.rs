@@ -1,4 +1,5 @@
-//! Request content parsers: query strings and forms, cookies, multipart bodies and JSON.
+//! Request content parsers: query strings and forms, cookies, multipart bodies, JSON and
+//! XML.
 //!
 //! Every parser walks its input once, left to right, and hands borrowed [`Field`]s to an
 //! [`Emitter`]. A value is a slice of the input when nothing was escaped; otherwise it is a
@@ -13,6 +14,7 @@ pub mod cookie;
 pub mod json;
 pub mod multipart;
 pub mod urlencoded;
+pub mod xml;
 
 pub use json::ChatShape;
 
@@ -32,6 +34,8 @@ pub struct ParseScratch {
     delim: Vec<u8>,
     /// The JSON walker's stacks, pointer and per-nesting-level buffers.
     json: json::JsonScratch,
+    /// The XML walker's stack of open elements.
+    xml: xml::XmlScratch,
 }
 
 impl ParseScratch {
@@ -43,7 +47,11 @@ impl ParseScratch {
     /// Total bytes reserved by all buffers, to check that a warm scratch stops growing.
     #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
-        self.name.capacity() + self.value.capacity() + self.delim.capacity() + self.json.capacity()
+        self.name.capacity()
+            + self.value.capacity()
+            + self.delim.capacity()
+            + self.json.capacity()
+            + self.xml.capacity()
     }
 }
 

@@ -9,7 +9,7 @@
 use memchr::memchr;
 
 use super::{percent_decode, Emitter, ParseScratch};
-use crate::field::{Field, FieldKind};
+use crate::field::{Field, FieldFlags, FieldKind};
 
 /// Walks a query string (without the leading `?`) or a form body.
 ///
@@ -28,6 +28,41 @@ pub fn walk(
     scratch: &mut ParseScratch,
     em: &mut Emitter<'_>,
 ) {
+    walk_pairs(input, value_kind, name_kind, false, scratch, em);
+}
+
+/// Walks a body that is not declared as a form but may be read as one (no `Content-Type`,
+/// `text/plain`, an unknown type): many frameworks parse such bodies as form data anyway,
+/// so a payload must not hide in them from the argument rules. Emits `FormName`/`Form`
+/// fields like [`walk`], but since the body was never declared to be urlencoded its
+/// malformed escapes and invalid UTF-8 are not protocol violations: those flags are
+/// dropped, and the walk stops quietly before it would exhaust the request's field or
+/// decoded-byte budget rather than reporting an overflow.
+pub fn walk_guessed(input: &[u8], scratch: &mut ParseScratch, em: &mut Emitter<'_>) {
+    walk_pairs(
+        input,
+        FieldKind::Form,
+        FieldKind::FormName,
+        true,
+        scratch,
+        em,
+    );
+}
+
+fn walk_pairs(
+    input: &[u8],
+    value_kind: FieldKind,
+    name_kind: FieldKind,
+    guessed: bool,
+    scratch: &mut ParseScratch,
+    em: &mut Emitter<'_>,
+) {
+    let quiet = |mut f: FieldFlags| {
+        if guessed {
+            f.0 &= !(FieldFlags::MALFORMED_ESCAPE.0 | FieldFlags::INVALID_UTF8.0);
+        }
+        f
+    };
     let mut rest = input;
     while !rest.is_empty() {
         let (pair, next) = match memchr(b'&', rest) {
@@ -42,7 +77,17 @@ pub fn walk(
             Some(i) => (&pair[..i], &pair[i + 1..]),
             None => (pair, &[][..]),
         };
+        if guessed {
+            // Two fields at most, each no longer than its raw bytes.
+            let limits = em.limits();
+            if em.field_count() + 2 > limits.max_fields
+                || em.decoded_bytes() + pair.len() as u64 > limits.max_decoded_bytes
+            {
+                return;
+            }
+        }
         let (name, name_flags) = percent_decode(raw_name, true, &mut scratch.name);
+        let name_flags = quiet(name_flags);
         if !name.is_empty()
             && !em.field(&Field {
                 kind: name_kind,
@@ -55,6 +100,7 @@ pub fn walk(
             return;
         }
         let (value, value_flags) = percent_decode(raw_value, true, &mut scratch.value);
+        let value_flags = quiet(value_flags);
         if !em.field(&Field {
             kind: value_kind,
             name,
@@ -70,7 +116,7 @@ pub fn walk(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::field::{FieldFlags, Finding, ParseLimits};
+    use crate::field::{Finding, ParseLimits};
     use crate::parse::testutil::Collect;
 
     fn run(input: &[u8]) -> Collect {
@@ -198,6 +244,27 @@ mod tests {
         let c = run_with(b"a=1&b=2&c=3", limits);
         assert_eq!(c.fields.len(), 3);
         assert_eq!(c.findings, vec![Finding::TooManyFields]);
+    }
+
+    #[test]
+    fn guessed_bodies_report_nothing_and_stop_before_the_limits() {
+        let mut sink = Collect::default();
+        let mut scratch = ParseScratch::default();
+        let limits = ParseLimits {
+            max_fields: 5,
+            ..ParseLimits::default()
+        };
+        let mut em = Emitter::new(&mut sink, limits);
+        walk_guessed(b"100% sure=%ff&b=2&c=3&d=4", &mut scratch, &mut em);
+        assert!(!em.stopped());
+        assert_eq!(
+            sink.pairs(FieldKind::Form),
+            vec![p("100% sure", "\u{fffd}"), p("b", "2")]
+        );
+        assert!(sink.findings.is_empty());
+        assert!(sink.fields.iter().all(|f| f.flags.0
+            & (FieldFlags::MALFORMED_ESCAPE.0 | FieldFlags::INVALID_UTF8.0)
+            == 0));
     }
 
     #[test]

@@ -374,7 +374,7 @@ impl Target {
         };
         use FieldKind as K;
         let kinds: FieldKindSet = match head {
-            "args" => [K::Query, K::Form, K::Json, K::Multipart]
+            "args" => [K::Query, K::Form, K::Json, K::Multipart, K::Xml]
                 .into_iter()
                 .collect(),
             "arg_names" => [K::QueryName, K::FormName, K::JsonKey, K::MultipartName]

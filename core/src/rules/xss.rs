@@ -30,6 +30,7 @@ const ACTIVE_TAGS: &[&[u8]] = &[
     b"noembed",
     b"listing",
     b"vmlframe",
+    b"handler",
 ];
 
 /// Words shaped like `on…` that are common parameter or attribute names but no event.
@@ -82,7 +83,7 @@ pub fn detect(v: &[u8]) -> Option<(usize, usize)> {
     while i < v.len() {
         let b = v[i];
         let hit = match b {
-            b'<' => tag_at(v, i),
+            b'<' => tag_at(v, i).or_else(|| declaration_at(v, i)),
             b'"' | b'\'' | b'`' => attr_breakout_at(v, i),
             _ => None,
         };
@@ -93,9 +94,61 @@ pub fn detect(v: &[u8]) -> Option<(usize, usize)> {
     }
     // A value that is itself a URL (e.g. a `redirect=` parameter rendered into `href`). A
     // space right after the scheme reads as prose ("JavaScript: the basics"), not a payload.
-    script_url(v, skip_ws_quotes(v, 0))
+    let start = skip_ws_quotes(v, 0);
+    script_url(v, start)
         .filter(|&end| v.get(end).is_some_and(|&b| !is_ws(b)))
         .map(|end| (0, end))
+        .or_else(|| leading_handler(v, start))
+}
+
+/// A value that starts with an event-handler attribute whose value calls something
+/// (`onerror=eval;throw'…'`, ` onmouseover=alert(1)`): rendered into an unquoted attribute or
+/// a tag, it adds the handler. A call or template in the value keeps `onboarding=yes` out.
+fn leading_handler(v: &[u8], start: usize) -> Option<(usize, usize)> {
+    let ne = name_end(v, start);
+    if !is_event_name(v.get(start..ne)?) {
+        return None;
+    }
+    let mut j = ne;
+    while v.get(j).is_some_and(|&b| is_ws(b)) {
+        j += 1;
+    }
+    if v.get(j) != Some(&b'=') {
+        return None;
+    }
+    let rest = &v[j + 1..v.len().min(j + 1 + 64)];
+    memchr::memchr2(b'(', b'`', rest).map(|o| (start, j + 2 + o))
+}
+
+/// Markup declarations and processing instructions that load behaviour in old IE or XML
+/// pipelines: `<?import …>`, `<?xml-stylesheet …>`, `<?xml:namespace …>` and a DOCTYPE
+/// `<!ATTLIST` that defaults attributes (event handlers) onto elements.
+fn declaration_at(v: &[u8], lt: usize) -> Option<(usize, usize)> {
+    const DECLS: &[&[u8]] = &[b"<?import", b"<?xml:namespace", b"<!attlist"];
+    let rest = v.get(lt..)?;
+    if let Some(d) = DECLS
+        .iter()
+        .find(|d| rest.len() >= d.len() && rest[..d.len()].eq_ignore_ascii_case(d))
+    {
+        return Some((lt, lt + d.len()));
+    }
+    // A style sheet instruction is only a finding when what it loads is script or CSS that
+    // runs code (`href="data:,*{x:expression(…)}"`); `href="style.xsl"` is ordinary XML.
+    const PI: &[u8] = b"<?xml-stylesheet";
+    if rest.len() >= PI.len() && rest[..PI.len()].eq_ignore_ascii_case(PI) {
+        let body = &rest[PI.len()..rest.len().min(PI.len() + STYLE_LOOKAHEAD)];
+        let body = &body[..memchr::memmem::find(body, b"?>").unwrap_or(body.len())];
+        let href = body
+            .windows(5)
+            .position(|w| w.eq_ignore_ascii_case(b"href="))
+            .map(|o| skip_ws_quotes(body, o + 5));
+        let hit = css_danger(body).is_some()
+            || href.is_some_and(|h| {
+                script_url(body, h).is_some() || match_skipping_ws(body, h, b"data:").is_some()
+            });
+        return hit.then_some((lt, lt + PI.len()));
+    }
+    None
 }
 
 fn is_ws(b: u8) -> bool {
@@ -108,7 +161,8 @@ fn is_name_byte(b: u8) -> bool {
 
 fn skip_ws_quotes(v: &[u8], mut i: usize) -> usize {
     while let Some(&b) = v.get(i) {
-        if is_ws(b) || matches!(b, b'"' | b'\'' | b'`') {
+        // URL parsers strip leading C0 controls and spaces, so `\x01javascript:` runs.
+        if b <= b' ' || matches!(b, b'"' | b'\'' | b'`') {
             i += 1;
         } else {
             break;
@@ -171,12 +225,24 @@ fn tag_at(v: &[u8], lt: usize) -> Option<(usize, usize)> {
     if closing {
         return None;
     }
-    attrs(v, name_stop).map(|(_, e)| (lt, e))
+    if complete && local.eq_ignore_ascii_case(b"style") {
+        // A style sheet: dangerous CSS within the next bytes (bounded, so a run of
+        // `<style` tags stays linear).
+        let end = v.len().min(name_stop + STYLE_LOOKAHEAD);
+        if let Some(o) = css_danger(&v[name_stop..end]) {
+            return Some((lt, name_stop + o));
+        }
+    }
+    let meta = local.eq_ignore_ascii_case(b"meta");
+    attrs(v, name_stop, meta).map(|(_, e)| (lt, e))
 }
+
+/// How far past `<style` a dangerous CSS construct is looked for.
+const STYLE_LOOKAHEAD: usize = 1024;
 
 /// Walks the attributes of a tag from `i` up to `>` or a new `<`; returns the first
 /// dangerous attribute.
-fn attrs(v: &[u8], mut i: usize) -> Option<(usize, usize)> {
+fn attrs(v: &[u8], mut i: usize, meta: bool) -> Option<(usize, usize)> {
     // Each iteration consumes at least one byte, and every byte is visited by at most one
     // attribute walk per tag; the caller starts a walk only at `<`, so a value made of many
     // `<a ` repeats stays linear because a walk stops at the next `<`.
@@ -211,7 +277,12 @@ fn attrs(v: &[u8], mut i: usize) -> Option<(usize, usize)> {
             continue;
         }
         j += 1;
-        if is_event_name(name) {
+        // Handlers; IE data binding (`datasrc`, `dataformatas` render fetched markup); a
+        // `<meta http-equiv>` (refresh, link, set-cookie, charset switch).
+        if is_event_name(name)
+            || name_in(name, &[b"datasrc", b"dataformatas", b"datafld"])
+            || (meta && name.eq_ignore_ascii_case(b"http-equiv"))
+        {
             return Some((ns, j));
         }
         // The value: quoted or up to whitespace / `>`.
@@ -231,13 +302,16 @@ fn attrs(v: &[u8], mut i: usize) -> Option<(usize, usize)> {
                 (j, e, e)
             }
         };
-        if name_in(name, URL_ATTRS) {
-            let value = &v[vs..ve.min(v.len())];
-            if script_url(value, skip_ws_quotes(value, 0)).is_some()
-                || css_expression(value).is_some()
-            {
-                return Some((ns, ve.min(v.len())));
-            }
+        let value = &v[vs..ve.min(v.len())];
+        // SVG `<set attributeName="onmouseover" to=…>` animates a handler into place.
+        let animated_handler = name.eq_ignore_ascii_case(b"attributename")
+            && is_event_name(&value[..name_end(value, 0)]);
+        if animated_handler
+            || (name_in(name, URL_ATTRS)
+                && (script_url(value, skip_ws_quotes(value, 0)).is_some()
+                    || css_danger(value).is_some()))
+        {
+            return Some((ns, ve.min(v.len())));
         }
         i = next.max(i + 1);
     }
@@ -283,9 +357,12 @@ fn attr_breakout_at(v: &[u8], q: usize) -> Option<(usize, usize)> {
             return Some((q, j + 1));
         }
         if has_eq {
-            // Skip a simple unquoted value like `tabindex=1`.
+            // Skip an unquoted value like `tabindex=1` or `x=()`.
             j += 1;
-            while v.get(j).is_some_and(|&b| b.is_ascii_alphanumeric()) {
+            while v
+                .get(j)
+                .is_some_and(|&b| !is_ws(b) && !matches!(b, b'>' | b'"' | b'\'' | b'`'))
+            {
                 j += 1;
             }
         }
@@ -319,12 +396,14 @@ fn script_url(v: &[u8], i: usize) -> Option<usize> {
         .map(|t| e + t.len())
 }
 
-/// Matches `pat` case-insensitively at `v[i..]`, skipping tab, CR, LF and NUL bytes in `v`.
+/// Matches `pat` case-insensitively at `v[i..]`, skipping C0 control bytes in `v`.
 fn match_skipping_ws(v: &[u8], mut i: usize, pat: &[u8]) -> Option<usize> {
     let mut p = 0;
     while p < pat.len() {
         let b = *v.get(i)?;
-        if matches!(b, b'\t' | b'\n' | b'\r' | 0) && p > 0 {
+        // Tab, CR and LF are removed by URL parsers; other C0 controls inside the scheme
+        // are skipped too (an over-decoding that can only add matches).
+        if b < b' ' && p > 0 {
             i += 1;
             continue;
         }
@@ -337,11 +416,73 @@ fn match_skipping_ws(v: &[u8], mut i: usize, pat: &[u8]) -> Option<usize> {
     Some(i)
 }
 
-/// Old-IE CSS `expression(` and `behavior:`/`-moz-binding:` in a style value.
-fn css_expression(v: &[u8]) -> Option<usize> {
-    const NEEDLES: &[&[u8]] = &[b"expression(", b"-moz-binding", b"behavior:"];
-    let lower_hit = |n: &[u8]| v.windows(n.len()).position(|w| w.eq_ignore_ascii_case(n));
-    NEEDLES.iter().find_map(|n| lower_hit(n))
+/// Longest CSS comment skipped inside a keyword; the bound keeps each attempt constant.
+const MAX_CSS_COMMENT: usize = 64;
+
+/// Matches the lowercase keyword `kw` at `v[i..]` case-insensitively, ignoring CSS comments
+/// (`expr/**/ession`) and backslashes (`\-moz-binding`) between its letters; returns the end.
+fn css_keyword_at(v: &[u8], mut i: usize, kw: &[u8]) -> Option<usize> {
+    let mut p = 0;
+    while p < kw.len() {
+        let b = *v.get(i)?;
+        if p > 0 && b == b'\\' {
+            i += 1;
+            continue;
+        }
+        if p > 0 && b == b'/' && v.get(i + 1) == Some(&b'*') {
+            let body = v.get(i + 2..v.len().min(i + 2 + MAX_CSS_COMMENT))?;
+            i += 2 + memchr::memmem::find(body, b"*/")? + 2;
+            continue;
+        }
+        if b.to_ascii_lowercase() != kw[p] {
+            return None;
+        }
+        i += 1;
+        p += 1;
+    }
+    Some(i)
+}
+
+/// CSS that runs script or loads code: old-IE `expression(` (also `\28` for the
+/// parenthesis), `behavior:`/`-moz-binding:`, `@import`, and a script URL in `url(`.
+/// One pass over the value, trying the keywords only at their first letters, instead of a
+/// window scan per keyword.
+fn css_danger(v: &[u8]) -> Option<usize> {
+    for (i, &b) in v.iter().enumerate() {
+        if !matches!(b | 0x20, b'e' | b'b' | b'u') && b != b'-' && b != b'@' {
+            continue;
+        }
+        let after_ws = |e: usize| {
+            let mut k = e;
+            while v.get(k).is_some_and(|&b| is_ws(b)) {
+                k += 1;
+            }
+            k
+        };
+        let hit = if let Some(e) = css_keyword_at(v, i, b"expression") {
+            let k = after_ws(e);
+            (v.get(k) == Some(&b'(')
+                || v.get(k..k + 3).is_some_and(|t| t == b"\\28")
+                || v.get(k..k + 5).is_some_and(|t| t == b"\\0028"))
+            .then_some(k)
+        } else if let Some(e) = css_keyword_at(v, i, b"-moz-binding")
+            .or_else(|| css_keyword_at(v, i, b"behavior"))
+            .or_else(|| css_keyword_at(v, i, b"behaviour"))
+        {
+            let k = after_ws(e);
+            (v.get(k) == Some(&b':')).then_some(k)
+        } else if let Some(e) = css_keyword_at(v, i, b"@import") {
+            Some(e)
+        } else if let Some(e) = css_keyword_at(v, i, b"url(") {
+            script_url(v, skip_ws_quotes(v, e))
+        } else {
+            None
+        };
+        if hit.is_some() {
+            return Some(i);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -378,6 +519,23 @@ mod tests {
             "<svg><script>x</script>",
             "\"><track/onerror",
             "<x:script xmlns:x=\"http://www.w3.org/1999/xhtml\">",
+            "<a href=\"\x01javascript:x\">",
+            "<a href=\"javas\x05cript:x\">",
+            "<IMG SRC=\" \x0e  javascript:alert(1);\">",
+            "<IMG STYLE=\"x:expr/*c*/ession(alert(1))\">",
+            "<div style=\"x:expression\\28alert(1)\\29\">",
+            "<STYLE>@im\\port'x.css';</STYLE>",
+            "<style>BODY{-moz-binding:url(x.xml#y)}</style>",
+            "<div style=\"background:url('javascript:x')\">",
+            "<meta http-equiv=\"refresh\" content=\"0;url=//e.example\">",
+            "<span datasrc=#i datafld=c dataformatas=html></span>",
+            "<set attributeName=\"onmouseover\" to=\"alert(1)\"/>",
+            "<?import namespace=\"t\" implementation=\"#default#time2\">",
+            "<?xml-stylesheet type=\"text/css\" href=\"data:,*{x:expression(write(2));}\"?>",
+            "<!DOCTYPE x [ <!ATTLIST img onerror CDATA \"alert(1)\"> ]>",
+            "onerror=eval;throw'alert(1)'",
+            " onmouseover=alert(1)>",
+            "\"Onx=() onMouSeoVer=prompt(1)>",
         ] {
             assert!(hit(s), "{s}");
         }
@@ -402,6 +560,11 @@ mod tests {
             "<ns:scripted>",
             "say \"online",
             "<p class=\"note\">Note: onboarding=yes</p>",
+            "onboarding=yes",
+            "<?xml-stylesheet type=\"text/xsl\" href=\"style.xsl\"?>",
+            "<style>p { color: red; background: url(/img/a.png) }</style>",
+            "<meta name=\"viewport\" content=\"width=device-width\">",
+            "<div style=\"margin: 0 auto\">expression of interest</div>",
             "",
         ] {
             assert!(!hit(s), "{s}");
