@@ -74,23 +74,6 @@ pub const HEADERS: &[(&[u8], &[u8])] = &[
     (b"accept", b"application/json"),
 ];
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn bodies_are_valid_json_of_the_requested_size() {
-        for size in [1024, 4096, 65536] {
-            for text in [super::Text::Plain, super::Text::Triggers] {
-                for attack in [false, true] {
-                    let b = super::chat_body_with(size, attack, text);
-                    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
-                    assert!(v["messages"][1]["content"].is_string());
-                    assert!(b.len() >= size - 8 && b.len() <= size + 80, "{}", b.len());
-                }
-            }
-        }
-    }
-}
-
 /// Three 4 KiB texts for per-transform and per-detector benches: chat prose (the common
 /// "nothing or little to do" case), attack-like text with escapes (the rewrite and finding
 /// case) and non-Latin prose (Cyrillic, CJK, Greek; the multi-byte paths).
@@ -113,4 +96,21 @@ pub fn sample_texts() -> [(&'static str, Vec<u8>); 3] {
         ("escaped", escaped),
         ("nonlatin", nonlatin),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bodies_are_valid_json_of_the_requested_size() {
+        for size in [1024, 4096, 65536] {
+            for text in [super::Text::Plain, super::Text::Triggers] {
+                for attack in [false, true] {
+                    let b = super::chat_body_with(size, attack, text);
+                    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                    assert!(v["messages"][1]["content"].is_string());
+                    assert!(b.len() >= size - 8 && b.len() <= size + 80, "{}", b.len());
+                }
+            }
+        }
+    }
 }
