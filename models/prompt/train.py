@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import re
 import struct
 import sys
 
@@ -25,162 +26,90 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # --- features (mirrored in core/src/rules/prompt_model.rs) -------------------------------
 
 M64 = (1 << 64) - 1
-FNV_OFFSET = 0xCBF29CE484222325
-FNV_PRIME = 0x100000001B3
-# Odd constants that separate the feature families in the hash space.
+# Odd constants: K1/K2 hash a token's bytes, the seeds separate the feature families in
+# the hash space, MIX picks the bucket from the top bits.
+K1 = 0xFF51AFD7ED558CCD
+K2 = 0xC4CEB9FE1A85EC53
 SEED_UNI = 0x9AE16A3B2F90404F
 SEED_BI = 0xC2B2AE3D27D4EB4F
 SEED_PRE = 0x165667B19E3779F9
-SEED_QUAD = 0x27D4EB2F165667C5
+SEED_WIN = 0x27D4EB2F165667C5
 MIX = 0x9E3779B97F4A7C15
-# Word tokens at least this long also emit the hash of their first PREFIX_LEN bytes, a
-# cheap stand-in for a stem ("instruc", "ignor") that carries across inflections.
+LOWER = 0x2020202020202020
+HIGH = 0x8080808080808080
+# Tokens of at least PREFIX_MIN bytes also emit their first PREFIX_LEN bytes, a cheap
+# stand-in for a stem ("instruc", "ignor") that carries across inflections.
 PREFIX_LEN = 5
 PREFIX_MIN = 7
+# Tokens holding non-ASCII bytes also emit every WIN_LEN-byte window starting at a
+# character boundary (2-3 characters): character n-grams for inflected scripts and for
+# scripts written without spaces, whose whole clause is one token.
+WIN_LEN = 6
 
-WORD, PUNCT = 1, 2
+# Feature families, for ablation runs (all on in the shipped model).
+FAMILIES = {"uni": True, "bi": True, "stem": True, "win": True}
 
-
-def char_len(lead):
-    if lead < 0x80:
-        return 1
-    if 0xC0 <= lead < 0xE0:
-        return 2
-    if 0xE0 <= lead < 0xF0:
-        return 3
-    if 0xF0 <= lead < 0xF8:
-        return 4
-    return 1
+# A token: a run of word bytes (ASCII letters, digits, `_`, any byte >= 0x80) or a run of
+# ASCII punctuation. Bytes <= 0x20 and 0x7F separate tokens.
+TOKEN = re.compile(rb"[0-9A-Za-z_\x80-\xff]+|[\x21-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7e]+")
 
 
-def is_ideographic(v, i):
-    """A character of a script written without spaces (CJK, kana, Thai, full-width
-    forms): each one is a token of its own, so its bigrams work like character bigrams."""
-    b = v[i]
-    if 0xE3 <= b <= 0xE9:  # U+3000..U+9FFF
-        return True
-    if b == 0xE0 and i + 1 < len(v) and v[i + 1] in (0xB8, 0xB9):  # Thai
-        return True
-    if b == 0xEF and i + 1 < len(v) and 0xBC <= v[i + 1] <= 0xBF:  # U+FF00..U+FFFF
-        return True
-    return False
-
-
-def tokens(v):
-    """Yields (kind, hash, prefix_hash or None, start, end) for each token of bytes `v`.
-
-    Tokens: runs of word bytes (ASCII letters, digits, `_`, non-ASCII characters of
-    spaced scripts), runs of ASCII punctuation, and single ideographic characters.
-    ASCII letters are lowercased; ASCII whitespace and controls separate tokens.
-    """
-    n = len(v)
-    i = 0
-    kind = 0
-    h = FNV_OFFSET
-    h5 = None
-    length = 0
-    start = 0
-    while i < n:
-        b = v[i]
-        if b >= 0x80:
-            cl = min(char_len(b), n - i)
-            if is_ideographic(v, i):
-                if kind:
-                    yield (kind, h, h5 if kind == WORD and length >= PREFIX_MIN else None, start, i)
-                    kind = 0
-                t = FNV_OFFSET
-                for k in range(i, i + cl):
-                    t = ((t ^ v[k]) * FNV_PRIME) & M64
-                yield (WORD, t, None, i, i + cl)
-                i += cl
-                continue
-            c = WORD
-        elif b <= 0x20 or b == 0x7F:
-            if kind:
-                yield (kind, h, h5 if kind == WORD and length >= PREFIX_MIN else None, start, i)
-                kind = 0
-            i += 1
-            continue
-        elif (0x30 <= b <= 0x39) or (0x61 <= b <= 0x7A) or b == 0x5F:
-            c, cl = WORD, 1
-        elif 0x41 <= b <= 0x5A:
-            c, cl = WORD, 1
-        else:
-            c, cl = PUNCT, 1
-        if b >= 0x80:
-            cl = min(char_len(b), n - i)
-        if kind != c:
-            if kind:
-                yield (kind, h, h5 if kind == WORD and length >= PREFIX_MIN else None, start, i)
-            kind = c
-            h = FNV_OFFSET
-            h5 = None
-            length = 0
-            start = i
-        for k in range(i, i + cl):
-            x = v[k]
-            if 0x41 <= x <= 0x5A:
-                x |= 0x20
-            h = ((h ^ x) * FNV_PRIME) & M64
-            length += 1
-            if length == PREFIX_LEN:
-                h5 = h
-        i += cl
-    if kind:
-        yield (kind, h, h5 if kind == WORD and length >= PREFIX_MIN else None, start, n)
+def load8(v, i):
+    """The 8 bytes of `v` at `i` as a little-endian integer, zeros past the end."""
+    return int.from_bytes(v[i : i + 8].ljust(8, b"\0"), "little")
 
 
 def bucket(x, bits):
     return ((x * MIX) & M64) >> (64 - bits)
 
 
-def features(v, bits):
+def rotl(x, r):
+    return ((x << r) | (x >> (64 - r))) & M64
+
+
+def features(v, bits, families=None):
     """Bucket indices of every feature of `v`, in order (with repeats), grouped by token:
-    returns a list of (token_start, token_end, [indices])."""
+    returns a list of (token_start, token_end, [indices]).
+
+    Per token of length L at [s, e): a = its first min(L, 8) bytes with 0x20 OR-ed into
+    each (ASCII letters lowercased; the other word bytes keep or fold harmlessly), as a
+    little-endian integer; for L > 8, b = its last 8 bytes OR 0x20, else 0. Its hash is
+    h = a·K1 ^ (b ^ L)·K2 (the second term only for L > 8): one or two 8-byte loads and
+    multiplies per token instead of a multiply per byte. Tokens longer than 16 bytes are
+    hashed by their ends only.
+    """
+    fam = families or FAMILIES
     out = []
     prev = None
-    for kind, h, h5, s, e in tokens(v):
-        f = [bucket(h ^ SEED_UNI, bits)]
-        if prev is not None:
-            f.append(bucket((((prev ^ SEED_BI) * MIX) & M64) ^ h, bits))
-        if h5 is not None:
-            f.append(bucket(h5 ^ SEED_PRE, bits))
+    for m in TOKEN.finditer(v):
+        s, e = m.span()
+        n = e - s
+        a = (load8(v, s) | LOWER) & ((1 << (8 * min(n, 8))) - 1)
+        if n > 8:
+            b = load8(v, e - 8) | LOWER
+            h = ((a * K1) ^ ((b ^ n) * K2)) & M64
+        else:
+            b = 0
+            h = (a * K1) & M64
+        f = []
+        if fam["uni"]:
+            f.append(bucket(h ^ SEED_UNI, bits))
+        if fam["bi"] and prev is not None:
+            f.append(bucket(rotl(prev, 23) ^ h ^ SEED_BI, bits))
+        if fam["stem"] and n >= PREFIX_MIN:
+            f.append(bucket((a & ((1 << (8 * PREFIX_LEN)) - 1)) ^ SEED_PRE, bits))
+        if fam["win"] and (a | b) & HIGH:
+            lead = v[s]
+            step = 3 if 0xE0 <= lead < 0xF0 else 4 if lead >= 0xF0 else 2
+            for p in range(s, e - WIN_LEN + 1, step):
+                f.append(bucket(((load8(v, p) | LOWER) & ((1 << (8 * WIN_LEN)) - 1)) ^ SEED_WIN, bits))
         prev = h
         out.append((s, e, f))
     return out
 
 
-def normalized(v):
-    """`v` with ASCII letters lowercased and every run of ASCII whitespace or controls
-    (bytes <= 0x20 and 0x7F) turned into one space, none at the start or the end."""
-    out = bytearray()
-    gap = False
-    for b in v:
-        if b <= 0x20 or b == 0x7F:
-            gap = True
-            continue
-        if gap and out:
-            out.append(0x20)
-        gap = False
-        out.append(b | 0x20 if 0x41 <= b <= 0x5A else b)
-    return bytes(out)
-
-
-def quads(v, bits):
-    """Byte 4-grams of the normalized text that contain a non-ASCII byte: character
-    n-grams for the scripts whose words the token features split poorly (inflected
-    Hindi, Bengali, Russian, Turkish; CJK runs), at no cost on ASCII text."""
-    s = normalized(v)
-    out = []
-    for i in range(3, len(s)):
-        w = (s[i - 3] << 24) | (s[i - 2] << 16) | (s[i - 1] << 8) | s[i]
-        if w & 0x80808080:
-            out.append(bucket(w ^ SEED_QUAD, bits))
-    return out
-
-
-def flat(v, bits):
-    return [i for _, _, f in features(v, bits) for i in f] + quads(v, bits)
+def flat(v, bits, families=None):
+    return [i for _, _, f in features(v, bits, families) for i in f]
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -304,14 +233,16 @@ def hard_negatives():
 # --- model --------------------------------------------------------------------------------
 
 
-def vectorize(text, bits):
-    idx = flat(text, bits)
-    if not idx:
-        return {}, 0
-    counts = {}
-    for i in idx:
-        counts[i] = counts.get(i, 0) + 1
-    return counts, len(idx)
+def vectorize(sample, bits):
+    """The sample's feature indices and sorted counts, computed once and kept on the row."""
+    if "_idx" not in sample:
+        idx = flat(sample["text"], bits)
+        counts = {}
+        for i in idx:
+            counts[i] = counts.get(i, 0) + 1
+        sample["_idx"] = idx
+        sample["_counts"] = sorted(counts.items())
+    return sample["_counts"], len(sample["_idx"])
 
 
 def train(samples, bits, epochs, l2, lr, weights_by_file, seed):
@@ -323,11 +254,11 @@ def train(samples, bits, epochs, l2, lr, weights_by_file, seed):
     gb = 1e-8
     data = []
     for s in samples:
-        counts, n = vectorize(s["text"], bits)
+        counts, n = vectorize(s, bits)
         if n == 0:
             continue
         inv = 1.0 / math.sqrt(max(n, MIN_NORM))
-        x = [(i, c * inv) for i, c in sorted(counts.items())]
+        x = [(i, c * inv) for i, c in counts]
         data.append((x, s["label"], weights_by_file.get(s["file"], 1.0)))
     rng = random.Random(seed)
     order = list(range(len(data)))
@@ -355,7 +286,12 @@ def quantize(w):
 
 
 def score_q(text, q, scale, bias, bits):
-    idx = flat(text, bits)
+    """The quantized model's score of `text` (bytes, or a row whose features are cached)."""
+    if isinstance(text, dict):
+        vectorize(text, bits)
+        idx = text["_idx"]
+    else:
+        idx = flat(text, bits)
     s = sum(q[i] for i in idx)
     return bias + scale * s / math.sqrt(max(len(idx), MIN_NORM))
 
@@ -363,7 +299,7 @@ def score_q(text, q, scale, bias, bits):
 # --- weights file -------------------------------------------------------------------------
 
 MAGIC = b"EWPM"
-VERSION = 2
+VERSION = 3
 
 
 def write_weights(path, q, scale, bias, bits, t1, t2):
@@ -464,6 +400,7 @@ def main():
     ap.add_argument("--folds", type=int, default=FOLDS)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-system-negatives", action="store_true")
+    ap.add_argument("--drop", default="", help="feature families to leave out (ablation): comma-separated of " + ", ".join(FAMILIES))
     ap.add_argument("--dry-run", action="store_true", help="do not write the weights file")
     ap.add_argument(
         "--rules-misses",
@@ -476,6 +413,8 @@ def main():
         help="ship the validated model trained on the training split instead of refitting on all rows",
     )
     args = ap.parse_args()
+    for f in filter(None, args.drop.split(",")):
+        FAMILIES[f] = False
 
     rows = load(args.corpora)
     train_rows = [r for r in rows if r["split"] == "train"]
@@ -492,7 +431,7 @@ def main():
             q, scale = quantize(w)
             for j, r in enumerate(labeled):
                 if fold_of(r["id"], args.folds) == k:
-                    oof[j] = score_q(r["text"], q, scale, bias, args.bits)
+                    oof[j] = score_q(r, q, scale, bias, args.bits)
             print(f"fold {k + 1}/{args.folds} done", file=sys.stderr)
         return oof
 
@@ -504,7 +443,7 @@ def main():
     w, bias = fit(train_rows + extra)
     q, scale = quantize(w)
     scale, bias = f32(scale), f32(bias)
-    vs = [score_q(r["text"], q, scale, bias, args.bits) for r in valid_rows]
+    vs = [score_q(r, q, scale, bias, args.bits) for r in valid_rows]
     out = [
         f"bits {args.bits}, epochs {args.epochs}, l2 {args.l2}, lr {args.lr}, folds {args.folds}, "
         f"train rows {len(train_rows)} (+{len(extra)} hand-written and system-prompt negatives), valid rows {len(valid_rows)}",

@@ -1124,9 +1124,11 @@ impl Program {
             let gi = caches.selected[i] as usize;
             let g = &self.groups[gi];
             let value = tc.value(&self.trie, field.value, eff(g.chain));
+            // The prompt model's score of `value`, shared by its two rules.
+            let mut model_score = None;
             for &ri in &g.other_rules {
                 let span = match self.rules[ri as usize].op {
-                    Op::Detector(d) => d.run(value),
+                    Op::Detector(d) => d.run_shared(value, &mut model_score),
                     Op::LengthOver(n) => (value.len() as u64 > n).then_some((0, value.len())),
                     Op::Regex(_) => None,
                 };

@@ -60,6 +60,18 @@ impl Detector {
 
     /// Runs the detector; returns the span of the first finding.
     pub fn run(self, value: &[u8]) -> Option<(usize, usize)> {
+        self.run_shared(value, &mut None)
+    }
+
+    /// [`run`](Self::run) for several detectors on one value: `model_score` holds the
+    /// prompt model's score of `value` once computed (start with `None`), so that its
+    /// paranoia-1 and paranoia-2 rules score a field once.
+    pub fn run_shared(
+        self,
+        value: &[u8],
+        model_score: &mut Option<f64>,
+    ) -> Option<(usize, usize)> {
+        use super::prompt_model::{self, Level};
         match self {
             Detector::InvisibleText => invisible_text(value),
             Detector::ControlChars => value
@@ -69,11 +81,9 @@ impl Detector {
             Detector::TokenFlood => super::prompt_scorer::token_flood(value),
             Detector::Sqli => super::sqli::sqli(value),
             Detector::XssContext => super::xss::detect(value),
-            Detector::PromptModel => {
-                super::prompt_model::detect(value, super::prompt_model::Level::Strict)
-            }
+            Detector::PromptModel => prompt_model::detect_scored(value, Level::Strict, model_score),
             Detector::PromptModelBroad => {
-                super::prompt_model::detect(value, super::prompt_model::Level::Broad)
+                prompt_model::detect_scored(value, Level::Broad, model_score)
             }
         }
     }

@@ -8,30 +8,41 @@
 //! wording and across the 16 languages of the training data.
 //!
 //! Features (identical to `train.py`, checked by golden scores in the tests below):
-//! - tokens are runs of word bytes (ASCII letters lowercased, digits, `_`, the characters
-//!   of spaced scripts), runs of ASCII punctuation, and single characters of scripts
-//!   written without spaces (CJK, kana, Thai, full-width forms); ASCII whitespace and
-//!   controls separate tokens;
-//! - each token gives its hash, its hash paired with the previous token's, and for words
-//!   of 7 or more bytes the hash of their first 5 bytes;
-//! - text with non-ASCII bytes also gives every byte 4-gram of the lowercased,
-//!   whitespace-collapsed text that holds a non-ASCII byte (character n-grams for
-//!   inflected and unspaced scripts); ASCII text skips this pass.
+//! - tokens are runs of word bytes (ASCII letters, digits, `_`, every byte ≥ 0x80) and
+//!   runs of ASCII punctuation; bytes ≤ 0x20 and 0x7F separate tokens;
+//! - a token is hashed from at most two unaligned 8-byte loads: its first `min(len, 8)`
+//!   bytes and, when longer than 8, its last 8 bytes, each with `0x20` OR-ed into every byte
+//!   (ASCII case folding without a branch);
+//! - each token gives its hash, its hash paired with the previous token's, and for tokens of
+//!   7 or more bytes their first 5 bytes (a stem);
+//! - tokens holding a byte ≥ 0x80 in their first or last 8 bytes also give every 6-byte
+//!   window starting at a character step from the token start (two or three characters):
+//!   character n-grams for inflected scripts and for scripts written without spaces, whose
+//!   whole clause is one token.
 //!
-//! Each feature indexes a table of 2^bits signed 8-bit weights; the score is
-//! `bias + scale · Σ w / √max(n, min_norm)` over the `n` features (repeats counted), so a
-//! long text is judged by the density of its evidence, not its length, and a greeting of
-//! three tokens by too little evidence to decide. Time is linear in the value,
-//! one table read per feature, with no allocation; the weights are a static byte slice
-//! embedded in the binary and checked when the crate compiles.
+//! Token boundaries come from bit masks of word and punctuation bytes per 64-byte block
+//! (compiled to vector compares), walked with `trailing_zeros`, so the per-byte work is a
+//! few vector instructions and the per-token work a fixed handful of multiplies and
+//! independent table reads, without a data-dependent branch except the non-ASCII one.
+//!
+//! Each feature indexes a table of 2^17 signed 8-bit weights (128 KiB, L2-resident); the
+//! score is `bias + scale · Σ w / √max(n, min_norm)` over the `n` features (repeats
+//! counted), so a long text is judged by the density of its evidence, not its length, and a
+//! greeting of three tokens by too little evidence to decide. The span of a finding (the
+//! run of tokens that weighed most) is computed by a second pass only for flagged values.
+//! The weights are a static byte array embedded in the binary and checked when the crate
+//! compiles.
 
 /// The weights file written by `train.py`: a 28-byte header, then one `i8` per bucket.
 const WEIGHTS: &[u8] = include_bytes!("../../../models/prompt/weights.bin");
 const HEADER: usize = 28;
 
+/// Table size: the weights file must have been trained with the same number of bits.
+const BITS: u32 = 17;
+const TABLE: usize = 1 << BITS;
+
 /// The parsed weights file.
 struct Model {
-    bits: u32,
     scale: f64,
     bias: f64,
     /// Threshold for the paranoia-1 rule (chosen by `train.py` for a very low benign FPR).
@@ -40,8 +51,8 @@ struct Model {
     pl2: f64,
     /// Texts with fewer features are normalized as if they had this many, so that a
     /// two-word greeting cannot reach a threshold on one or two weights.
-    min_norm: u64,
-    weights: &'static [u8],
+    min_norm: u32,
+    weights: &'static [u8; TABLE],
 }
 
 const fn f32_at(b: &[u8], i: usize) -> f64 {
@@ -57,21 +68,25 @@ const fn parse(b: &'static [u8]) -> Model {
         "prompt model: bad magic"
     );
     assert!(
-        u16::from_le_bytes([b[4], b[5]]) == 2,
-        "prompt model: unknown version"
+        u16::from_le_bytes([b[4], b[5]]) == 3,
+        "prompt model: unknown version (features changed: retrain)"
     );
-    let bits = u16::from_le_bytes([b[6], b[7]]) as u32;
-    assert!(bits >= 8 && bits <= 24, "prompt model: bad table size");
     assert!(
-        b.len() == HEADER + (1usize << bits),
+        u16::from_le_bytes([b[6], b[7]]) as u32 == BITS,
+        "prompt model: table size differs from BITS"
+    );
+    assert!(
+        b.len() == HEADER + TABLE,
         "prompt model: weights file length does not match its header"
     );
     let (_, weights) = b.split_at(HEADER);
+    let Some(weights) = weights.first_chunk::<TABLE>() else {
+        panic!("prompt model: weights file too short")
+    };
     let min_norm = u32::from_le_bytes([b[24], b[25], b[26], b[27]]);
     assert!(min_norm >= 1, "prompt model: bad normalization floor");
     Model {
-        min_norm: min_norm as u64,
-        bits,
+        min_norm,
         scale: f32_at(b, 8),
         bias: f32_at(b, 12),
         pl1: f32_at(b, 16),
@@ -82,17 +97,23 @@ const fn parse(b: &'static [u8]) -> Model {
 
 static MODEL: Model = parse(WEIGHTS);
 
-const FNV_OFFSET: u64 = 0xCBF2_9CE4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01B3;
+const K1: u64 = 0xFF51_AFD7_ED55_8CCD;
+const K2: u64 = 0xC4CE_B9FE_1A85_EC53;
 const SEED_UNI: u64 = 0x9AE1_6A3B_2F90_404F;
 const SEED_BI: u64 = 0xC2B2_AE3D_27D4_EB4F;
 const SEED_PRE: u64 = 0x1656_67B1_9E37_79F9;
-const SEED_QUAD: u64 = 0x27D4_EB2F_1656_67C5;
+const SEED_WIN: u64 = 0x27D4_EB2F_1656_67C5;
 const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
-/// Words of at least `PREFIX_MIN` bytes also count their first `PREFIX_LEN` bytes: a
+/// OR-ed into every byte of a token: lowercases ASCII letters.
+const LOWER: u64 = 0x2020_2020_2020_2020;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+/// Tokens of at least `PREFIX_MIN` bytes also count their first `PREFIX_LEN` bytes: a
 /// cheap stem ("instruc", "ignor") shared by inflections and related languages.
-const PREFIX_LEN: u32 = 5;
-const PREFIX_MIN: u32 = 7;
+const PREFIX_MIN: usize = 7;
+const PREFIX_MASK: u64 = (1 << (8 * 5)) - 1;
+/// Non-ASCII tokens count their 6-byte windows at each character step.
+const WIN_LEN: usize = 6;
+const WIN_MASK: u64 = (1 << (8 * WIN_LEN)) - 1;
 
 /// Which threshold a detector rule applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,19 +127,28 @@ pub enum Level {
 /// Returns the span of the most attack-like run of tokens when `v` scores at or above the
 /// level's threshold.
 pub fn detect(v: &[u8], level: Level) -> Option<(usize, usize)> {
+    detect_scored(v, level, &mut None)
+}
+
+/// [`detect`] with the score of `v` kept in `score` (computed if `None`): rules at both
+/// levels on one value score it once.
+pub fn detect_scored(v: &[u8], level: Level, score: &mut Option<f64>) -> Option<(usize, usize)> {
     let m = &MODEL;
     let t = match level {
         Level::Strict => m.pl1,
         Level::Broad => m.pl2,
     };
-    let s = Scorer::run(m, v);
-    (s.score(m) >= t).then_some(s.best_span)
+    let s = *score.get_or_insert_with(|| self::score(v));
+    (s >= t).then(|| scan::<true>(m, v).best_span)
 }
 
 /// The model's score of `v` (a logit: positive leans towards attack). For tests, tuning
 /// and tools that want the number rather than a decision.
 pub fn score(v: &[u8]) -> f64 {
-    Scorer::run(&MODEL, v).score(&MODEL)
+    let m = &MODEL;
+    let s = scan::<false>(m, v);
+    // Same operation order as train.py, so both compute the same f64.
+    m.bias + m.scale * f64::from(s.sum) / f64::from(s.n.max(m.min_norm)).sqrt()
 }
 
 /// The thresholds the detector rules use, `(paranoia 1, paranoia 2)`.
@@ -126,195 +156,145 @@ pub fn thresholds() -> (f64, f64) {
     (MODEL.pl1, MODEL.pl2)
 }
 
-const NONE: u8 = 0;
-const WORD: u8 = 1;
-const PUNCT: u8 = 2;
-
-/// Running sums of one scan.
-struct Scorer {
-    shift: u32,
-    weights: &'static [u8],
-    sum: i64,
-    n: u64,
-    prev: Option<u64>,
-    // Kadane's maximum-sum run over per-token contributions: where the evidence is.
-    run: i64,
-    run_start: usize,
-    best: i64,
+/// Sums of one scan.
+struct Scan {
+    sum: i32,
+    n: u32,
+    /// The maximum-sum run of tokens (Kadane), filled only when `SPAN`.
     best_span: (usize, usize),
 }
 
-impl Scorer {
-    fn run(m: &'static Model, v: &[u8]) -> Scorer {
-        let mut s = Scorer {
-            shift: 64 - m.bits,
-            weights: m.weights,
-            sum: 0,
-            n: 0,
-            prev: None,
-            run: 0,
-            run_start: 0,
-            best: i64::MIN,
-            best_span: (0, v.len()),
-        };
-        s.tokens(v);
-        if !v.is_ascii() {
-            s.quads(v);
-        }
-        s
-    }
-
-    fn score(&self, m: &Model) -> f64 {
-        // Same operation order as train.py, so both compute the same f64.
-        m.bias + m.scale * self.sum as f64 / (self.n.max(m.min_norm) as f64).sqrt()
-    }
-
-    #[inline(always)]
-    fn weight(&mut self, key: u64) -> i64 {
-        let i = (key.wrapping_mul(MIX) >> self.shift) as usize;
-        self.n += 1;
-        // `i < 2^bits == weights.len()`, checked by `parse`.
-        self.weights.get(i).map_or(0, |&w| i64::from(w as i8))
-    }
-
-    fn token(&mut self, h: u64, prefix: Option<u64>, start: usize, end: usize) {
-        let mut c = self.weight(h ^ SEED_UNI);
-        if let Some(p) = self.prev {
-            c += self.weight((p ^ SEED_BI).wrapping_mul(MIX) ^ h);
-        }
-        if let Some(p) = prefix {
-            c += self.weight(p ^ SEED_PRE);
-        }
-        self.prev = Some(h);
-        self.sum += c;
-        if self.run <= 0 {
-            self.run = c;
-            self.run_start = start;
-        } else {
-            self.run += c;
-        }
-        if self.run > self.best {
-            self.best = self.run;
-            self.best_span = (self.run_start, end);
+/// The 8 bytes of `v` at `i` as a little-endian integer, zeros past the end.
+#[inline(always)]
+fn load8(v: &[u8], i: usize) -> u64 {
+    match v.get(i..i + 8) {
+        Some(w) => u64::from_le_bytes(w.try_into().unwrap_or([0; 8])),
+        None => {
+            let mut w = [0u8; 8];
+            let tail = v.get(i..).unwrap_or(&[]);
+            w[..tail.len()].copy_from_slice(tail);
+            u64::from_le_bytes(w)
         }
     }
+}
 
-    /// Token features, in one pass over `v`.
-    fn tokens(&mut self, v: &[u8]) {
-        let n = v.len();
-        let mut i = 0;
-        let mut kind = NONE;
-        let mut h = FNV_OFFSET;
-        let mut h5 = 0u64;
-        let mut len = 0u32;
-        let mut start = 0usize;
-        while i < n {
-            let b = v[i];
-            let (c, cl) = if b >= 0x80 {
-                let cl = char_len(b).min(n - i);
-                if is_ideographic(v, i) {
-                    if kind != NONE {
-                        self.token(h, prefix(kind, len, h5), start, i);
-                        kind = NONE;
-                    }
-                    let mut t = FNV_OFFSET;
-                    for &x in &v[i..i + cl] {
-                        t = (t ^ u64::from(x)).wrapping_mul(FNV_PRIME);
-                    }
-                    self.token(t, None, i, i + cl);
-                    i += cl;
-                    continue;
-                }
-                (WORD, cl)
-            } else if b <= 0x20 || b == 0x7F {
-                if kind != NONE {
-                    self.token(h, prefix(kind, len, h5), start, i);
-                    kind = NONE;
-                }
-                i += 1;
-                continue;
-            } else if b.is_ascii_alphanumeric() || b == b'_' {
-                (WORD, 1)
-            } else {
-                (PUNCT, 1)
+#[inline(always)]
+fn weight(table: &[u8; TABLE], key: u64) -> i32 {
+    let i = (key.wrapping_mul(MIX) >> (64 - BITS)) as usize;
+    i32::from(table[i & (TABLE - 1)] as i8)
+}
+
+/// Word-byte and punctuation-byte masks of one 64-byte block (bit `i` for byte `i`).
+#[inline(always)]
+fn class_masks(chunk: &[u8; 64]) -> (u64, u64) {
+    let mut word = 0u64;
+    let mut punct = 0u64;
+    for (i, &b) in chunk.iter().enumerate() {
+        let l = b | 0x20;
+        let w = b >= 0x80 || (b'a'..=b'z').contains(&l) || b.is_ascii_digit() || b == b'_';
+        let p = (0x21..0x7F).contains(&b) && !w;
+        word |= u64::from(w) << i;
+        punct |= u64::from(p) << i;
+    }
+    (word, punct)
+}
+
+/// One pass over `v`: the sum and count of every feature's weight, and with `SPAN` the run
+/// of tokens with the largest sum.
+fn scan<const SPAN: bool>(m: &Model, v: &[u8]) -> Scan {
+    let table = m.weights;
+    let mut sum = 0i32;
+    let mut n = 0u32;
+    let mut prev = 0u64;
+    let mut has_prev = 0i32;
+    // Kadane's maximum-sum run over per-token contributions: where the evidence is.
+    let mut run = 0i32;
+    let mut run_start = 0usize;
+    let mut best = i32::MIN;
+    let mut best_span = (0, v.len());
+    let token = |s: usize, e: usize| {
+        let len = e - s;
+        let a = (load8(v, s) | LOWER) & (u64::MAX >> (64 - 8 * len.min(8)));
+        let long = 0u64.wrapping_sub(u64::from(len > 8));
+        let b = (load8(v, if len > 8 { e - 8 } else { s }) | LOWER) & long;
+        let h = a.wrapping_mul(K1) ^ ((b ^ len as u64) & long).wrapping_mul(K2);
+        let stem = i32::from(len >= PREFIX_MIN);
+        let mut c = weight(table, h ^ SEED_UNI)
+            + (weight(table, prev.rotate_left(23) ^ h ^ SEED_BI) & -has_prev)
+            + (weight(table, (a & PREFIX_MASK) ^ SEED_PRE) & -stem);
+        n += 1 + has_prev as u32 + stem as u32;
+        if (a | b) & HIGH != 0 {
+            let step = match v[s] {
+                0xE0..=0xEF => 3,
+                0xF0..=0xFF => 4,
+                _ => 2,
             };
-            if kind != c {
-                if kind != NONE {
-                    self.token(h, prefix(kind, len, h5), start, i);
-                }
-                kind = c;
-                h = FNV_OFFSET;
-                len = 0;
-                start = i;
-            }
-            for &x in &v[i..i + cl] {
-                h = (h ^ u64::from(x.to_ascii_lowercase())).wrapping_mul(FNV_PRIME);
-                len += 1;
-                if len == PREFIX_LEN {
-                    h5 = h;
-                }
-            }
-            i += cl;
-        }
-        if kind != NONE {
-            self.token(h, prefix(kind, len, h5), start, n);
-        }
-    }
-
-    /// Byte 4-grams holding a non-ASCII byte, over the text lowercased (ASCII) with each
-    /// whitespace or control run read as one space (none leading or trailing).
-    fn quads(&mut self, v: &[u8]) {
-        let mut window = 0u32;
-        let mut count = 0usize;
-        let mut gap = false;
-        for &b in v {
-            if b <= 0x20 || b == 0x7F {
-                gap = true;
-                continue;
-            }
-            if gap && count > 0 {
-                window = (window << 8) | 0x20;
-                count += 1;
-                if count >= 4 && window & 0x8080_8080 != 0 {
-                    self.sum += self.weight(u64::from(window) ^ SEED_QUAD);
-                }
-            }
-            gap = false;
-            window = (window << 8) | u32::from(b.to_ascii_lowercase());
-            count += 1;
-            if count >= 4 && window & 0x8080_8080 != 0 {
-                self.sum += self.weight(u64::from(window) ^ SEED_QUAD);
+            let mut p = s;
+            while p + WIN_LEN <= e {
+                c += weight(table, ((load8(v, p) | LOWER) & WIN_MASK) ^ SEED_WIN);
+                n += 1;
+                p += step;
             }
         }
-    }
+        prev = h;
+        has_prev = 1;
+        sum += c;
+        if SPAN {
+            if run <= 0 {
+                run = c;
+                run_start = s;
+            } else {
+                run += c;
+            }
+            if run > best {
+                best = run;
+                best_span = (run_start, e);
+            }
+        }
+    };
+
+    spans(v, token);
+    Scan { sum, n, best_span }
 }
 
+/// Calls `f(start, end)` for each token of `v` in order. Starts and ends (the byte after
+/// the last) come from the class masks of each 64-byte block; a run carries across blocks
+/// through the previous block's top bit, and a trailing block of spaces closes the last
+/// token.
 #[inline(always)]
-fn prefix(kind: u8, len: u32, h5: u64) -> Option<u64> {
-    (kind == WORD && len >= PREFIX_MIN).then_some(h5)
-}
-
-/// Length of the UTF-8 sequence a lead byte starts (1 for stray continuation bytes).
-#[inline(always)]
-fn char_len(lead: u8) -> usize {
-    match lead {
-        0xC0..=0xDF => 2,
-        0xE0..=0xEF => 3,
-        0xF0..=0xF7 => 4,
-        _ => 1,
-    }
-}
-
-/// A character of a script written without spaces: U+3000–U+9FFF (CJK punctuation, kana,
-/// ideographs), Thai, and full-width forms. Each is a token of its own, so that token pairs
-/// act as character bigrams there.
-#[inline(always)]
-fn is_ideographic(v: &[u8], i: usize) -> bool {
-    match v[i] {
-        0xE3..=0xE9 => true,
-        0xE0 => matches!(v.get(i + 1), Some(0xB8 | 0xB9)),
-        0xEF => matches!(v.get(i + 1), Some(0xBC..=0xBF)),
-        _ => false,
+fn spans(v: &[u8], mut f: impl FnMut(usize, usize)) {
+    let mut tail = [b' '; 64];
+    let rest = v.chunks_exact(64).remainder();
+    tail[..rest.len()].copy_from_slice(rest);
+    let blocks = v
+        .chunks_exact(64)
+        .map(|c| <&[u8; 64]>::try_from(c).unwrap_or(&[b' '; 64]))
+        .chain(std::iter::once(&tail));
+    let (mut carry_w, mut carry_p) = (0u64, 0u64);
+    let mut open = usize::MAX;
+    for (k, chunk) in blocks.enumerate() {
+        let base = k * 64;
+        let (w, p) = class_masks(chunk);
+        let (ws, ps) = ((w << 1) | carry_w, (p << 1) | carry_p);
+        carry_w = w >> 63;
+        carry_p = p >> 63;
+        let mut starts = (w & !ws) | (p & !ps);
+        let mut ends = (!w & ws) | (!p & ps);
+        if open != usize::MAX && ends != 0 {
+            f(open, base + ends.trailing_zeros() as usize);
+            ends &= ends - 1;
+            open = usize::MAX;
+        }
+        // Starts and ends alternate: each remaining end closes the start before it.
+        while ends != 0 {
+            let s = base + starts.trailing_zeros() as usize;
+            starts &= starts.wrapping_sub(1);
+            f(s, base + ends.trailing_zeros() as usize);
+            ends &= ends - 1;
+        }
+        if starts != 0 {
+            open = base + starts.trailing_zeros() as usize;
+        }
     }
 }
 
@@ -371,7 +351,55 @@ mod tests {
         }
     }
 
+    /// The token spans by a byte-at-a-time walk: the oracle for the mask walk.
+    fn naive_spans(v: &[u8]) -> Vec<(usize, usize)> {
+        let class = |b: u8| match b {
+            0x80..=0xFF | b'0'..=b'9' | b'A'..=b'Z' | b'a'..=b'z' | b'_' => 1,
+            0x21..=0x7E => 2,
+            _ => 0,
+        };
+        let mut out = Vec::new();
+        let mut start = 0;
+        for i in 0..=v.len() {
+            let c = v.get(i).map_or(0, |&b| class(b));
+            let p = if i == 0 { 0 } else { class(v[i - 1]) };
+            if c != p {
+                if p != 0 {
+                    out.push((start, i));
+                }
+                start = i;
+            }
+        }
+        out
+    }
+
+    fn mask_spans(v: &[u8]) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        spans(v, |s, e| out.push((s, e)));
+        out
+    }
+
+    #[test]
+    fn spans_at_block_edges() {
+        for n in [0, 1, 8, 63, 64, 65, 127, 128, 129, 200] {
+            for fill in [b"a".as_slice(), b"!", b"a!", b"a ", b"ab cd, ", "\u{e9}".as_bytes()] {
+                let v: Vec<u8> = fill.iter().copied().cycle().take(n).collect();
+                assert_eq!(mask_spans(&v), naive_spans(&v), "{n} {fill:?}");
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn spans_match_the_byte_walk(
+            v in proptest::collection::vec(
+                prop_oneof![Just(b' '), Just(b'a'), Just(b'Z'), Just(b','), Just(b'\n'), Just(0xC3u8), any::<u8>()],
+                0..300,
+            )
+        ) {
+            prop_assert_eq!(mask_spans(&v), naive_spans(&v));
+        }
+
         #[test]
         fn never_panics(v in proptest::collection::vec(any::<u8>(), 0..400)) {
             let sc = score(&v);
