@@ -26,11 +26,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # --- features (mirrored in core/src/rules/prompt_model.rs) -------------------------------
 
 M64 = (1 << 64) - 1
-# Odd constants: K1/K2 hash a token's bytes, the seeds separate the feature families in
+# Odd constants: K1 hashes a token's bytes, the seeds separate the feature families in
 # the hash space, MIX picks the bucket from the top bits.
 K1 = 0xFF51AFD7ED558CCD
-K2 = 0xC4CEB9FE1A85EC53
-SEED_UNI = 0x9AE16A3B2F90404F
 SEED_BI = 0xC2B2AE3D27D4EB4F
 SEED_PRE = 0x165667B19E3779F9
 SEED_WIN = 0x27D4EB2F165667C5
@@ -49,9 +47,11 @@ WIN_LEN = 6
 # Feature families, for ablation runs (all on in the shipped model).
 FAMILIES = {"uni": True, "bi": True, "stem": True, "win": True}
 
-# A token: a run of word bytes (ASCII letters, digits, `_`, any byte >= 0x80) or a run of
-# ASCII punctuation. Bytes <= 0x20 and 0x7F separate tokens.
-TOKEN = re.compile(rb"[0-9A-Za-z_\x80-\xff]+|[\x21-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7e]+")
+# A token: a run of word bytes (ASCII letters, digits, `_`, any byte >= 0x80). Everything
+# else (whitespace, controls, ASCII punctuation) separates tokens. Punctuation runs as
+# tokens of their own cost a tenth more tokens and, measured on the validation split, made
+# the model worse (cyberseceval 59 % -> 74 % at PL1 without them).
+TOKEN = re.compile(rb"[0-9A-Za-z_\x80-\xff]+")
 
 
 def load8(v, i):
@@ -71,34 +71,28 @@ def features(v, bits, families=None):
     """Bucket indices of every feature of `v`, in order (with repeats), grouped by token:
     returns a list of (token_start, token_end, [indices]).
 
-    Per token of length L at [s, e): a = its first min(L, 8) bytes with 0x20 OR-ed into
-    each (ASCII letters lowercased; the other word bytes keep or fold harmlessly), as a
-    little-endian integer; for L > 8, b = its last 8 bytes OR 0x20, else 0. Its hash is
-    h = a·K1 ^ (b ^ L)·K2 (the second term only for L > 8): one or two 8-byte loads and
-    multiplies per token instead of a multiply per byte. Tokens longer than 16 bytes are
-    hashed by their ends only.
+    A token is keyed by its first min(L, 8) bytes with 0x20 OR-ed into each (ASCII letters
+    lowercased; other word bytes keep or fold harmlessly) as a little-endian integer `a`:
+    one unaligned 8-byte load and no per-byte work. Longer words are cut to 8 bytes
+    ("instruct" for "instruction", "instructions", "instructed"), which acts as a stem.
+    Its hash is h = a·K1, whose top bits pick the unigram bucket.
     """
     fam = families or FAMILIES
     out = []
-    prev = None
+    prev = 0  # the first token pairs with the start of the text
     for m in TOKEN.finditer(v):
         s, e = m.span()
         n = e - s
         a = (load8(v, s) | LOWER) & ((1 << (8 * min(n, 8))) - 1)
-        if n > 8:
-            b = load8(v, e - 8) | LOWER
-            h = ((a * K1) ^ ((b ^ n) * K2)) & M64
-        else:
-            b = 0
-            h = (a * K1) & M64
+        h = (a * K1) & M64
         f = []
         if fam["uni"]:
-            f.append(bucket(h ^ SEED_UNI, bits))
-        if fam["bi"] and prev is not None:
+            f.append(h >> (64 - bits))
+        if fam["bi"]:
             f.append(bucket(rotl(prev, 23) ^ h ^ SEED_BI, bits))
         if fam["stem"] and n >= PREFIX_MIN:
             f.append(bucket((a & ((1 << (8 * PREFIX_LEN)) - 1)) ^ SEED_PRE, bits))
-        if fam["win"] and (a | b) & HIGH:
+        if fam["win"] and a & HIGH:
             lead = v[s]
             step = 3 if 0xE0 <= lead < 0xF0 else 4 if lead >= 0xF0 else 2
             for p in range(s, e - WIN_LEN + 1, step):

@@ -66,11 +66,7 @@ impl Detector {
     /// [`run`](Self::run) for several detectors on one value: `model_score` holds the
     /// prompt model's score of `value` once computed (start with `None`), so that its
     /// paranoia-1 and paranoia-2 rules score a field once.
-    pub fn run_shared(
-        self,
-        value: &[u8],
-        model_score: &mut Option<f64>,
-    ) -> Option<(usize, usize)> {
+    pub fn run_shared(self, value: &[u8], model_score: &mut Option<f64>) -> Option<(usize, usize)> {
         use super::prompt_model::{self, Level};
         match self {
             Detector::InvisibleText => invisible_text(value),

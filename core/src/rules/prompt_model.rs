@@ -98,8 +98,6 @@ const fn parse(b: &'static [u8]) -> Model {
 static MODEL: Model = parse(WEIGHTS);
 
 const K1: u64 = 0xFF51_AFD7_ED55_8CCD;
-const K2: u64 = 0xC4CE_B9FE_1A85_EC53;
-const SEED_UNI: u64 = 0x9AE1_6A3B_2F90_404F;
 const SEED_BI: u64 = 0xC2B2_AE3D_27D4_EB4F;
 const SEED_PRE: u64 = 0x1656_67B1_9E37_79F9;
 const SEED_WIN: u64 = 0x27D4_EB2F_1656_67C5;
@@ -156,26 +154,37 @@ pub fn thresholds() -> (f64, f64) {
     (MODEL.pl1, MODEL.pl2)
 }
 
-/// Sums of one scan.
-struct Scan {
+/// Sums of one scan, and the state it carries from token to token.
+struct Scan<'v, const SPAN: bool> {
+    v: &'v [u8],
+    table: &'static [u8; TABLE],
     sum: i32,
     n: u32,
-    /// The maximum-sum run of tokens (Kadane), filled only when `SPAN`.
+    prev: u64,
+    // Kadane's maximum-sum run over per-token contributions (only with `SPAN`): where the
+    // evidence is.
+    run: i32,
+    run_start: usize,
+    best: i32,
     best_span: (usize, usize),
 }
 
 /// The 8 bytes of `v` at `i` as a little-endian integer, zeros past the end.
 #[inline(always)]
 fn load8(v: &[u8], i: usize) -> u64 {
-    match v.get(i..i + 8) {
-        Some(w) => u64::from_le_bytes(w.try_into().unwrap_or([0; 8])),
-        None => {
-            let mut w = [0u8; 8];
-            let tail = v.get(i..).unwrap_or(&[]);
-            w[..tail.len()].copy_from_slice(tail);
-            u64::from_le_bytes(w)
-        }
+    match v.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+        Some(w) => u64::from_le_bytes(*w),
+        None => load8_tail(v, i),
     }
+}
+
+#[cold]
+#[inline(never)]
+fn load8_tail(v: &[u8], i: usize) -> u64 {
+    let mut w = [0u8; 8];
+    let tail = v.get(i..).unwrap_or(&[]);
+    w[..tail.len()].copy_from_slice(tail);
+    u64::from_le_bytes(w)
 }
 
 #[inline(always)]
@@ -184,85 +193,113 @@ fn weight(table: &[u8; TABLE], key: u64) -> i32 {
     i32::from(table[i & (TABLE - 1)] as i8)
 }
 
-/// Word-byte and punctuation-byte masks of one 64-byte block (bit `i` for byte `i`).
-#[inline(always)]
-fn class_masks(chunk: &[u8; 64]) -> (u64, u64) {
-    let mut word = 0u64;
-    let mut punct = 0u64;
-    for (i, &b) in chunk.iter().enumerate() {
-        let l = b | 0x20;
-        let w = b >= 0x80 || (b'a'..=b'z').contains(&l) || b.is_ascii_digit() || b == b'_';
-        let p = (0x21..0x7F).contains(&b) && !w;
-        word |= u64::from(w) << i;
-        punct |= u64::from(p) << i;
+/// Receives the tokens of a value from [`spans`].
+trait Sink {
+    fn token(&mut self, s: usize, e: usize);
+}
+
+impl<const SPAN: bool> Sink for Scan<'_, SPAN> {
+    #[inline(always)]
+    fn token(&mut self, s: usize, e: usize) {
+        let (v, table) = (self.v, self.table);
+        let len = e - s;
+        let a = (load8(v, s) | LOWER) & (u64::MAX >> (64 - 8 * len.min(8)));
+        let h = a.wrapping_mul(K1);
+        let stem = len >= PREFIX_MIN;
+        // Three independent table reads; the stem's is masked, not branched.
+        let mut c = i32::from(table[(h >> (64 - BITS)) as usize & (TABLE - 1)] as i8)
+            + weight(table, self.prev.rotate_left(23) ^ h ^ SEED_BI)
+            + (weight(table, (a & PREFIX_MASK) ^ SEED_PRE) & -i32::from(stem));
+        self.n += 2 + u32::from(stem);
+        if a & HIGH != 0 {
+            let (wc, wn) = windows(table, v, s, e);
+            c += wc;
+            self.n += wn;
+        }
+        self.prev = h;
+        self.sum += c;
+        if SPAN {
+            if self.run <= 0 {
+                self.run = c;
+                self.run_start = s;
+            } else {
+                self.run += c;
+            }
+            if self.run > self.best {
+                self.best = self.run;
+                self.best_span = (self.run_start, e);
+            }
+        }
     }
-    (word, punct)
+}
+
+/// The weights and count of the 6-byte windows of the non-ASCII token `v[s..e]`, one per
+/// character step from its start. Out of line: ASCII text never calls it.
+#[inline(never)]
+fn windows(table: &[u8; TABLE], v: &[u8], s: usize, e: usize) -> (i32, u32) {
+    let step = match v[s] {
+        0xE0..=0xEF => 3,
+        0xF0..=0xFF => 4,
+        _ => 2,
+    };
+    let (mut c, mut n) = (0, 0);
+    let mut p = s;
+    while p + WIN_LEN <= e {
+        c += weight(table, ((load8(v, p) | LOWER) & WIN_MASK) ^ SEED_WIN);
+        n += 1;
+        p += step;
+    }
+    (c, n)
 }
 
 /// One pass over `v`: the sum and count of every feature's weight, and with `SPAN` the run
 /// of tokens with the largest sum.
-fn scan<const SPAN: bool>(m: &Model, v: &[u8]) -> Scan {
-    let table = m.weights;
-    let mut sum = 0i32;
-    let mut n = 0u32;
-    let mut prev = 0u64;
-    let mut has_prev = 0i32;
-    // Kadane's maximum-sum run over per-token contributions: where the evidence is.
-    let mut run = 0i32;
-    let mut run_start = 0usize;
-    let mut best = i32::MIN;
-    let mut best_span = (0, v.len());
-    let token = |s: usize, e: usize| {
-        let len = e - s;
-        let a = (load8(v, s) | LOWER) & (u64::MAX >> (64 - 8 * len.min(8)));
-        let long = 0u64.wrapping_sub(u64::from(len > 8));
-        let b = (load8(v, if len > 8 { e - 8 } else { s }) | LOWER) & long;
-        let h = a.wrapping_mul(K1) ^ ((b ^ len as u64) & long).wrapping_mul(K2);
-        let stem = i32::from(len >= PREFIX_MIN);
-        let mut c = weight(table, h ^ SEED_UNI)
-            + (weight(table, prev.rotate_left(23) ^ h ^ SEED_BI) & -has_prev)
-            + (weight(table, (a & PREFIX_MASK) ^ SEED_PRE) & -stem);
-        n += 1 + has_prev as u32 + stem as u32;
-        if (a | b) & HIGH != 0 {
-            let step = match v[s] {
-                0xE0..=0xEF => 3,
-                0xF0..=0xFF => 4,
-                _ => 2,
-            };
-            let mut p = s;
-            while p + WIN_LEN <= e {
-                c += weight(table, ((load8(v, p) | LOWER) & WIN_MASK) ^ SEED_WIN);
-                n += 1;
-                p += step;
-            }
-        }
-        prev = h;
-        has_prev = 1;
-        sum += c;
-        if SPAN {
-            if run <= 0 {
-                run = c;
-                run_start = s;
-            } else {
-                run += c;
-            }
-            if run > best {
-                best = run;
-                best_span = (run_start, e);
-            }
-        }
+fn scan<'v, const SPAN: bool>(m: &Model, v: &'v [u8]) -> Scan<'v, SPAN> {
+    let mut s = Scan {
+        v,
+        table: m.weights,
+        sum: 0,
+        n: 0,
+        prev: 0,
+        run: 0,
+        run_start: 0,
+        best: i32::MIN,
+        best_span: (0, v.len()),
     };
-
-    spans(v, token);
-    Scan { sum, n, best_span }
+    spans(v, &mut s);
+    s
 }
 
-/// Calls `f(start, end)` for each token of `v` in order. Starts and ends (the byte after
-/// the last) come from the class masks of each 64-byte block; a run carries across blocks
-/// through the previous block's top bit, and a trailing block of spaces closes the last
-/// token.
+/// Word bytes: ASCII letters, digits, `_`, and every byte ≥ 0x80.
 #[inline(always)]
-fn spans(v: &[u8], mut f: impl FnMut(usize, usize)) {
+fn is_word(b: u8) -> bool {
+    b >= 0x80 || (b'a'..=b'z').contains(&(b | 0x20)) || b.is_ascii_digit() || b == b'_'
+}
+
+/// The word-byte mask of one 64-byte block (bit `i` for byte `i`): a 0/1 byte per byte
+/// (vector compares), then 8 bits gathered per 8 bytes by a multiply.
+#[inline(always)]
+fn word_mask(chunk: &[u8; 64]) -> u64 {
+    let mut bytes = [0u8; 64];
+    for (c, &b) in bytes.iter_mut().zip(chunk) {
+        *c = u8::from(is_word(b));
+    }
+    // Bytes of 0 or 1 times this put byte j's bit at bit 56 + j.
+    const GATHER: u64 = 0x0102_0408_1020_4080;
+    let mut mask = 0u64;
+    for (k, c) in bytes.chunks_exact(8).enumerate() {
+        let x = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+        mask |= (x.wrapping_mul(GATHER) >> 56) << (8 * k);
+    }
+    mask
+}
+
+/// Calls `f.token(start, end)` for each token (run of word bytes) of `v` in order. Starts
+/// and ends (the byte after the last) come from the word mask of each 64-byte block; a run
+/// carries across blocks through the previous block's top bit, and a trailing block of
+/// spaces closes the last token.
+#[inline(always)]
+fn spans(v: &[u8], f: &mut impl Sink) {
     let mut tail = [b' '; 64];
     let rest = v.chunks_exact(64).remainder();
     tail[..rest.len()].copy_from_slice(rest);
@@ -270,18 +307,17 @@ fn spans(v: &[u8], mut f: impl FnMut(usize, usize)) {
         .chunks_exact(64)
         .map(|c| <&[u8; 64]>::try_from(c).unwrap_or(&[b' '; 64]))
         .chain(std::iter::once(&tail));
-    let (mut carry_w, mut carry_p) = (0u64, 0u64);
+    let mut carry = 0u64;
     let mut open = usize::MAX;
     for (k, chunk) in blocks.enumerate() {
         let base = k * 64;
-        let (w, p) = class_masks(chunk);
-        let (ws, ps) = ((w << 1) | carry_w, (p << 1) | carry_p);
-        carry_w = w >> 63;
-        carry_p = p >> 63;
-        let mut starts = (w & !ws) | (p & !ps);
-        let mut ends = (!w & ws) | (!p & ps);
+        let w = word_mask(chunk);
+        let shifted = (w << 1) | carry;
+        carry = w >> 63;
+        let mut starts = w & !shifted;
+        let mut ends = !w & shifted;
         if open != usize::MAX && ends != 0 {
-            f(open, base + ends.trailing_zeros() as usize);
+            f.token(open, base + ends.trailing_zeros() as usize);
             ends &= ends - 1;
             open = usize::MAX;
         }
@@ -289,7 +325,7 @@ fn spans(v: &[u8], mut f: impl FnMut(usize, usize)) {
         while ends != 0 {
             let s = base + starts.trailing_zeros() as usize;
             starts &= starts.wrapping_sub(1);
-            f(s, base + ends.trailing_zeros() as usize);
+            f.token(s, base + ends.trailing_zeros() as usize);
             ends &= ends - 1;
         }
         if starts != 0 {
@@ -355,7 +391,6 @@ mod tests {
     fn naive_spans(v: &[u8]) -> Vec<(usize, usize)> {
         let class = |b: u8| match b {
             0x80..=0xFF | b'0'..=b'9' | b'A'..=b'Z' | b'a'..=b'z' | b'_' => 1,
-            0x21..=0x7E => 2,
             _ => 0,
         };
         let mut out = Vec::new();
@@ -373,16 +408,29 @@ mod tests {
         out
     }
 
+    impl Sink for Vec<(usize, usize)> {
+        fn token(&mut self, s: usize, e: usize) {
+            self.push((s, e));
+        }
+    }
+
     fn mask_spans(v: &[u8]) -> Vec<(usize, usize)> {
         let mut out = Vec::new();
-        spans(v, |s, e| out.push((s, e)));
+        spans(v, &mut out);
         out
     }
 
     #[test]
     fn spans_at_block_edges() {
         for n in [0, 1, 8, 63, 64, 65, 127, 128, 129, 200] {
-            for fill in [b"a".as_slice(), b"!", b"a!", b"a ", b"ab cd, ", "\u{e9}".as_bytes()] {
+            for fill in [
+                b"a".as_slice(),
+                b"!",
+                b"a!",
+                b"a ",
+                b"ab cd, ",
+                "\u{e9}".as_bytes(),
+            ] {
                 let v: Vec<u8> = fill.iter().copied().cycle().take(n).collect();
                 assert_eq!(mask_spans(&v), naive_spans(&v), "{n} {fill:?}");
             }
