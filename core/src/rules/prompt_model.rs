@@ -273,7 +273,7 @@ fn scan<'v, const SPAN: bool>(m: &Model, v: &'v [u8]) -> Scan<'v, SPAN> {
 /// Word bytes: ASCII letters, digits, `_`, and every byte ≥ 0x80.
 #[inline(always)]
 fn is_word(b: u8) -> bool {
-    b >= 0x80 || (b'a'..=b'z').contains(&(b | 0x20)) || b.is_ascii_digit() || b == b'_'
+    b >= 0x80 || b.is_ascii_alphanumeric() || b == b'_'
 }
 
 /// The word-byte mask of one 64-byte block (bit `i` for byte `i`): a 0/1 byte per byte
