@@ -492,6 +492,7 @@ impl Engine {
             truncated_matches: false,
             scores: Scores::default(),
             part: FieldKind::Body,
+            same_site: req.same_site(),
         };
         if truncated {
             insp.builtin(BODY_TRUNCATED, "body");
@@ -749,6 +750,8 @@ struct Inspector<'e, 's> {
     scores: Scores,
     /// The part being parsed, for locating findings.
     part: FieldKind,
+    /// [`Request::same_site`], for rules that count only cross-site.
+    same_site: bool,
 }
 
 const EXCERPT: usize = 80;
@@ -885,10 +888,14 @@ impl FieldSink for Inspector<'_, '_> {
             matches,
             truncated_matches,
             scores,
+            same_site,
             ..
         } = self;
         program.scan(caches, transforms, f, *prefilter, &mut |ri, value, span| {
             let rule = &program.rules[ri as usize];
+            if rule.cross_site && *same_site {
+                return;
+            }
             if !route.field_exclusions.is_empty() && route.excluded(rule.id, rule.category, f) {
                 return;
             }
