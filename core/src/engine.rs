@@ -62,10 +62,27 @@ pub(crate) struct Builtin {
     pub(crate) id: u32,
     pub(crate) name: &'static str,
     pub(crate) score: u32,
+    /// The lowest paranoia level the check runs at, as for rules.
+    pub(crate) paranoia: u8,
 }
 
 const fn b(id: u32, name: &'static str, score: u32) -> Builtin {
-    Builtin { id, name, score }
+    Builtin {
+        id,
+        name,
+        score,
+        paranoia: 1,
+    }
+}
+
+/// A built-in that only runs from paranoia level 2 up.
+const fn b2(id: u32, name: &'static str, score: u32) -> Builtin {
+    Builtin {
+        id,
+        name,
+        score,
+        paranoia: 2,
+    }
 }
 
 pub(crate) const INVALID_JSON: Builtin = b(10, "invalid_json", 5);
@@ -82,9 +99,16 @@ pub(crate) const BODY_TRUNCATED: Builtin = b(20, "body_truncated", 5);
 pub(crate) const INVALID_METHOD: Builtin = b(21, "invalid_method", 5);
 pub(crate) const DUPLICATE_FRAMING_HEADER: Builtin = b(22, "duplicate_framing_header", 5);
 pub(crate) const CL_TE_CONFLICT: Builtin = b(23, "content_length_with_transfer_encoding", 5);
+pub(crate) const UNKNOWN_METHOD: Builtin = b(24, "unknown_method", 5);
+pub(crate) const BODY_ON_GET: Builtin = b(25, "body_on_get_or_head", 5);
+pub(crate) const EMPTY_HOST: Builtin = b(26, "empty_host", 5);
+pub(crate) const MULTIPART_CHARSET: Builtin = b(27, "multipart_charset", 5);
+pub(crate) const CONTENT_TYPE_ANOMALY: Builtin = b(28, "content_type_anomaly", 5);
+pub(crate) const EMPTY_CLIENT_HEADER: Builtin = b2(29, "empty_user_agent_or_accept", 5);
+pub(crate) const BODY_WITHOUT_CONTENT_TYPE: Builtin = b2(30, "body_without_content_type", 5);
 
 /// Every built-in finding, in id order (one list, so ids and names cannot drift apart).
-const BUILTINS: [Builtin; 14] = [
+const BUILTINS: [Builtin; 21] = [
     INVALID_JSON,
     JSON_TOO_DEEP,
     TOO_MANY_FIELDS,
@@ -99,6 +123,13 @@ const BUILTINS: [Builtin; 14] = [
     INVALID_METHOD,
     DUPLICATE_FRAMING_HEADER,
     CL_TE_CONFLICT,
+    UNKNOWN_METHOD,
+    BODY_ON_GET,
+    EMPTY_HOST,
+    MULTIPART_CHARSET,
+    CONTENT_TYPE_ANOMALY,
+    EMPTY_CLIENT_HEADER,
+    BODY_WITHOUT_CONTENT_TYPE,
 ];
 
 /// Every built-in finding as `(rule id, name)`, for listings.
@@ -118,6 +149,7 @@ fn builtin_for(f: &Finding) -> Builtin {
         Finding::TooManyParts => TOO_MANY_PARTS,
         Finding::DuplicateJsonKey => DUPLICATE_JSON_KEY,
         Finding::InvalidJsonEscape => INVALID_JSON_ESCAPE,
+        Finding::MultipartCharset => MULTIPART_CHARSET,
     }
 }
 
@@ -288,9 +320,9 @@ impl Engine {
                 .map(|(i, _)| i)
                 .collect();
             let mut builtin_off = 0u64;
-            for (id, _) in builtin_ids() {
-                if !enabled(id, Category::Protocol) {
-                    builtin_off |= 1 << id;
+            for bi in &BUILTINS {
+                if bi.paranoia > paranoia || !enabled(bi.id, Category::Protocol) {
+                    builtin_off |= 1 << bi.id;
                 }
             }
             let program = match program_keys.get(&chosen) {
@@ -492,12 +524,15 @@ impl Engine {
             truncated_matches: false,
             scores: Scores::default(),
             part: FieldKind::Body,
+            same_site: req.same_site(),
         };
         if truncated {
             insp.builtin(BODY_TRUNCATED, "body");
         }
         if !is_token(req.method) {
             insp.builtin(INVALID_METHOD, "method");
+        } else if !is_known_method(req.method) {
+            insp.builtin(UNKNOWN_METHOD, "method");
         }
         request_line_checks(&mut insp, req);
         {
@@ -655,13 +690,26 @@ fn is_token(m: &[u8]) -> bool {
 /// the backend.
 fn request_line_checks(insp: &mut Inspector<'_, '_>, req: &Request<'_>) {
     let (mut cl, mut te, mut host) = (0u32, 0u32, 0u32);
-    for (n, _) in req.headers {
+    let mut declared_body = false;
+    let mut content_type = None;
+    for (n, v) in req.headers {
         if n.eq_ignore_ascii_case(b"content-length") {
             cl += 1;
+            declared_body |= v.iter().any(|c| (b'1'..=b'9').contains(c));
         } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
             te += 1;
+            declared_body = true;
         } else if n.eq_ignore_ascii_case(b"host") {
             host += 1;
+            if v.iter().all(u8::is_ascii_whitespace) {
+                insp.builtin(EMPTY_HOST, "header:host");
+            }
+        } else if n.eq_ignore_ascii_case(b"content-type") {
+            content_type = Some(*v);
+        } else if (n.eq_ignore_ascii_case(b"user-agent") || n.eq_ignore_ascii_case(b"accept"))
+            && v.iter().all(u8::is_ascii_whitespace)
+        {
+            insp.builtin(EMPTY_CLIENT_HEADER, "headers");
         }
     }
     if cl > 1 || te > 1 || host > 1 {
@@ -670,6 +718,66 @@ fn request_line_checks(insp: &mut Inspector<'_, '_>, req: &Request<'_>) {
     if cl > 0 && te > 0 {
         insp.builtin(CL_TE_CONFLICT, "headers");
     }
+    // GET and HEAD have no defined body semantics (RFC 9110 §9.3.1): a body there is read
+    // by some servers and ignored by others, the opening for request smuggling.
+    let bodiless = req.method.eq_ignore_ascii_case(b"GET") || req.method.eq_ignore_ascii_case(b"HEAD");
+    if bodiless && declared_body {
+        insp.builtin(BODY_ON_GET, "method");
+    }
+    match content_type {
+        Some(ct) if crate::parse::media::anomaly(ct) => {
+            insp.builtin(CONTENT_TYPE_ANOMALY, "header:content-type");
+        }
+        None if !req.body.is_empty() => insp.builtin(BODY_WITHOUT_CONTENT_TYPE, "body"),
+        _ => {}
+    }
+}
+
+/// Methods registered with IANA (HTTP, WebDAV and its extensions) plus `PURGE`, which
+/// caches accept. A request with any other method is a probe: frameworks route unknown
+/// methods inconsistently, some to the GET handler, some past access checks.
+fn is_known_method(m: &[u8]) -> bool {
+    const KNOWN: [&[u8]; 38] = [
+        b"GET",
+        b"HEAD",
+        b"POST",
+        b"PUT",
+        b"DELETE",
+        b"CONNECT",
+        b"OPTIONS",
+        b"TRACE",
+        b"PATCH",
+        b"QUERY",
+        b"PRI",
+        b"PURGE",
+        b"PROPFIND",
+        b"PROPPATCH",
+        b"MKCOL",
+        b"COPY",
+        b"MOVE",
+        b"LOCK",
+        b"UNLOCK",
+        b"SEARCH",
+        b"REPORT",
+        b"ACL",
+        b"BIND",
+        b"UNBIND",
+        b"REBIND",
+        b"LINK",
+        b"UNLINK",
+        b"MERGE",
+        b"LABEL",
+        b"UPDATE",
+        b"CHECKIN",
+        b"CHECKOUT",
+        b"UNCHECKOUT",
+        b"MKCALENDAR",
+        b"MKACTIVITY",
+        b"MKWORKSPACE",
+        b"VERSION-CONTROL",
+        b"BASELINE-CONTROL",
+    ];
+    KNOWN.iter().any(|k| k.eq_ignore_ascii_case(m))
 }
 
 fn walk_body(
@@ -679,9 +787,13 @@ fn walk_body(
     ps: &mut ParseScratch,
     em: &mut Emitter<'_>,
 ) {
+    // The media type alone picks the parser: a parameter value naming another type
+    // (`boundary="application/json"`) must not switch it.
     let ct = content_type;
+    let essence = parse::media::essence(ct);
     let has = |needle: &[u8]| {
-        ct.windows(needle.len())
+        essence
+            .windows(needle.len())
             .any(|w| w.eq_ignore_ascii_case(needle))
     };
     let schema = match schema {
@@ -749,6 +861,8 @@ struct Inspector<'e, 's> {
     scores: Scores,
     /// The part being parsed, for locating findings.
     part: FieldKind,
+    /// [`Request::same_site`], for rules that count only cross-site.
+    same_site: bool,
 }
 
 const EXCERPT: usize = 80;
@@ -885,10 +999,14 @@ impl FieldSink for Inspector<'_, '_> {
             matches,
             truncated_matches,
             scores,
+            same_site,
             ..
         } = self;
         program.scan(caches, transforms, f, *prefilter, &mut |ri, value, span| {
             let rule = &program.rules[ri as usize];
+            if rule.cross_site && *same_site {
+                return;
+            }
             if !route.field_exclusions.is_empty() && route.excluded(rule.id, rule.category, f) {
                 return;
             }

@@ -272,6 +272,9 @@ pub enum Finding {
     DuplicateJsonKey,
     /// A JSON `\u` escape is a lone surrogate or otherwise invalid.
     InvalidJsonEscape,
+    /// A multipart part declares a charset other than UTF-8 or Latin-1 (UTF-7, UTF-16,
+    /// Shift-JIS…): its bytes spell text the rules do not see as such.
+    MultipartCharset,
 }
 
 impl Finding {
@@ -288,6 +291,7 @@ impl Finding {
             Finding::TooManyParts => "too_many_parts",
             Finding::DuplicateJsonKey => "duplicate_json_key",
             Finding::InvalidJsonEscape => "invalid_json_escape",
+            Finding::MultipartCharset => "multipart_charset",
         }
     }
 }

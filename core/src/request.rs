@@ -98,6 +98,40 @@ impl<'a> Request<'a> {
             None => h,
         })
     }
+
+    /// Whether the `Referer` names the same host as `Host` (ports ignored). A request
+    /// without either header is not same-site: nothing shows the application sent the
+    /// client here itself.
+    pub fn same_site(&self) -> bool {
+        let (Some(host), Some(referer)) = (self.host(), self.header("referer")) else {
+            return false;
+        };
+        referer_host(referer).is_some_and(|r| !r.is_empty() && r.eq_ignore_ascii_case(host))
+    }
+}
+
+/// The host of an absolute URL (`scheme://[user@]host[:port]/…`), without the port.
+fn referer_host(url: &[u8]) -> Option<&[u8]> {
+    let i = memchr::memmem::find(url, b"://")?;
+    let rest = &url[i + 3..];
+    let end = rest
+        .iter()
+        .position(|&c| matches!(c, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let mut auth = &rest[..end];
+    if let Some(at) = memchr::memrchr(b'@', auth) {
+        auth = &auth[at + 1..];
+    }
+    if auth.first() == Some(&b'[') {
+        return Some(match memchr::memchr(b']', auth) {
+            Some(j) => &auth[..=j],
+            None => auth,
+        });
+    }
+    Some(match memchr::memrchr(b':', auth) {
+        Some(j) => &auth[..j],
+        None => auth,
+    })
 }
 
 fn strip_scheme_authority(uri: &[u8]) -> &[u8] {
@@ -131,6 +165,24 @@ mod tests {
         assert_eq!(r.path, b"");
         let r = Request::new(b"OPTIONS", b"*");
         assert_eq!(r.path, b"*");
+    }
+
+    #[test]
+    fn same_site_compares_referer_and_host() {
+        let same = |h: &[Header]| Request::new(b"GET", b"/").with_headers(h).same_site();
+        assert!(same(&[
+            (b"Host", b"Example.com:8080"),
+            (b"Referer", b"https://u@example.COM/a?b")
+        ]));
+        assert!(same(&[(b"Host", b"[::1]"), (b"Referer", b"http://[::1]:80/")]));
+        assert!(!same(&[
+            (b"Host", b"example.com"),
+            (b"Referer", b"https://evil.example/")
+        ]));
+        assert!(!same(&[(b"Host", b"example.com")]));
+        assert!(!same(&[(b"Referer", b"https://example.com/")]));
+        assert!(!same(&[(b"Host", b"example.com"), (b"Referer", b"/relative")]));
+        assert!(!same(&[(b"Host", b""), (b"Referer", b"http:///x")]));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod cookie;
 pub mod json;
+pub mod media;
 pub mod multipart;
 pub mod urlencoded;
 pub mod xml;
@@ -209,6 +210,7 @@ fn finding_index(f: &Finding) -> u32 {
         Finding::TooManyParts => 7,
         Finding::DuplicateJsonKey => 8,
         Finding::InvalidJsonEscape => 9,
+        Finding::MultipartCharset => 10,
     }
 }
 

@@ -401,6 +401,7 @@ fn part(
     let mut i = 0;
     let mut headers_end = None;
     let mut disposition: Option<&[u8]> = None;
+    let mut part_type: Option<&[u8]> = None;
     let mut malformed = false;
     while i < region.len() {
         let Some(nl) = memchr(b'\n', &region[i..]) else {
@@ -428,6 +429,8 @@ fn part(
             } else {
                 disposition = Some(trim_ows(&line[colon + 1..]));
             }
+        } else if trim_ows(&line[..colon]).eq_ignore_ascii_case(b"content-type") {
+            part_type = Some(&line[colon + 1..]);
         }
     }
     let content = match headers_end {
@@ -440,6 +443,12 @@ fn part(
     let d = disposition.map(parse_disposition).unwrap_or_default();
     if malformed || d.malformed {
         em.finding(Finding::MalformedMultipart);
+    }
+    if part_type
+        .and_then(super::media::charset)
+        .is_some_and(|cs| !super::media::charset_allowed(cs))
+    {
+        em.finding(Finding::MultipartCharset);
     }
 
     let (name, name_flags) = match d.name {

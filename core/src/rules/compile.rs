@@ -190,6 +190,8 @@ pub(crate) struct CompiledRule {
     pub(crate) score: u32,
     pub(crate) chain: u32,
     pub(crate) op: Op,
+    /// Skip matches on same-site requests ([`RuleDef::cross_site`]).
+    pub(crate) cross_site: bool,
 }
 
 /// "A literal of required set `bit` of the regex rule in slot `slot` was seen." Slots
@@ -537,6 +539,7 @@ impl Program {
                 score: def.effective_score(),
                 chain,
                 op,
+                cross_site: def.cross_site,
             });
         }
         let mut out_groups = Vec::with_capacity(groups.len());

@@ -222,6 +222,11 @@ pub struct RuleDef {
     /// Matches when the value is longer than this many bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub length_over: Option<u64>,
+    /// Count the rule only on cross-site requests: no `Referer`, or one whose host differs
+    /// from `Host`. For signs that are harmless when the application links to itself (a
+    /// session id in a URL) and an attack when a foreign page or a bare link plants them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cross_site: bool,
     /// Inline examples checked by `edgeward test`.
     #[serde(default, skip_serializing_if = "RuleTests::is_empty")]
     pub tests: RuleTests,
@@ -532,6 +537,7 @@ mod tests {
             literals: None,
             detector: None,
             length_over: None,
+            cross_site: false,
             tests: RuleTests::default(),
         };
         assert!(base.check().is_ok());
