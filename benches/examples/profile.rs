@@ -3,7 +3,7 @@
 //! (`PLAIN=1` for neutral prose instead of trigger-word prose, `NOMEMO=1` to scan every
 //! field in full on every call).
 //! With a rule-id prefix, only built-in rules whose id starts with it are loaded, to see
-//! what one rule file costs.
+//! what one rule file costs; with `-prefix`, all rules but those, to see what they add.
 use edgeward::{Config, Engine, Policy, Request};
 use edgeward_benches::{chat_body_with, Text, HEADERS};
 
@@ -13,9 +13,14 @@ fn main() {
     let iters: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let mut policy = Policy::default_policy();
     if let Some(prefix) = args.next() {
+        // `-950` drops the rules whose id starts with 950 instead of keeping only them.
+        let (keep, prefix) = match prefix.strip_prefix('-') {
+            Some(p) => (false, p.to_string()),
+            None => (true, prefix),
+        };
         policy
             .rules
-            .retain(|r| r.id.to_string().starts_with(&prefix));
+            .retain(|r| r.id.to_string().starts_with(&prefix) == keep);
     }
     let config = Config {
         clean_field_memo: if std::env::var_os("NOMEMO").is_some() {
