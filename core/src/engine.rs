@@ -78,10 +78,8 @@ const fn b(id: u32, name: &'static str, score: u32) -> Builtin {
 /// A built-in that only runs from paranoia level 2 up.
 const fn b2(id: u32, name: &'static str, score: u32) -> Builtin {
     Builtin {
-        id,
-        name,
-        score,
         paranoia: 2,
+        ..b(id, name, score)
     }
 }
 
