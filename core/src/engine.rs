@@ -720,7 +720,8 @@ fn request_line_checks(insp: &mut Inspector<'_, '_>, req: &Request<'_>) {
     }
     // GET and HEAD have no defined body semantics (RFC 9110 §9.3.1): a body there is read
     // by some servers and ignored by others, the opening for request smuggling.
-    let bodiless = req.method.eq_ignore_ascii_case(b"GET") || req.method.eq_ignore_ascii_case(b"HEAD");
+    let bodiless =
+        req.method.eq_ignore_ascii_case(b"GET") || req.method.eq_ignore_ascii_case(b"HEAD");
     if bodiless && declared_body {
         insp.builtin(BODY_ON_GET, "method");
     }

@@ -174,14 +174,20 @@ mod tests {
             (b"Host", b"Example.com:8080"),
             (b"Referer", b"https://u@example.COM/a?b")
         ]));
-        assert!(same(&[(b"Host", b"[::1]"), (b"Referer", b"http://[::1]:80/")]));
+        assert!(same(&[
+            (b"Host", b"[::1]"),
+            (b"Referer", b"http://[::1]:80/")
+        ]));
         assert!(!same(&[
             (b"Host", b"example.com"),
             (b"Referer", b"https://evil.example/")
         ]));
         assert!(!same(&[(b"Host", b"example.com")]));
         assert!(!same(&[(b"Referer", b"https://example.com/")]));
-        assert!(!same(&[(b"Host", b"example.com"), (b"Referer", b"/relative")]));
+        assert!(!same(&[
+            (b"Host", b"example.com"),
+            (b"Referer", b"/relative")
+        ]));
         assert!(!same(&[(b"Host", b""), (b"Referer", b"http:///x")]));
     }
 
