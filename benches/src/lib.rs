@@ -74,6 +74,30 @@ pub const HEADERS: &[(&[u8], &[u8])] = &[
     (b"accept", b"application/json"),
 ];
 
+/// Three 4 KiB texts for per-transform and per-detector benches: chat prose (the common
+/// "nothing or little to do" case), attack-like text with escapes (the rewrite and finding
+/// case) and non-Latin prose (Cyrillic, CJK, Greek; the multi-byte paths).
+pub fn sample_texts() -> [(&'static str, Vec<u8>); 3] {
+    let escaped: Vec<u8> =
+        b"%3Cscript%3E&lt;img onerror=x&gt; \\u0041 SELECT  *\tFROM ../../etc/passwd "
+            .iter()
+            .copied()
+            .cycle()
+            .take(4096)
+            .collect();
+    let nonlatin: Vec<u8> = "Комитет рассмотрел квартальные показатели. \
+        委员会审查了季度数据，指出运输成本上升。 Ελέγχθηκαν τα στοιχεία. "
+        .bytes()
+        .cycle()
+        .take(4096)
+        .collect();
+    [
+        ("prose", chat_body(4096, false)),
+        ("escaped", escaped),
+        ("nonlatin", nonlatin),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

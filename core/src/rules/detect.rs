@@ -53,15 +53,39 @@ impl Detector {
     pub fn run(self, value: &[u8]) -> Option<(usize, usize)> {
         match self {
             Detector::InvisibleText => invisible_text(value),
-            Detector::ControlChars => value
-                .iter()
-                .position(|&b| b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n'))
-                .map(|i| (i, i + 1)),
+            Detector::ControlChars => control_char(value).map(|i| (i, i + 1)),
             Detector::TokenFlood => super::prompt_scorer::token_flood(value),
             Detector::Sqli => super::sqli::sqli(value),
             Detector::XssContext => super::xss::detect(value),
         }
     }
+}
+
+/// The first control byte other than tab, CR and LF. Eight bytes are tested at once for
+/// any byte below 0x20 (the classic "has less than" bit trick, exact for that test), and
+/// only the rare words with one are looked at byte by byte: the plain byte loop cost about
+/// 1 ns a byte.
+fn control_char(v: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let is_control = |b: u8| b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n');
+    let words = v.chunks_exact(8);
+    let tail = words.remainder();
+    for (k, w) in words.enumerate() {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(w);
+        let x = u64::from_le_bytes(bytes);
+        // A byte below 0x20 sets its high bit here (x < 0x80 for it, so no false hit from
+        // bytes >= 0x80 thanks to `!x`); a borrow may mark a higher byte too, which only
+        // costs a look.
+        if x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0 {
+            if let Some(i) = w.iter().position(|&b| is_control(b)) {
+                return Some(8 * k + i);
+            }
+        }
+    }
+    let base = v.len() - tail.len();
+    tail.iter().position(|&b| is_control(b)).map(|i| base + i)
 }
 
 /// Zero-width characters become a finding only when this many split words, because a single
@@ -114,6 +138,15 @@ mod tests {
         assert_eq!(d.run("👩\u{200D}💻 writes code".as_bytes()), None);
         assert_eq!(d.run("truncated \u{E2}".as_bytes()), None);
         assert_eq!(d.run(&[0xF3, 0xA0]), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn control_matches_byte_loop(v in proptest::collection::vec(
+            proptest::prop_oneof![proptest::prelude::any::<u8>(), proptest::strategy::Just(b'a')], 0..80)) {
+            let naive = v.iter().position(|&b| b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n'));
+            proptest::prop_assert_eq!(control_char(&v), naive);
+        }
     }
 
     #[test]

@@ -56,7 +56,11 @@ fn may_flood(v: &[u8]) -> bool {
     // (offset by 3 so that `end - last` is the gap even for the first run).
     let mut last = 0usize;
     let mut prev = 0u64;
-    for (k, chunk) in v.chunks(64).enumerate() {
+    let full = v.chunks_exact(64);
+    let mut tail = [b' '; 64];
+    tail[..full.remainder().len()].copy_from_slice(full.remainder());
+    let chunks = full.map(|c| <&[u8; 64]>::try_from(c).unwrap_or(&[b' '; 64]));
+    for (k, chunk) in chunks.chain(std::iter::once(&tail)).enumerate() {
         let m = non_space_mask(chunk);
         // Bit i: bytes i-4..=i (reaching into the previous chunk) are all non-space.
         let runs = m
@@ -78,22 +82,16 @@ fn may_flood(v: &[u8]) -> bool {
     v.len() + 3 - last >= MIN_GAP
 }
 
-/// Bit i set when `chunk[i]` (at most 64 bytes) is not a space; eight bytes at a time,
-/// because a byte-by-byte loop cost eight instructions a byte here.
-fn non_space_mask(chunk: &[u8]) -> u64 {
+/// Bit i set when `chunk[i]` is not a space; eight bytes at a time, because a byte-by-byte
+/// loop cost eight instructions a byte here.
+fn non_space_mask(chunk: &[u8; 64]) -> u64 {
     const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
     const SPACES: u64 = 0x2020_2020_2020_2020;
     let mut m = 0u64;
-    for (k, word) in chunk.chunks(8).enumerate() {
-        let bytes: [u8; 8] = match word.try_into() {
-            Ok(full) => full,
-            Err(_) => {
-                let mut padded = [b' '; 8];
-                padded[..word.len()].copy_from_slice(word);
-                padded
-            }
-        };
-        let x = u64::from_le_bytes(bytes) ^ SPACES;
+    for k in 0..8 {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&chunk[8 * k..8 * k + 8]);
+        let x = u64::from_le_bytes(word) ^ SPACES;
         // High bit of each byte set iff the byte is non-zero, i.e. was not a space; no
         // carry crosses bytes because (x & 0x7f) + 0x7f <= 0xfe.
         let high = ((x & LOW7).wrapping_add(LOW7) | x) & !LOW7;
@@ -182,9 +180,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn mask_matches_bytes(v in proptest::collection::vec(prop_oneof![Just(b' '), any::<u8>()], 0..=64)) {
-            let naive = v.iter().enumerate().fold(0u64, |m, (i, &b)| m | u64::from(b != b' ') << i);
-            prop_assert_eq!(non_space_mask(&v), naive);
+        fn mask_matches_bytes(v in proptest::array::uniform32(prop_oneof![Just(b' '), any::<u8>()])) {
+            let mut chunk = [b' '; 64];
+            chunk[7..39].copy_from_slice(&v);
+            let naive = chunk.iter().enumerate().fold(0u64, |m, (i, &b)| m | u64::from(b != b' ') << i);
+            prop_assert_eq!(non_space_mask(&chunk), naive);
         }
 
         #[test]

@@ -79,18 +79,24 @@ const MAX_NAME: usize = 32;
 pub fn detect(v: &[u8]) -> Option<(usize, usize)> {
     // Every finding needs one of these bytes; most values have none of them.
     memchr::memchr3(b'<', b'=', b':', v)?;
-    let mut i = 0;
-    while i < v.len() {
-        let b = v[i];
-        let hit = match b {
+    // Positions of `<` and quotes in order, by two memchr iterators merged (memchr takes at
+    // most three needles): a byte-by-byte loop cost 1.5 ns a byte on plain prose.
+    let mut marks = memchr::memchr3_iter(b'<', b'"', b'\'', v).peekable();
+    let mut ticks = memchr::memchr_iter(b'`', v).peekable();
+    loop {
+        let i = match (marks.peek(), ticks.peek()) {
+            (Some(&m), Some(&t)) if t < m => ticks.next(),
+            (Some(_), _) => marks.next(),
+            (None, _) => ticks.next(),
+        };
+        let Some(i) = i else { break };
+        let hit = match v[i] {
             b'<' => tag_at(v, i).or_else(|| declaration_at(v, i)),
-            b'"' | b'\'' | b'`' => attr_breakout_at(v, i),
-            _ => None,
+            _ => attr_breakout_at(v, i),
         };
         if hit.is_some() {
             return hit;
         }
-        i += 1;
     }
     // A value that is itself a URL (e.g. a `redirect=` parameter rendered into `href`). A
     // space right after the scheme reads as prose ("JavaScript: the basics"), not a payload.
