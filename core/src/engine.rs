@@ -103,7 +103,9 @@ pub(crate) const EMPTY_HOST: Builtin = b(26, "empty_host", 5);
 pub(crate) const MULTIPART_CHARSET: Builtin = b(27, "multipart_charset", 5);
 pub(crate) const CONTENT_TYPE_ANOMALY: Builtin = b(28, "content_type_anomaly", 5);
 pub(crate) const EMPTY_CLIENT_HEADER: Builtin = b2(29, "empty_user_agent_or_accept", 5);
-pub(crate) const BODY_WITHOUT_CONTENT_TYPE: Builtin = b2(30, "body_without_content_type", 5);
+// Score 3: bodies without a Content-Type are common from scripts and tests, so alone this
+// only tips a request that something else already made suspicious.
+pub(crate) const BODY_WITHOUT_CONTENT_TYPE: Builtin = b2(30, "body_without_content_type", 3);
 
 /// Every built-in finding, in id order (one list, so ids and names cannot drift apart).
 const BUILTINS: [Builtin; 21] = [
