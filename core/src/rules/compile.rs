@@ -251,7 +251,7 @@ fn role_key(r: Option<Role>) -> usize {
 }
 
 /// Longest literal kept in a prefilter automaton; see [`KindPrefilter::build`].
-const MAX_LITERAL_LEN: usize = 10;
+const MAX_LITERAL_LEN: usize = 12;
 
 impl KindPrefilter {
     fn build<'a>(
