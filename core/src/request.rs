@@ -86,17 +86,7 @@ impl<'a> Request<'a> {
     /// The `Host` header (or `:authority`), without a port.
     pub fn host(&self) -> Option<&'a [u8]> {
         let h = self.header("host").or_else(|| self.header(":authority"))?;
-        // Bracketed IPv6 literals keep their colons.
-        if h.first() == Some(&b'[') {
-            return Some(match memchr::memchr(b']', h) {
-                Some(i) => &h[..=i],
-                None => h,
-            });
-        }
-        Some(match memchr::memrchr(b':', h) {
-            Some(i) => &h[..i],
-            None => h,
-        })
+        Some(without_port(h))
     }
 
     /// Whether the `Referer` names the same host as `Host` (ports ignored). A request
@@ -122,16 +112,21 @@ fn referer_host(url: &[u8]) -> Option<&[u8]> {
     if let Some(at) = memchr::memrchr(b'@', auth) {
         auth = &auth[at + 1..];
     }
-    if auth.first() == Some(&b'[') {
-        return Some(match memchr::memchr(b']', auth) {
-            Some(j) => &auth[..=j],
-            None => auth,
-        });
+    Some(without_port(auth))
+}
+
+/// `host[:port]` without the port; bracketed IPv6 literals keep their colons.
+fn without_port(authority: &[u8]) -> &[u8] {
+    if authority.first() == Some(&b'[') {
+        return match memchr::memchr(b']', authority) {
+            Some(i) => &authority[..=i],
+            None => authority,
+        };
     }
-    Some(match memchr::memrchr(b':', auth) {
-        Some(j) => &auth[..j],
-        None => auth,
-    })
+    match memchr::memrchr(b':', authority) {
+        Some(i) => &authority[..i],
+        None => authority,
+    }
 }
 
 fn strip_scheme_authority(uri: &[u8]) -> &[u8] {
@@ -174,14 +169,20 @@ mod tests {
             (b"Host", b"Example.com:8080"),
             (b"Referer", b"https://u@example.COM/a?b")
         ]));
-        assert!(same(&[(b"Host", b"[::1]"), (b"Referer", b"http://[::1]:80/")]));
+        assert!(same(&[
+            (b"Host", b"[::1]"),
+            (b"Referer", b"http://[::1]:80/")
+        ]));
         assert!(!same(&[
             (b"Host", b"example.com"),
             (b"Referer", b"https://evil.example/")
         ]));
         assert!(!same(&[(b"Host", b"example.com")]));
         assert!(!same(&[(b"Referer", b"https://example.com/")]));
-        assert!(!same(&[(b"Host", b"example.com"), (b"Referer", b"/relative")]));
+        assert!(!same(&[
+            (b"Host", b"example.com"),
+            (b"Referer", b"/relative")
+        ]));
         assert!(!same(&[(b"Host", b""), (b"Referer", b"http:///x")]));
     }
 

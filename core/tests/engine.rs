@@ -266,6 +266,26 @@ spec:
         .matched(50000));
 }
 
+/// Built-in checks carry a paranoia level like rules: the PL2 ones stay silent at PL1.
+#[test]
+fn builtins_follow_paranoia() {
+    let at = |pl: u8| {
+        let p = Policy::from_text(&format!(
+            "apiVersion: edgeward.dev/v1\nkind: Policy\nmetadata: {{name: t}}\nspec:\n  defaults:\n    paranoia: {pl}\n"
+        ))
+        .unwrap();
+        Engine::new(&p).unwrap()
+    };
+    let h: &[(&[u8], &[u8])] = &[(b"host", b"api.example.com"), (b"user-agent", b"")];
+    let req = Request::new(b"POST", b"/items")
+        .with_headers(h)
+        .with_body(b"plain text");
+    let d1 = at(1).inspect(&req);
+    assert!(!d1.matched(29) && !d1.matched(30), "{d1:?}");
+    let d2 = at(2).inspect(&req);
+    assert!(d2.matched(29) && d2.matched(30), "{d2:?}");
+}
+
 #[test]
 fn compile_errors_have_codes() {
     let bad_regex = r#"apiVersion: edgeward.dev/v1

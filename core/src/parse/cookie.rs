@@ -78,7 +78,7 @@ fn decode<'a>(raw: &'a [u8], out: &'a mut Vec<u8>) -> (&'a [u8], FieldFlags) {
 mod tests {
     use super::*;
     use crate::field::{Finding, ParseLimits};
-    use crate::parse::testutil::Collect;
+    use crate::parse::testutil::{p, Collect};
 
     fn run(input: &[u8]) -> Collect {
         let mut sink = Collect::default();
@@ -86,10 +86,6 @@ mod tests {
         let mut em = Emitter::new(&mut sink, ParseLimits::default());
         walk(input, &mut scratch, &mut em);
         sink
-    }
-
-    fn p(a: &str, b: &str) -> (String, String) {
-        (a.to_string(), b.to_string())
     }
 
     #[test]

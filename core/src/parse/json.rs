@@ -1027,7 +1027,7 @@ impl Walker<'_, '_, '_, '_> {
 mod tests {
     use super::*;
     use crate::field::{FieldSink, ParseLimits};
-    use crate::parse::testutil::{Collect, Rec};
+    use crate::parse::testutil::{p, Collect, Rec};
 
     fn run_with(body: &[u8], shape: ChatShape, limits: ParseLimits) -> Collect {
         let mut sink = Collect::default();
@@ -1043,10 +1043,6 @@ mod tests {
 
     fn chat(shape: ChatShape, body: &str) -> Collect {
         run_with(body.as_bytes(), shape, ParseLimits::default())
-    }
-
-    fn p(a: &str, b: &str) -> (String, String) {
-        (a.to_string(), b.to_string())
     }
 
     /// `(pointer, value, role)` of every string leaf.

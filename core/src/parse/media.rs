@@ -135,8 +135,14 @@ fn skip_ows(s: &[u8], mut i: usize) -> usize {
 }
 
 fn trim(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(s.len());
-    let end = s.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = s
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &s[start..end]
 }
 
@@ -153,7 +159,10 @@ mod tests {
 
     #[test]
     fn essence_is_the_media_type_only() {
-        assert_eq!(essence(b" application/json ; charset=utf-8"), b"application/json");
+        assert_eq!(
+            essence(b" application/json ; charset=utf-8"),
+            b"application/json"
+        );
         assert_eq!(
             essence(b"application/x-www-form-urlencoded;boundary=\"application/json\""),
             b"application/x-www-form-urlencoded"
@@ -199,7 +208,10 @@ mod tests {
 
     #[test]
     fn charset_parameter() {
-        assert_eq!(charset(b"text/plain; charset=\"utf-7\""), Some(&b"utf-7"[..]));
+        assert_eq!(
+            charset(b"text/plain; charset=\"utf-7\""),
+            Some(&b"utf-7"[..])
+        );
         assert_eq!(charset(b"text/plain;a=b; Charset = x"), Some(&b"x"[..]));
         assert_eq!(charset(b"text/plain"), None);
         assert!(charset_allowed(b"\"UTF-8\""));

@@ -381,6 +381,10 @@ pub(crate) mod testutil {
             self.findings.contains(&f)
         }
     }
+    /// An expected `(name, value)` pair, as [`Collect::pairs`] returns them.
+    pub fn p(name: &str, value: &str) -> (String, String) {
+        (name.to_string(), value.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -503,7 +503,7 @@ fn part(
 mod tests {
     use super::*;
     use crate::field::ParseLimits;
-    use crate::parse::testutil::Collect;
+    use crate::parse::testutil::{p, Collect};
 
     fn run_with(body: &[u8], boundary: &[u8], limits: ParseLimits) -> Collect {
         let mut sink = Collect::default();
@@ -515,10 +515,6 @@ mod tests {
 
     fn run(body: &[u8], boundary: &[u8]) -> Collect {
         run_with(body, boundary, ParseLimits::default())
-    }
-
-    fn p(a: &str, b: &str) -> (String, String) {
-        (a.to_string(), b.to_string())
     }
 
     #[test]

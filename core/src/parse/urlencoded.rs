@@ -117,7 +117,7 @@ fn walk_pairs(
 mod tests {
     use super::*;
     use crate::field::{Finding, ParseLimits};
-    use crate::parse::testutil::Collect;
+    use crate::parse::testutil::{p, Collect};
 
     fn run(input: &[u8]) -> Collect {
         run_with(input, ParseLimits::default())
@@ -135,10 +135,6 @@ mod tests {
             &mut em,
         );
         sink
-    }
-
-    fn p(a: &str, b: &str) -> (String, String) {
-        (a.to_string(), b.to_string())
     }
 
     #[test]

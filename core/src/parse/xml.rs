@@ -17,6 +17,7 @@ use memchr::{memchr, memmem};
 
 use super::{utf8_flags, Emitter, ParseScratch};
 use crate::field::{Field, FieldFlags, FieldKind};
+use crate::transform::{decode_marked, push_char};
 
 /// Reusable state of the XML walker.
 #[derive(Debug, Default)]
@@ -52,64 +53,42 @@ fn skip_space(input: &[u8], mut i: usize) -> usize {
 }
 
 /// Decodes the five predefined entities and numeric character references into `out`;
-/// returns `input` itself when there is no `&`. An unknown or malformed reference is kept
+/// returns `input` itself when there is none. An unknown or malformed reference is kept
 /// as written.
 fn decode<'a>(input: &'a [u8], out: &'a mut Vec<u8>) -> (&'a [u8], FieldFlags) {
-    let Some(first) = memchr(b'&', input) else {
-        return (input, utf8_flags(input));
-    };
-    out.clear();
-    out.extend_from_slice(&input[..first]);
-    let mut i = first;
-    let mut changed = false;
-    while i < input.len() {
-        if input[i] != b'&' {
-            let n = memchr(b'&', &input[i..]).unwrap_or(input.len() - i);
-            out.extend_from_slice(&input[i..i + n]);
-            i += n;
-            continue;
-        }
-        // References are short; a `;` further than 12 bytes away ends no reference.
-        let window = &input[i + 1..input.len().min(i + 12)];
-        let decoded = memchr(b';', window).and_then(|semi| {
-            let name = &window[..semi];
-            let c = match name {
-                b"lt" => Some('<'),
-                b"gt" => Some('>'),
-                b"amp" => Some('&'),
-                b"quot" => Some('"'),
-                b"apos" => Some('\''),
-                [b'#', b'x' | b'X', hex @ ..] if !hex.is_empty() => std::str::from_utf8(hex)
-                    .ok()
-                    .and_then(|h| u32::from_str_radix(h, 16).ok())
-                    .and_then(char::from_u32),
-                [b'#', dec @ ..] if !dec.is_empty() => std::str::from_utf8(dec)
-                    .ok()
-                    .and_then(|d| d.parse::<u32>().ok())
-                    .and_then(char::from_u32),
-                _ => None,
-            };
-            c.map(|c| (c, semi + 2))
-        });
-        match decoded {
-            Some((c, len)) => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                changed = true;
-                i += len;
-            }
-            None => {
-                out.push(b'&');
-                i += 1;
-            }
-        }
-    }
-    if !changed {
+    if !decode_marked(input, out, b'&', reference) {
         return (input, utf8_flags(input));
     }
     let mut flags = FieldFlags::DECODED;
     flags.set(utf8_flags(out));
     (out, flags)
+}
+
+/// Decodes the reference at the start of `s` (which begins with `&`), returning how many
+/// bytes it took, or `None` (nothing written) if it is not one. Unlike HTML, XML has five
+/// named entities and always ends a reference with `;`.
+fn reference(s: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    // References are short; a `;` further than 12 bytes away ends no reference.
+    let window = &s[1..s.len().min(12)];
+    let semi = memchr(b';', window)?;
+    let c = match &window[..semi] {
+        b"lt" => '<',
+        b"gt" => '>',
+        b"amp" => '&',
+        b"quot" => '"',
+        b"apos" => '\'',
+        [b'#', b'x' | b'X', hex @ ..] if !hex.is_empty() => std::str::from_utf8(hex)
+            .ok()
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .and_then(char::from_u32)?,
+        [b'#', dec @ ..] if !dec.is_empty() => std::str::from_utf8(dec)
+            .ok()
+            .and_then(|d| d.parse::<u32>().ok())
+            .and_then(char::from_u32)?,
+        _ => return None,
+    };
+    push_char(out, c);
+    Some(semi + 2)
 }
 
 /// Emits one XML value; returns whether the walk may continue.
@@ -290,7 +269,7 @@ pub fn walk(input: &[u8], scratch: &mut ParseScratch, em: &mut Emitter<'_>) {
 mod tests {
     use super::*;
     use crate::field::ParseLimits;
-    use crate::parse::testutil::Collect;
+    use crate::parse::testutil::{p, Collect};
 
     fn run(input: &[u8]) -> Collect {
         let mut sink = Collect::default();
@@ -298,10 +277,6 @@ mod tests {
         let mut em = Emitter::new(&mut sink, ParseLimits::default());
         walk(input, &mut scratch, &mut em);
         sink
-    }
-
-    fn p(a: &str, b: &str) -> (String, String) {
-        (a.to_string(), b.to_string())
     }
 
     #[test]

@@ -214,10 +214,25 @@ pub(crate) struct KindPrefilter {
     /// is several times cheaper than both. Case-keeping chains are probed through the
     /// lowercased value too (literals are lowercase), which lets one probe serve every chain
     /// of a field.
-    dfa: Option<aho_corasick::dfa::DFA>,
+    dfa: Option<LiteralAutomaton>,
     /// Per literal: the hits it stands for.
     lit_hits: Vec<Vec<Hit>>,
 }
+
+/// The automaton of a [`KindPrefilter`]: a dense DFA (one table load per byte) where speed
+/// matters, a contiguous NFA (a fraction of the memory, a few loads per byte) for large
+/// literal sets of fields that are not prompts.
+#[derive(Debug)]
+enum LiteralAutomaton {
+    Dfa(aho_corasick::dfa::DFA),
+    Nfa(aho_corasick::nfa::contiguous::NFA),
+}
+
+/// Literal bytes above which a prefilter for fields that are not prompts is built as a
+/// contiguous NFA. The dense DFA costs about 500 bytes per literal byte: the web rules'
+/// literals over JSON leaves reach ~30 KB, which made a 15 MB DFA for fields (`model`,
+/// `user`, non-chat JSON) that are short or off the chat hot path.
+const DFA_MAX_LITERAL_BYTES: usize = 16 * 1024;
 
 /// The roles a field can have, as prefilter keys (index 0: not a prompt field).
 const ROLE_KEYS: [Option<Role>; 5] = [
@@ -241,6 +256,7 @@ const MAX_LITERAL_LEN: usize = 12;
 impl KindPrefilter {
     fn build<'a>(
         entries: impl Iterator<Item = &'a (Vec<u8>, Hit)>,
+        prompt: bool,
     ) -> Result<KindPrefilter, CompileError> {
         let mut lits: Vec<Vec<u8>> = Vec::new();
         let mut lit_hits: Vec<Vec<Hit>> = Vec::new();
@@ -268,16 +284,25 @@ impl KindPrefilter {
         }
         let err =
             |e: String| CompileError::new(CompileErrorKind::TooLarge, format!("prefilter: {e}"));
+        let bytes: usize = lits.iter().map(Vec::len).sum();
         let dfa = if lits.is_empty() {
             None
+        } else if !prompt && bytes > DFA_MAX_LITERAL_BYTES {
+            Some(LiteralAutomaton::Nfa(
+                aho_corasick::nfa::contiguous::Builder::new()
+                    .match_kind(aho_corasick::MatchKind::Standard)
+                    .prefilter(false)
+                    .build(&lits)
+                    .map_err(|e| err(e.to_string()))?,
+            ))
         } else {
-            Some(
+            Some(LiteralAutomaton::Dfa(
                 aho_corasick::dfa::Builder::new()
                     .match_kind(aho_corasick::MatchKind::Standard)
                     .prefilter(false)
                     .build(&lits)
                     .map_err(|e| err(e.to_string()))?,
-            )
+            ))
         };
         Ok(KindPrefilter { dfa, lit_hits })
     }
@@ -655,7 +680,7 @@ impl Program {
                         let entries = members
                             .iter()
                             .flat_map(|&gi| group_lits[gi as usize].iter());
-                        prefilters.push(KindPrefilter::build(entries)?);
+                        prefilters.push(KindPrefilter::build(entries, role.is_some())?);
                         let id = (prefilters.len() - 1) as u32;
                         by_groups.insert(members, id);
                         id
@@ -923,11 +948,21 @@ const LANES: usize = 4;
 /// slices walked in lockstep; each slice starts `max_pattern_len` bytes early so that a
 /// literal crossing a cut is still seen whole by the lane it ends in.
 fn scan_literals(
-    dfa: &aho_corasick::dfa::DFA,
+    automaton: &LiteralAutomaton,
     value: &[u8],
     on_hit: &mut dyn FnMut(usize) -> bool,
 ) {
-    use aho_corasick::automaton::Automaton;
+    match automaton {
+        LiteralAutomaton::Dfa(a) => scan_literals_with(a, value, on_hit),
+        LiteralAutomaton::Nfa(a) => scan_literals_with(a, value, on_hit),
+    }
+}
+
+fn scan_literals_with<A: aho_corasick::automaton::Automaton>(
+    dfa: &A,
+    value: &[u8],
+    on_hit: &mut dyn FnMut(usize) -> bool,
+) {
     use aho_corasick::Anchored;
     let Ok(start) = dfa.start_state(Anchored::No) else {
         return;
@@ -1393,12 +1428,24 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn dfa(lits: &[Vec<u8>]) -> aho_corasick::dfa::DFA {
-        aho_corasick::dfa::Builder::new()
-            .match_kind(aho_corasick::MatchKind::Standard)
-            .prefilter(false)
-            .build(lits)
-            .unwrap()
+    fn dfa(lits: &[Vec<u8>]) -> LiteralAutomaton {
+        LiteralAutomaton::Dfa(
+            aho_corasick::dfa::Builder::new()
+                .match_kind(aho_corasick::MatchKind::Standard)
+                .prefilter(false)
+                .build(lits)
+                .unwrap(),
+        )
+    }
+
+    fn nfa(lits: &[Vec<u8>]) -> LiteralAutomaton {
+        LiteralAutomaton::Nfa(
+            aho_corasick::nfa::contiguous::Builder::new()
+                .match_kind(aho_corasick::MatchKind::Standard)
+                .prefilter(false)
+                .build(lits)
+                .unwrap(),
+        )
     }
 
     /// Two programs over the same patterns: the first as written (line-start strategy where
@@ -1469,12 +1516,13 @@ mod tests {
             lits in proptest::collection::vec(proptest::collection::vec(b'a'..=b'd', 1..6), 1..8),
             value in proptest::collection::vec(b'a'..=b'e', 0..600),
         ) {
-            let d = dfa(&lits);
-            let mut seen = vec![false; lits.len()];
-            scan_literals(&d, &value, &mut |p| { seen[p] = true; false });
-            for (i, l) in lits.iter().enumerate() {
-                let naive = value.windows(l.len()).any(|w| w == l.as_slice());
-                prop_assert_eq!(seen[i], naive, "literal {:?}", l);
+            for d in [dfa(&lits), nfa(&lits)] {
+                let mut seen = vec![false; lits.len()];
+                scan_literals(&d, &value, &mut |p| { seen[p] = true; false });
+                for (i, l) in lits.iter().enumerate() {
+                    let naive = value.windows(l.len()).any(|w| w == l.as_slice());
+                    prop_assert_eq!(seen[i], naive, "literal {:?}", l);
+                }
             }
         }
     }

@@ -23,6 +23,10 @@ pub(crate) const MAX_CONJ: usize = 3;
 /// Most branches kept for a rule written as an alternation of phrases.
 pub(crate) const MAX_BRANCHES: usize = 32;
 
+/// Most literal sets over all branches of a rule: the compiler gives each its own bit in a
+/// `u64` hit mask.
+pub(crate) const MAX_SETS: usize = u64::BITS as usize;
+
 /// A rule's prefilter condition in disjunctive normal form: the rule can match only if, for
 /// some branch, every literal set of that branch has a literal in the value. Empty means
 /// "no usable condition": the rule always runs.
@@ -33,7 +37,9 @@ pub(crate) type Dnf = Vec<Vec<LiteralSet>>;
 /// phrase needs all of its own words; anything else is one conjunction.
 pub(crate) fn required_literals(hir: &Hir) -> Dnf {
     if let Some(branches) = dnf(hir) {
-        if branches.len() <= MAX_BRANCHES && branches.iter().map(Vec::len).sum::<usize>() <= 64 {
+        if branches.len() <= MAX_BRANCHES
+            && branches.iter().map(Vec::len).sum::<usize>() <= MAX_SETS
+        {
             return branches;
         }
     }

@@ -10,6 +10,8 @@
 //! spaces, so it is meant to run after `compress_whitespace` (it is still correct, only less
 //! sensitive, on values with other whitespace).
 
+use crate::transform::block::{mask_of, B};
+
 /// Longest token, in bytes, that counts towards a flood: one or two symbols, a single
 /// non-ASCII letter or one emoji. Longer tokens are words, and repeated words are left to
 /// the unbounded-output rule.
@@ -46,7 +48,7 @@ const MIN_GAP: usize = 2 * FLOOD_MIN + 1 - 3;
 /// Whether `v` has room for a flood: a stretch of at least `2 * FLOOD_MIN + 1` bytes with a
 /// space in every five. Prose has a word of five or more letters every few words, so this
 /// is false for nearly every prompt and the token walk (a few nanoseconds per token) is
-/// skipped. Bit masks of non-space bytes, 64 bytes at a time, find the runs of five.
+/// skipped. Bit masks of non-space bytes, one block at a time, find the runs of five.
 fn may_flood(v: &[u8]) -> bool {
     const _: () = assert!(MAX_TOKEN == 4, "the run mask below looks for runs of 5");
     if v.len() < 2 * FLOOD_MIN + 1 {
@@ -56,12 +58,12 @@ fn may_flood(v: &[u8]) -> bool {
     // (offset by 3 so that `end - last` is the gap even for the first run).
     let mut last = 0usize;
     let mut prev = 0u64;
-    let full = v.chunks_exact(64);
-    let mut tail = [b' '; 64];
+    let full = v.chunks_exact(B);
+    let mut tail = [b' '; B];
     tail[..full.remainder().len()].copy_from_slice(full.remainder());
-    let chunks = full.map(|c| <&[u8; 64]>::try_from(c).unwrap_or(&[b' '; 64]));
+    let chunks = full.map(|c| <&[u8; B]>::try_from(c).expect("chunks_exact gives B bytes"));
     for (k, chunk) in chunks.chain(std::iter::once(&tail)).enumerate() {
-        let m = non_space_mask(chunk);
+        let m = mask_of(chunk, |b| b != b' ');
         // Bit i: bytes i-4..=i (reaching into the previous chunk) are all non-space.
         let runs = m
             & (m << 1 | prev >> 63)
@@ -69,38 +71,17 @@ fn may_flood(v: &[u8]) -> bool {
             & (m << 3 | prev >> 61)
             & (m << 4 | prev >> 60);
         prev = m;
-        // Gaps inside one chunk are under 64 < MIN_GAP bytes, so only the first run end
+        // Gaps inside one chunk are under B = 64 < MIN_GAP bytes, so only the first run end
         // of each chunk can close a long enough gap; the last one becomes `last`.
         if runs != 0 {
-            let first = k * 64 + runs.trailing_zeros() as usize + 3;
+            let first = k * B + runs.trailing_zeros() as usize + 3;
             if first - last >= MIN_GAP {
                 return true;
             }
-            last = k * 64 + (63 - runs.leading_zeros() as usize) + 3;
+            last = k * B + (B - 1 - runs.leading_zeros() as usize) + 3;
         }
     }
     v.len() + 3 - last >= MIN_GAP
-}
-
-/// Bit i set when `chunk[i]` is not a space; eight bytes at a time, because a byte-by-byte
-/// loop cost eight instructions a byte here.
-fn non_space_mask(chunk: &[u8; 64]) -> u64 {
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    const SPACES: u64 = 0x2020_2020_2020_2020;
-    let mut m = 0u64;
-    for k in 0..8 {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&chunk[8 * k..8 * k + 8]);
-        let x = u64::from_le_bytes(word) ^ SPACES;
-        // High bit of each byte set iff the byte is non-zero, i.e. was not a space; no
-        // carry crosses bytes because (x & 0x7f) + 0x7f <= 0xfe.
-        let high = ((x & LOW7).wrapping_add(LOW7) | x) & !LOW7;
-        // Gathers the eight high bits into the top byte, byte i's bit at bit 56 + i: the
-        // multiplier's terms put each bit at a distinct position, so nothing carries.
-        let gathered = (high >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56;
-        m |= gathered << (8 * k);
-    }
-    m
 }
 
 /// The exact flood search: one pass over the tokens.
@@ -180,13 +161,6 @@ mod tests {
 
     proptest! {
         #[test]
-        fn mask_matches_bytes(v in proptest::array::uniform32(prop_oneof![Just(b' '), any::<u8>()])) {
-            let mut chunk = [b' '; 64];
-            chunk[7..39].copy_from_slice(&v);
-            let naive = chunk.iter().enumerate().fold(0u64, |m, (i, &b)| m | u64::from(b != b' ') << i);
-            prop_assert_eq!(non_space_mask(&chunk), naive);
-        }
-
         #[test]
         fn never_panics(v in proptest::collection::vec(any::<u8>(), 0..600)) {
             if let Some((s, e)) = token_flood(&v) {

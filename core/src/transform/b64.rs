@@ -227,17 +227,9 @@ fn hex_digits(run: &[u8]) -> Option<&[u8]> {
     (digits.len() % 2 == 0 && digits.iter().all(u8::is_ascii_hexdigit)).then_some(digits)
 }
 
-/// Decodes pairs of hex digits onto the end of `out`.
+/// Decodes pairs of hex digits (checked by [`hex_digits`]) onto the end of `out`.
 fn decode_hex_into(digits: &[u8], out: &mut Vec<u8>) {
-    let nibble = |b: u8| match b {
-        b'0'..=b'9' => b - b'0',
-        _ => (b | 0x20) - b'a' + 10,
-    };
-    out.extend(
-        digits
-            .chunks_exact(2)
-            .map(|p| nibble(p[0]) << 4 | nibble(p[1])),
-    );
+    out.extend((0..digits.len() / 2).filter_map(|k| super::hex_byte(digits, 2 * k)));
 }
 
 /// Decodes alphabet characters (length not 1 mod 4) onto the end of `out`.

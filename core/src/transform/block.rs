@@ -15,7 +15,7 @@
 //!   stored, and the write position advances only past kept ones.
 
 /// Bytes per block.
-pub(super) const B: usize = 64;
+pub(crate) const B: usize = 64;
 
 /// Slack after the mapped bytes of a block, so a run can be copied in 16-byte pieces.
 const RUN_SLACK: usize = 16;
@@ -211,7 +211,7 @@ impl Block {
 /// The bytes of `bytes` that satisfy `pred`, as a bit mask (bit `j` for byte `j`). The
 /// flags go through an array, which vectorizes.
 #[inline(always)]
-pub(super) fn mask_of(bytes: &[u8; B], pred: impl Fn(u8) -> bool) -> u64 {
+pub(crate) fn mask_of(bytes: &[u8; B], pred: impl Fn(u8) -> bool) -> u64 {
     let mut flags = [0u8; B];
     for (f, &b) in flags.iter_mut().zip(bytes) {
         *f = if pred(b) { 0x80 } else { 0 };

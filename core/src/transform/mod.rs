@@ -19,7 +19,7 @@
 //!   gave up would hide it.
 
 mod b64;
-mod block;
+pub(crate) mod block;
 mod cmdline;
 mod escape;
 mod html;
@@ -202,7 +202,7 @@ fn hex_u16(s: &[u8], i: usize) -> Option<u16> {
 
 /// Appends `c` as UTF-8.
 #[inline]
-fn push_char(out: &mut Vec<u8>, c: char) {
+pub(crate) fn push_char(out: &mut Vec<u8>, c: char) {
     let mut buf = [0u8; 4];
     out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
 }
@@ -401,7 +401,7 @@ mod tests {
 /// (`\\` for JS/CSS, `&` for HTML) to `decode`, which returns how many bytes it consumed
 /// or `None` (nothing written) to keep the marker literally. Returns whether anything was
 /// decoded; on `false`, `out` is unspecified.
-pub(super) fn decode_marked(
+pub(crate) fn decode_marked(
     input: &[u8],
     out: &mut Vec<u8>,
     marker: u8,
