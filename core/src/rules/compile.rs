@@ -766,7 +766,10 @@ const CLEAN_MAX: usize = 96;
 /// evicts entries and costs the normal scan, never a wrong answer.
 #[derive(Debug, Clone)]
 pub(crate) struct CleanFields {
-    hasher: std::hash::RandomState,
+    /// Randomly seeded per worker, so no one can aim fields at one slot from outside;
+    /// foldhash rather than SipHash because hashing every short field was 5 % of an
+    /// `inspect`, and a collision only costs a scan.
+    hasher: foldhash::fast::RandomState,
     /// Per slot: kind, role key, name length, value length; `None` when empty.
     keys: Vec<Option<(u8, u8, u8, u8)>>,
     /// Per slot: name then value, `CLEAN_MAX` bytes.
@@ -776,16 +779,21 @@ pub(crate) struct CleanFields {
 impl CleanFields {
     fn new(slots: usize) -> CleanFields {
         CleanFields {
-            hasher: std::hash::RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             keys: vec![None; slots],
             bytes: vec![0; slots * CLEAN_MAX],
         }
     }
 
-    /// The slot for a field and its key, if the field is small enough to remember.
+    /// The set for a field (its first slot; a set is two adjacent slots) and its key, if the
+    /// field is small enough to remember.
+    ///
+    /// Two ways per set: with one, the dozen or so short fields of a typical request
+    /// collide somewhere in a 256-slot table for about a third of the random seeds, and the
+    /// colliding pair then evicts each other on every request of that worker for good.
     #[inline]
     fn slot(&self, f: &Field<'_>) -> Option<(usize, (u8, u8, u8, u8))> {
-        if self.keys.is_empty() || f.name.len() + f.value.len() > CLEAN_MAX {
+        if self.keys.len() < 2 || f.name.len() + f.value.len() > CLEAN_MAX {
             return None;
         }
         let key = (
@@ -795,18 +803,27 @@ impl CleanFields {
             f.value.len() as u8,
         );
         let h = std::hash::BuildHasher::hash_one(&self.hasher, (key, f.name, f.value));
-        Some(((h % self.keys.len() as u64) as usize, key))
+        Some((2 * (h % (self.keys.len() / 2) as u64) as usize, key))
     }
 
-    fn contains(&self, slot: usize, key: (u8, u8, u8, u8), f: &Field<'_>) -> bool {
-        if self.keys[slot] != Some(key) {
-            return false;
-        }
-        let b = &self.bytes[slot * CLEAN_MAX..];
-        b[..f.name.len()] == *f.name && b[f.name.len()..f.name.len() + f.value.len()] == *f.value
+    fn contains(&self, set: usize, key: (u8, u8, u8, u8), f: &Field<'_>) -> bool {
+        (set..set + 2).any(|slot| {
+            self.keys[slot] == Some(key) && {
+                let b = &self.bytes[slot * CLEAN_MAX..];
+                b[..f.name.len()] == *f.name
+                    && b[f.name.len()..f.name.len() + f.value.len()] == *f.value
+            }
+        })
     }
 
-    fn insert(&mut self, slot: usize, key: (u8, u8, u8, u8), f: &Field<'_>) {
+    fn insert(&mut self, set: usize, key: (u8, u8, u8, u8), f: &Field<'_>) {
+        // An empty way if there is one; else the second way goes, so a field that keeps
+        // coming back in the first way is not pushed out by a stream of one-off values.
+        let slot = if self.keys[set].is_none() {
+            set
+        } else {
+            set + 1
+        };
         let b = &mut self.bytes[slot * CLEAN_MAX..];
         b[..f.name.len()].copy_from_slice(f.name);
         b[f.name.len()..f.name.len() + f.value.len()].copy_from_slice(f.value);
