@@ -19,6 +19,11 @@ pub enum Stage {
     Size,
     /// Content inspection (rules, parser findings, anomaly scores).
     Inspect,
+    /// The parameter policy (model, output limit, `n`, logprobs, streaming, tools,
+    /// messages).
+    Params,
+    /// The cost stage: prompt tokens against the route's cap.
+    Cost,
 }
 
 /// Why a request was denied. Each variant has a stable [`code`](Reason::code).
@@ -45,6 +50,30 @@ pub enum Reason {
         /// The configured limit.
         limit: u32,
     },
+    /// A request parameter is not allowed on the route, or malformed.
+    ParameterRejected {
+        /// The parameter's name in the API (`max_tokens`, `n`, `logprobs`, ...).
+        param: &'static str,
+        /// Why: `above_limit`, `not_allowed` or `invalid`.
+        why: &'static str,
+        /// The route's limit, for `above_limit`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+    },
+    /// The requested model is not in the route's allowlist.
+    ModelNotAllowed {
+        /// The model the request named (empty when it named none).
+        model: String,
+    },
+    /// The prompt has more tokens than the route allows.
+    PromptTooLong {
+        /// The prompt's tokens (the point estimate when not counted exactly).
+        tokens: u64,
+        /// The route's limit.
+        limit: u64,
+        /// Whether `tokens` is an exact count.
+        exact: bool,
+    },
     /// The anomaly score reached the threshold.
     AnomalyScore {
         /// The category contributing most.
@@ -64,6 +93,9 @@ impl Reason {
             Reason::TooManyHeaders { .. } => "too_many_headers",
             Reason::HeaderTooLarge { .. } => "header_too_large",
             Reason::UriTooLarge { .. } => "uri_too_large",
+            Reason::ParameterRejected { .. } => "parameter_rejected",
+            Reason::ModelNotAllowed { .. } => "model_not_allowed",
+            Reason::PromptTooLong { .. } => "prompt_too_long",
             Reason::AnomalyScore { .. } => "anomaly_score",
         }
     }
@@ -76,6 +108,23 @@ impl fmt::Display for Reason {
             Reason::TooManyHeaders { limit } => write!(f, "more than {limit} headers"),
             Reason::HeaderTooLarge { limit } => write!(f, "a header larger than {limit} bytes"),
             Reason::UriTooLarge { limit } => write!(f, "URI longer than {limit} bytes"),
+            Reason::ParameterRejected { param, why, limit } => match (why, limit) {
+                (&"above_limit", Some(l)) => write!(f, "`{param}` above the limit of {l}"),
+                (&"invalid", _) => write!(f, "`{param}` has an invalid value"),
+                _ => write!(f, "`{param}` is not allowed on this route"),
+            },
+            Reason::ModelNotAllowed { model } => {
+                write!(f, "model {model:?} is not allowed on this route")
+            }
+            Reason::PromptTooLong {
+                tokens,
+                limit,
+                exact,
+            } => write!(
+                f,
+                "prompt of {}{tokens} tokens is above the limit of {limit}",
+                if *exact { "" } else { "at least " }
+            ),
             Reason::AnomalyScore {
                 category,
                 score,
@@ -162,6 +211,50 @@ impl Serialize for Scores {
     }
 }
 
+/// What a request will cost, known before inference starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cost {
+    /// The model-table row that priced it (its first glob), if any matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<Arc<str>>,
+    /// Prompt tokens: text of every message, tool definitions, images and chat overhead.
+    pub prompt_tokens: u64,
+    /// Bounds of `prompt_tokens` when estimated (equal to it when exact).
+    pub prompt_tokens_low: u64,
+    /// See `prompt_tokens_low`.
+    pub prompt_tokens_high: u64,
+    /// Output tokens reserved: the output limit (after clamping) times `n`, or the route's
+    /// default output reservation when the request sets no limit.
+    pub output_tokens_reserved: u64,
+    /// Prompt plus reserved output, priced by the model table, in micro-dollars (rounded
+    /// up).
+    pub micro_usd: u64,
+    /// Whether `prompt_tokens` was counted exactly (tiktoken) rather than estimated.
+    pub exact: bool,
+}
+
+/// A change the host must make to the request before forwarding it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rewrite {
+    /// The parameter's name in the API.
+    pub param: &'static str,
+    /// What to do with it.
+    #[serde(flatten)]
+    pub action: RewriteAction,
+}
+
+/// See [`Rewrite`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewriteAction {
+    /// Set it to this number (a clamped output limit).
+    Set(u64),
+    /// Set it to `false` (streaming forced off).
+    SetFalse,
+    /// Remove it.
+    Remove,
+}
+
 /// The outcome of [`crate::Engine::inspect`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
@@ -188,6 +281,13 @@ pub struct Decision {
     /// Whether more matches were found than recorded.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub matches_truncated: bool,
+    /// The cost estimate, on routes with an inference-API schema.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Cost>,
+    /// Parameter changes the host must apply before forwarding (clamped output limit,
+    /// stripped parameters); empty in the common case.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rewrites: Vec<Rewrite>,
 }
 
 impl Decision {

@@ -4,10 +4,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::cost::params::{compile_models, CompiledModel};
+use crate::cost::stage::{CostScratch, RouteParams};
 use crate::decision::{Action, Decision, Reason, RuleMatch, Scores, Stage};
 use crate::error::{CompileError, CompileErrorKind};
-use crate::field::{Field, FieldFlags, FieldKind, FieldSink, Finding, ParseLimits};
-use crate::parse::{self, Emitter, ParseScratch};
+use crate::field::{ApiParam, Field, FieldFlags, FieldKind, FieldSink, Finding, ParseLimits};
+use crate::parse::{self, ChatShape, Emitter, ParseScratch};
 use crate::policy::{Limits, Mode, OnOversize, Policy, RouteSettings, Schema};
 use crate::request::Request;
 use crate::rules::compile::{Program, ProgramCaches, TransformCache};
@@ -171,6 +173,8 @@ struct CompiledRoute {
     builtin_off: u64,
     /// Exclusions that name fields: (rule ids, categories, fields).
     field_exclusions: Vec<(Vec<u32>, Vec<Category>, Vec<Target>)>,
+    /// Parameter policy and the chat shape it reads.
+    params: RouteParams,
 }
 
 impl CompiledRoute {
@@ -195,6 +199,8 @@ struct Inner {
     programs: Vec<Program>,
     /// Routes in policy order, then the fallback `default` route.
     routes: Vec<CompiledRoute>,
+    /// The model table.
+    models: Vec<CompiledModel>,
     pool: Mutex<Vec<Scratch>>,
 }
 
@@ -226,6 +232,7 @@ pub struct Scratch {
     caches: Vec<ProgramCaches>,
     path: Vec<u8>,
     scored: Vec<u64>,
+    cost: CostScratch,
 }
 
 impl Engine {
@@ -267,6 +274,9 @@ impl Engine {
             r.check().map_err(|e| e.in_file(src))?;
         }
         let spec = &policy.document.spec;
+        let models = compile_models(&spec.models)
+            .map_err(|m| CompileError::new(CompileErrorKind::InvalidValue, m).in_file(src))?;
+        let default_params = spec.defaults.params.clone().unwrap_or_default();
         let mut programs: Vec<Program> = Vec::new();
         let mut program_keys: BTreeMap<Vec<usize>, usize> = BTreeMap::new();
         let mut routes = Vec::new();
@@ -343,6 +353,11 @@ impl Engine {
                 category_thresholds[*c as usize] = *t;
             }
             let limits = own.limits.or(defaults.limits).unwrap_or_default();
+            let schema = own.schema.or(defaults.schema).unwrap_or_default();
+            let params = own
+                .params
+                .as_ref()
+                .map_or_else(|| default_params.clone(), |p| p.or(&default_params));
             routes.push(CompiledRoute {
                 name,
                 hosts: m
@@ -353,7 +368,7 @@ impl Engine {
                 methods: m.methods.iter().map(|h| h.clone().into_bytes()).collect(),
                 paths: m.paths.iter().map(|h| h.clone().into_bytes()).collect(),
                 program,
-                schema: own.schema.or(defaults.schema).unwrap_or_default(),
+                schema,
                 mode: own.mode.or(defaults.mode).unwrap_or_default(),
                 threshold: own.threshold.or(defaults.threshold).unwrap_or(5),
                 category_thresholds,
@@ -361,6 +376,7 @@ impl Engine {
                 limits,
                 builtin_off,
                 field_exclusions,
+                params: RouteParams::new(schema.chat_shape(), params),
             });
         }
         Ok(Engine {
@@ -370,6 +386,7 @@ impl Engine {
                 policy: policy.clone(),
                 programs,
                 routes,
+                models,
                 pool: Mutex::new(Vec::new()),
             }),
         })
@@ -406,6 +423,7 @@ impl Engine {
                 .collect(),
             path: Vec::new(),
             scored: vec![0; max_rules.div_ceil(64) + 1],
+            cost: CostScratch::default(),
         }
     }
 
@@ -439,6 +457,7 @@ impl Engine {
             caches,
             path,
             scored,
+            cost,
             ..
         } = s;
         let (decoded_path, path_flags) = parse::percent_decode(req.path, false, path);
@@ -461,6 +480,8 @@ impl Engine {
             threshold: route.threshold,
             matches: Vec::new(),
             matches_truncated: false,
+            cost: None,
+            rewrites: Vec::new(),
         };
         // Size limits come before any parsing: they bound everything that follows. They are
         // enforced in monitor mode too, because they protect the host, not just the model.
@@ -512,6 +533,10 @@ impl Engine {
         }
         let program = &self.inner.programs[route.program];
         scored.fill(0);
+        let chat = route.params.shape != ChatShape::None;
+        if chat {
+            cost.reset();
+        }
         let mut insp = Inspector {
             program,
             route,
@@ -525,6 +550,7 @@ impl Engine {
             scores: Scores::default(),
             part: FieldKind::Body,
             same_site: req.same_site(),
+            cost: chat.then_some(&mut *cost),
         };
         if truncated {
             insp.builtin(BODY_TRUNCATED, "body");
@@ -587,7 +613,36 @@ impl Engine {
                 walk_body(route.schema, content_type, body, parse_scratch, &mut em);
             }
         }
-        insp.finish()
+        let mut d = insp.finish();
+        if chat {
+            let out = crate::cost::stage::decide(
+                &route.params,
+                &self.inner.models,
+                cost,
+                body,
+                route.parse_limits,
+                parse_scratch,
+            );
+            d.cost = out.cost;
+            if let Some((status, reason, stage)) = out.deny {
+                match route.mode {
+                    // The parameter stages come before inspection in the pipeline: their
+                    // refusal is the one reported; the matches stay for the log.
+                    Mode::Enforce => {
+                        d.action = Action::Deny { status, reason };
+                        d.stage = stage;
+                    }
+                    Mode::Monitor => {
+                        if d.would_deny.is_none() {
+                            d.would_deny = Some(reason);
+                        }
+                    }
+                }
+            } else if route.mode == Mode::Enforce && d.is_allowed() {
+                d.rewrites = out.rewrites;
+            }
+        }
+        d
     }
 
     /// Runs every rule's inline tests (`match:` / `noMatch:`), returning the failures.
@@ -864,6 +919,8 @@ struct Inspector<'e, 's> {
     part: FieldKind,
     /// [`Request::same_site`], for rules that count only cross-site.
     same_site: bool,
+    /// The cost stages' state, on routes with an inference-API schema.
+    cost: Option<&'s mut CostScratch>,
 }
 
 const EXCERPT: usize = 80;
@@ -982,13 +1039,24 @@ impl Inspector<'_, '_> {
             threshold: route.threshold,
             matches: self.matches,
             matches_truncated: self.truncated_matches,
+            cost: None,
+            rewrites: Vec::new(),
         }
     }
 }
 
 impl FieldSink for Inspector<'_, '_> {
+    fn param(&mut self, p: ApiParam, value: &[u8]) {
+        if let Some(c) = self.cost.as_deref_mut() {
+            c.params.add(p, value);
+        }
+    }
+
     fn field(&mut self, f: &Field<'_>) {
         self.part = f.kind;
+        if let Some(c) = self.cost.as_deref_mut() {
+            c.field(f);
+        }
         let Inspector {
             program,
             route,

@@ -302,6 +302,62 @@ pub trait FieldSink {
     fn field(&mut self, field: &Field<'_>);
     /// Called for each malformed or over-limit condition.
     fn finding(&mut self, finding: Finding);
+    /// Called by the JSON walker, on chat-shaped bodies, for each inference-API parameter
+    /// it passes (see [`ApiParam`] for what `value` holds). Sinks that only inspect fields
+    /// ignore it.
+    fn param(&mut self, _param: ApiParam, _value: &[u8]) {}
+}
+
+/// An inference-API parameter seen by the JSON walker in a chat-shaped body: what the cost
+/// and parameter-policy stages read, reported during the same walk that emits fields, so
+/// the body is read once.
+///
+/// Top-level members carry their raw JSON value (a slice of the body: `"gpt-4o"` with its
+/// quotes, `512`, `true`, a whole object or array); the others say in their doc what they
+/// carry. Members repeated at the top level are reported each time (the last one is what
+/// most JSON parsers keep, so consumers should let it win).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ApiParam {
+    /// `model` (raw JSON).
+    Model,
+    /// `max_tokens` (raw JSON): OpenAI chat and completions (deprecated for chat), Anthropic.
+    MaxTokens,
+    /// `max_completion_tokens` (raw JSON): OpenAI chat.
+    MaxCompletionTokens,
+    /// `max_output_tokens` (raw JSON): OpenAI Responses.
+    MaxOutputTokens,
+    /// `n` (raw JSON): number of choices (OpenAI chat and completions).
+    N,
+    /// `stream` (raw JSON).
+    Stream,
+    /// `stream_options` (raw JSON object; `include_usage` inside).
+    StreamOptions,
+    /// `logprobs` (raw JSON: a boolean for chat, a number for legacy completions).
+    Logprobs,
+    /// `top_logprobs` (raw JSON number).
+    TopLogprobs,
+    /// `logit_bias` (raw JSON object).
+    LogitBias,
+    /// `tools` (raw JSON array of tool definitions).
+    Tools,
+    /// `functions` (raw JSON array: the legacy form of `tools`).
+    Functions,
+    /// `tool_choice` (raw JSON).
+    ToolChoice,
+    /// One element of `messages` (or of a Responses `input` array) begins; empty value.
+    Message,
+    /// A message has a `name` member; empty value (OpenAI counts a token for it).
+    MessageName,
+    /// An image in a content part: the decoded URL string (`data:` URLs included) of an
+    /// OpenAI `image_url` / Responses `input_image`, or the base64 `data` (or `url`) of an
+    /// Anthropic image `source`.
+    Image,
+    /// The `detail` string of an image part (decoded).
+    ImageDetail,
+    /// A content part or block object closed; empty value. Pairs an [`ApiParam::Image`]
+    /// with an [`ApiParam::ImageDetail`] of the same part whichever comes first.
+    PartEnd,
 }
 
 /// Bounds every parser honours. All are counts or bytes; none is a time.

@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod cost;
 pub mod decision;
 pub mod engine;
 pub mod error;
@@ -37,7 +38,9 @@ pub mod request;
 pub mod rules;
 pub mod transform;
 
-pub use decision::{Action, Decision, Reason, RuleMatch, Scores, Stage};
+pub use decision::{
+    Action, Cost, Decision, Reason, Rewrite, RewriteAction, RuleMatch, Scores, Stage,
+};
 pub use engine::{Config, Engine, EngineBuilder, EngineStats, RuleTestFailure, Scratch};
 pub use error::{BundleError, BundleErrorKind, CompileError, CompileErrorKind, SourceLocation};
 pub use field::{

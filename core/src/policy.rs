@@ -116,6 +116,11 @@ pub struct Spec {
     /// The response a host sends when a request is denied.
     #[serde(default)]
     pub response: BlockResponse,
+    /// The model table: how each model family's tokens are counted and what they cost,
+    /// first matching row wins. Models matching no row are counted with `o200k_base` and
+    /// cost nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<crate::cost::params::ModelEntry>,
 }
 
 /// Rule sources.
@@ -305,6 +310,10 @@ pub struct RouteSettings {
     /// Which rules run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<RuleSelection>,
+    /// Parameter policy (prompt and output token caps, `n`, logprobs, models, streaming,
+    /// tools, messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<crate::cost::params::ParamPolicy>,
 }
 
 /// Which rules run on a route.
@@ -352,6 +361,9 @@ pub struct Route {
     /// Which rules run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<RuleSelection>,
+    /// Parameter policy; each setting overrides the defaults' one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<crate::cost::params::ParamPolicy>,
 }
 
 impl Route {
@@ -367,6 +379,7 @@ impl Route {
             category_thresholds: self.category_thresholds.clone(),
             limits: self.limits,
             rules: self.rules.clone(),
+            params: self.params.clone(),
         }
     }
 }

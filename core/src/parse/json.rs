@@ -28,7 +28,7 @@
 use memchr::{memchr2, memchr2_iter};
 
 use super::{utf8_flags, Emitter, ParseScratch};
-use crate::field::{Field, FieldFlags, FieldKind, Finding, Role};
+use crate::field::{ApiParam, Field, FieldFlags, FieldKind, Finding, Role};
 
 /// How many leading keys of an object each key is compared with to detect duplicates.
 pub const DUP_WINDOW: usize = 32;
@@ -162,6 +162,16 @@ enum Ctx {
     ItemPending,
     /// A Responses `function_call_output` item: its `output` is tool text.
     FunctionCallOutput,
+    /// A top-level inference-API parameter: its raw value is reported when it ends.
+    Param(ApiParam),
+    /// A part's `image_url`: a string is the image, an object holds `url` and `detail`.
+    ImageUrl,
+    /// An Anthropic image block's `source`: `data` or `url` is the image.
+    ImageSource,
+    /// A string that is an image URL or base64 data.
+    ImageStr,
+    /// An image part's `detail` string.
+    DetailStr,
 }
 
 impl Ctx {
@@ -187,6 +197,19 @@ impl Ctx {
             (Ctx::Plain, _) => Ctx::Plain,
             (Ctx::All(r), _) => Ctx::All(r),
             (Ctx::Root, Some(k)) => match (shape, k) {
+                (_, b"model") => Ctx::Param(ApiParam::Model),
+                (_, b"max_tokens") => Ctx::Param(ApiParam::MaxTokens),
+                (_, b"max_completion_tokens") => Ctx::Param(ApiParam::MaxCompletionTokens),
+                (_, b"max_output_tokens") => Ctx::Param(ApiParam::MaxOutputTokens),
+                (_, b"n") => Ctx::Param(ApiParam::N),
+                (_, b"stream") => Ctx::Param(ApiParam::Stream),
+                (_, b"stream_options") => Ctx::Param(ApiParam::StreamOptions),
+                (_, b"logprobs") => Ctx::Param(ApiParam::Logprobs),
+                (_, b"top_logprobs") => Ctx::Param(ApiParam::TopLogprobs),
+                (_, b"logit_bias") => Ctx::Param(ApiParam::LogitBias),
+                (_, b"tools") => Ctx::Param(ApiParam::Tools),
+                (_, b"functions") => Ctx::Param(ApiParam::Functions),
+                (_, b"tool_choice") => Ctx::Param(ApiParam::ToolChoice),
                 (S::OpenaiChat, b"messages") => Ctx::Messages,
                 (S::OpenaiChat, b"prompt") => Ctx::All(Role::User),
                 (S::OpenaiResponses, b"instructions") => Ctx::All(Role::System),
@@ -207,6 +230,12 @@ impl Ctx {
             (Ctx::Content(r), None) => Ctx::Part(r),
             (Ctx::Blocks(r), None) => Ctx::BlockPending(r),
             (Ctx::Part(r), Some(b"text")) => Ctx::All(r),
+            (Ctx::Part(_), Some(b"image_url")) => Ctx::ImageUrl,
+            (Ctx::Part(_), Some(b"source")) => Ctx::ImageSource,
+            (Ctx::Part(_) | Ctx::ImageUrl, Some(b"detail")) => Ctx::DetailStr,
+            (Ctx::ImageUrl, Some(b"url")) | (Ctx::ImageSource, Some(b"data" | b"url")) => {
+                Ctx::ImageStr
+            }
             (Ctx::ToolResult, Some(b"content")) => Ctx::Content(Role::Tool),
             (Ctx::ToolUse, Some(b"input")) => Ctx::All(Role::Assistant),
             (Ctx::ToolCalls, None) => Ctx::ToolCall,
@@ -723,6 +752,7 @@ fn walk_doc(
         ptr,
         em,
         deep_len: 0,
+        pending: None,
     };
     if let Err(Halt::Invalid(offset)) = w.run(root) {
         w.report(Finding::InvalidJson { offset });
@@ -740,6 +770,9 @@ struct Walker<'d, 'l, 'e, 's> {
     em: &'e mut Emitter<'s>,
     /// Open containers beyond `max_depth` (bits in `cur.deep`).
     deep_len: usize,
+    /// A top-level parameter whose value is being walked: which, where it starts, and the
+    /// frame depth at which its value ends.
+    pending: Option<(ApiParam, usize, usize)>,
 }
 
 impl Walker<'_, '_, '_, '_> {
@@ -801,6 +834,20 @@ impl Walker<'_, '_, '_, '_> {
         } else if let Some(f) = self.cur.frames.pop() {
             self.ptr.truncate(f.ptr_len);
             self.cur.keys.truncate(f.keys_start);
+            if f.is_obj && matches!(f.ctx, Ctx::Part(_)) {
+                self.em.param(ApiParam::PartEnd, b"");
+            }
+        }
+    }
+
+    /// A value ended at `end`: reports a top-level parameter whose value it was.
+    #[inline]
+    fn value_end(&mut self, end: usize) {
+        if let Some((param, start, depth)) = self.pending {
+            if self.deep_len == 0 && self.cur.frames.len() == depth {
+                self.pending = None;
+                self.em.param(param, &self.doc[start..end]);
+            }
         }
     }
 
@@ -818,6 +865,9 @@ impl Walker<'_, '_, '_, '_> {
         let (ptr_len, count, ctx) = (f.ptr_len, f.count, f.ctx);
         self.ptr.truncate(ptr_len);
         push_index(self.ptr, count);
+        if matches!(ctx, Ctx::Messages | Ctx::ResponsesInput) {
+            self.em.param(ApiParam::Message, b"");
+        }
         ctx.child(self.cfg.shape, None)
     }
 
@@ -866,6 +916,9 @@ impl Walker<'_, '_, '_, '_> {
                     self.cur.keys.push(h);
                 }
                 ctx = f.ctx.child(self.cfg.shape, Some(key));
+                if key == b"name" && matches!(f.ctx, Ctx::Message(_)) {
+                    self.em.param(ApiParam::MessageName, b"");
+                }
                 self.ptr.truncate(f.ptr_len);
                 push_key(self.ptr, key);
             }
@@ -903,6 +956,11 @@ impl Walker<'_, '_, '_, '_> {
         };
         if !self.em.field(&field) {
             return Err(Halt::Stopped);
+        }
+        match ctx {
+            Ctx::ImageUrl | Ctx::ImageStr => self.em.param(ApiParam::Image, value),
+            Ctx::DetailStr => self.em.param(ApiParam::ImageDetail, value),
+            _ => {}
         }
         if self.rest.is_empty() {
             return Ok(());
@@ -943,6 +1001,11 @@ impl Walker<'_, '_, '_, '_> {
             let Some(&b) = doc.get(p) else {
                 return Err(Halt::Invalid(p));
             };
+            if let Ctx::Param(param) = ctx {
+                if self.deep_len == 0 {
+                    self.pending = Some((param, p, self.cur.frames.len()));
+                }
+            }
             match b {
                 b'{' | b'[' => {
                     let is_obj = b == b'{';
@@ -952,6 +1015,7 @@ impl Walker<'_, '_, '_, '_> {
                     if doc.get(p) == Some(&close) {
                         p += 1;
                         self.pop();
+                        self.value_end(p);
                     } else if is_obj {
                         (p, ctx) = self.member(p)?;
                         continue 'value;
@@ -988,6 +1052,9 @@ impl Walker<'_, '_, '_, '_> {
                 b'-' | b'0'..=b'9' => p = parse_number(doc, p).map_err(Halt::Invalid)?,
                 _ => return Err(Halt::Invalid(p)),
             }
+            if !matches!(b, b'{' | b'[') {
+                self.value_end(p);
+            }
             // A value ended: close containers until one expects another value.
             loop {
                 p = skip_ws(doc, p);
@@ -1011,10 +1078,12 @@ impl Walker<'_, '_, '_, '_> {
                     Some(b'}') if is_obj => {
                         p += 1;
                         self.pop();
+                        self.value_end(p);
                     }
                     Some(b']') if !is_obj => {
                         p += 1;
                         self.pop();
+                        self.value_end(p);
                     }
                     _ => return Err(Halt::Invalid(p)),
                 }
@@ -1641,6 +1710,106 @@ mod tests {
         assert_eq!(role("/model"), None);
         let c = chat(ChatShape::AnthropicMessages, r#"{"system":"plain sys"}"#);
         assert_eq!(leaf(&c, "/system").role, Some(Role::System));
+    }
+
+    #[test]
+    fn api_params_are_reported_with_raw_values() {
+        use ApiParam as P;
+        let body = r#"{"model":"gpt-4o","messages":[{"role":"system","content":"s"},
+            {"role":"user","name":"bob","content":[{"type":"text","text":"hi"},
+              {"type":"image_url","image_url":{"detail":"low","url":"https://x/a.png"}},
+              {"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}],
+            "max_tokens": 512 ,"n":2,"stream":true,"stream_options":{"include_usage":true},
+            "logprobs":false,"top_logprobs":3,"logit_bias":{},"tools":[{"type":"function",
+            "function":{"name":"f","parameters":{"type":"object"}}}],"tool_choice":"auto",
+            "temperature":0.2,"max_completion_tokens":null}"#;
+        let c = chat(ChatShape::OpenaiChat, body);
+        let got: Vec<(P, &str)> = c.params.iter().map(|(p, v)| (*p, v.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (P::Model, r#""gpt-4o""#),
+                (P::Message, ""),
+                (P::Message, ""),
+                (P::MessageName, ""),
+                (P::PartEnd, ""),
+                (P::ImageDetail, "low"),
+                (P::Image, "https://x/a.png"),
+                (P::PartEnd, ""),
+                (P::Image, "data:image/png;base64,AAAA"),
+                (P::PartEnd, ""),
+                (P::MaxTokens, "512"),
+                (P::N, "2"),
+                (P::Stream, "true"),
+                (P::StreamOptions, r#"{"include_usage":true}"#),
+                (P::Logprobs, "false"),
+                (P::TopLogprobs, "3"),
+                (P::LogitBias, "{}"),
+                (
+                    P::Tools,
+                    r#"[{"type":"function",
+            "function":{"name":"f","parameters":{"type":"object"}}}]"#
+                ),
+                (P::ToolChoice, r#""auto""#),
+                (P::MaxCompletionTokens, "null"),
+            ]
+        );
+        // Parameters are the top level's only: the same names deeper are not.
+        let c = chat(
+            ChatShape::OpenaiChat,
+            r#"{"messages":[{"role":"user","content":"x","model":"m","n":5}],"x":{"stream":true}}"#,
+        );
+        assert_eq!(c.params.len(), 1, "{:?}", c.params);
+        // Plain JSON reports none.
+        let c = chat(ChatShape::None, r#"{"model":"m","max_tokens":5}"#);
+        assert!(c.params.is_empty());
+    }
+
+    #[test]
+    fn api_params_of_other_shapes() {
+        use ApiParam as P;
+        let c = chat(
+            ChatShape::OpenaiResponses,
+            r#"{"model":"o3","max_output_tokens":100,"input":[{"role":"user","content":[
+               {"type":"input_text","text":"x"},{"type":"input_image","image_url":"https://i","detail":"high"}]},
+               {"type":"function_call_output","output":"r"}]}"#,
+        );
+        let kinds: Vec<P> = c.params.iter().map(|p| p.0).collect();
+        assert_eq!(
+            kinds,
+            [
+                P::Model,
+                P::MaxOutputTokens,
+                P::Message,
+                P::PartEnd,
+                P::Image,
+                P::ImageDetail,
+                P::PartEnd,
+                P::Message
+            ]
+        );
+        let c = chat(
+            ChatShape::AnthropicMessages,
+            r#"{"model":"claude-sonnet-4","max_tokens":1024,"system":"s","messages":[{"role":"user","content":[
+               {"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBOR"}},
+               {"type":"text","text":"what is this?"}]}],"stream":false}"#,
+        );
+        let got: Vec<(P, &str)> = c.params.iter().map(|(p, v)| (*p, v.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (P::Model, "\"claude-sonnet-4\""),
+                (P::MaxTokens, "1024"),
+                (P::Message, ""),
+                (P::Image, "iVBOR"),
+                (P::PartEnd, ""),
+                (P::PartEnd, ""),
+                (P::Stream, "false"),
+            ]
+        );
+        // A truncated body reports what it passed, never a half value.
+        let c = chat(ChatShape::OpenaiChat, r#"{"model":"m","tools":[{"a":1}"#);
+        assert_eq!(c.params.len(), 1);
     }
 
     #[test]

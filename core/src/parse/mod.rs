@@ -19,7 +19,7 @@ pub mod xml;
 
 pub use json::ChatShape;
 
-use crate::field::{Field, FieldFlags, FieldSink, Finding, ParseLimits};
+use crate::field::{ApiParam, Field, FieldFlags, FieldSink, Finding, ParseLimits};
 
 /// Reusable buffers for all parsers; one per worker (lives inside the engine's scratch).
 ///
@@ -172,6 +172,14 @@ impl<'s> Emitter<'s> {
         }
     }
 
+    /// Hands an inference-API parameter to the sink (see [`ApiParam`]); not counted
+    /// against the field budget, since parameters are a fixed handful per message.
+    pub fn param(&mut self, p: ApiParam, value: &[u8]) {
+        if !self.stopped {
+            self.sink.param(p, value);
+        }
+    }
+
     /// The limits this request is held to.
     pub fn limits(&self) -> &ParseLimits {
         &self.limits
@@ -319,7 +327,7 @@ pub(crate) fn trim_ows(mut v: &[u8]) -> &[u8] {
 pub(crate) mod testutil {
     //! A sink that records everything, for the parser tests.
 
-    use crate::field::{Field, FieldFlags, FieldKind, FieldSink, Finding, Role};
+    use crate::field::{ApiParam, Field, FieldFlags, FieldKind, FieldSink, Finding, Role};
 
     /// One recorded field, owned.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,6 +352,8 @@ pub(crate) mod testutil {
     pub struct Collect {
         pub fields: Vec<Rec>,
         pub findings: Vec<Finding>,
+        /// Inference-API parameters with their values, as lossy strings.
+        pub params: Vec<(ApiParam, String)>,
     }
 
     impl FieldSink for Collect {
@@ -358,6 +368,10 @@ pub(crate) mod testutil {
         }
         fn finding(&mut self, f: Finding) {
             self.findings.push(f);
+        }
+        fn param(&mut self, p: ApiParam, v: &[u8]) {
+            self.params
+                .push((p, String::from_utf8_lossy(v).into_owned()));
         }
     }
 

@@ -1,0 +1,354 @@
+//! The parameter and cost stages of `inspect`: what the request asks of the model, what it
+//! will cost, and whether the route allows it.
+//!
+//! Everything here reads state gathered during the single walk of the body ([`CostScratch`]:
+//! parameters from the walker's [`ApiParam`](crate::field::ApiParam) events, byte classes
+//! of every prompt field). Only when the token estimate's interval straddles the route's
+//! prompt-token cap is the body walked again, to count its prompt fields exactly.
+
+use std::sync::Arc;
+
+use crate::cost::params::{
+    param_name, Allowance, CompiledModel, Num, OverLimit, ParamPolicy, ParamState, Tokenizer,
+};
+use crate::cost::tokens::{self, ByteClasses, ChatOverhead, Encoding, ImageCost, TokenEstimate};
+use crate::decision::{Cost, Reason, Rewrite, RewriteAction, Stage};
+use crate::field::{ApiParam, Field, FieldFlags, FieldKind, FieldSink, Finding, ParseLimits};
+use crate::parse::{ChatShape, Emitter, ParseScratch};
+use crate::rules::glob_match;
+
+/// Output tokens reserved per choice when neither the request nor the route sets a limit.
+pub const DEFAULT_OUTPUT_TOKENS: u64 = 4096;
+
+/// Per-worker state of the cost stages, reset per request.
+#[derive(Debug, Default)]
+pub(crate) struct CostScratch {
+    pub params: ParamState,
+    /// Byte classes of every prompt text field, summed.
+    pub prompt: ByteClasses,
+    /// Non-empty prompt text fields.
+    pub prompt_fields: u64,
+}
+
+impl CostScratch {
+    pub fn reset(&mut self) {
+        self.params.reset();
+        self.prompt = ByteClasses::default();
+        self.prompt_fields = 0;
+    }
+
+    /// Takes a field of the walk: prompt text (a role, not JSON re-read from inside a
+    /// string, whose text the outer field already counted) adds to the prompt.
+    #[inline]
+    pub fn field(&mut self, f: &Field<'_>) {
+        if f.role.is_some()
+            && f.kind == FieldKind::Json
+            && !f.value.is_empty()
+            && !f.flags.has(FieldFlags::NESTED_JSON)
+        {
+            self.prompt.add(&ByteClasses::of(f.value));
+            self.prompt_fields += 1;
+        }
+    }
+}
+
+/// A route's compiled parameter policy.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteParams {
+    pub shape: ChatShape,
+    pub policy: ParamPolicy,
+    /// Lowercased model globs of the allowlist.
+    pub models: Option<Vec<Vec<u8>>>,
+}
+
+impl RouteParams {
+    pub fn new(shape: ChatShape, policy: ParamPolicy) -> RouteParams {
+        let models = policy.models.as_ref().map(|m| {
+            m.iter()
+                .map(|g| g.to_ascii_lowercase().into_bytes())
+                .collect()
+        });
+        RouteParams {
+            shape,
+            policy,
+            models,
+        }
+    }
+}
+
+/// What the stages decided.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub cost: Option<Cost>,
+    pub rewrites: Vec<Rewrite>,
+    /// A refusal: status, reason, stage.
+    pub deny: Option<(u16, Reason, Stage)>,
+}
+
+/// Runs the parameter policy and computes the cost. `body`, `limits` and `parse` are for
+/// the exact recount when the estimate straddles the prompt cap.
+pub(crate) fn decide(
+    rp: &RouteParams,
+    models: &[CompiledModel],
+    st: &CostScratch,
+    body: &[u8],
+    limits: ParseLimits,
+    parse: &mut ParseScratch,
+) -> Outcome {
+    let mut out = Outcome::default();
+    if rp.shape == ChatShape::None {
+        return out;
+    }
+    let p = &st.params;
+    let pol = &rp.policy;
+    let reject = |param: ApiParam, why: &'static str, limit: Option<u64>| {
+        Some((
+            400,
+            Reason::ParameterRejected {
+                param: param_name(param),
+                why,
+                limit,
+            },
+            Stage::Params,
+        ))
+    };
+    // Malformed values first: a limit cannot be checked on a value that is not a number.
+    if let Some(bad) = p.invalid {
+        out.deny = reject(bad, "invalid", None);
+    }
+    let model_lc = p.model.to_ascii_lowercase();
+    if out.deny.is_none() {
+        if let Some(globs) = &rp.models {
+            if !globs.iter().any(|g| glob_match(g, model_lc.as_bytes())) {
+                out.deny = Some((
+                    403,
+                    Reason::ModelNotAllowed {
+                        model: p.model.clone(),
+                    },
+                    Stage::Params,
+                ));
+            }
+        }
+    }
+    if out.deny.is_none() {
+        if let Some(max) = pol.max_messages {
+            if p.messages > max {
+                out.deny = reject(ApiParam::Message, "above_limit", Some(u64::from(max)));
+            }
+        }
+    }
+    let n = match p.n {
+        Some(Num::Int(n)) => n.max(1),
+        _ => 1,
+    };
+    if out.deny.is_none() {
+        if let Some(max) = pol.max_n {
+            if n > max {
+                out.deny = reject(ApiParam::N, "above_limit", Some(max));
+            }
+        }
+    }
+    // The output limit: clamp or reject above the route's maximum.
+    let mut output = match p.max_output {
+        Some((_, Num::Int(v))) => Some(v),
+        _ => None,
+    };
+    if let (Some(max), Some((param, Num::Int(v)))) = (pol.max_output_tokens, p.max_output) {
+        if v > max {
+            match pol.on_max_output.unwrap_or_default() {
+                OverLimit::Reject => {
+                    if out.deny.is_none() {
+                        out.deny = reject(param, "above_limit", Some(max));
+                    }
+                }
+                OverLimit::Clamp => {
+                    output = Some(max);
+                    out.rewrites.push(Rewrite {
+                        param: param_name(param),
+                        action: RewriteAction::Set(max),
+                    });
+                }
+            }
+        }
+    }
+    let logprobs = p.logprobs || matches!(p.top_logprobs, Some(Num::Int(k)) if k > 0);
+    let switches: [(bool, Option<Allowance>, &[ApiParam], RewriteAction); 4] = [
+        (
+            logprobs,
+            pol.logprobs,
+            &[ApiParam::Logprobs, ApiParam::TopLogprobs],
+            RewriteAction::Remove,
+        ),
+        (
+            p.logit_bias,
+            pol.logit_bias,
+            &[ApiParam::LogitBias],
+            RewriteAction::Remove,
+        ),
+        (
+            p.stream == Some(true),
+            pol.stream,
+            &[ApiParam::Stream],
+            RewriteAction::SetFalse,
+        ),
+        (
+            p.tools > 0,
+            pol.tools,
+            &[ApiParam::Tools, ApiParam::Functions, ApiParam::ToolChoice],
+            RewriteAction::Remove,
+        ),
+    ];
+    let mut tools_stripped = false;
+    for (present, allowance, params, action) in switches {
+        if !present {
+            continue;
+        }
+        match allowance.unwrap_or_default() {
+            Allowance::Allow => {}
+            Allowance::Deny => {
+                if out.deny.is_none() {
+                    out.deny = reject(params[0], "not_allowed", None);
+                }
+            }
+            Allowance::Strip => {
+                tools_stripped |= params[0] == ApiParam::Tools;
+                for &param in params {
+                    out.rewrites.push(Rewrite {
+                        param: param_name(param),
+                        action,
+                    });
+                }
+            }
+        }
+    }
+
+    // Cost: prompt tokens (text, tools, images, overhead) and the output reservation.
+    let row = models
+        .iter()
+        .find(|m| m.globs.iter().any(|g| glob_match(g, model_lc.as_bytes())));
+    let tokenizer = row.map_or(Tokenizer::Encoding(Encoding::O200kBase), |m| m.tokenizer);
+    let mut classes = st.prompt;
+    let mut texts = st.prompt_fields;
+    if p.tools > 0 && !tools_stripped {
+        classes.add(&p.tool_classes);
+        texts += 1;
+    }
+    let text = match tokenizer {
+        Tokenizer::Encoding(enc) => tokens::estimate_classes(enc, &classes, texts),
+        Tokenizer::Ratio {
+            bytes_per_token,
+            error,
+        } => tokens::estimate_ratio_classes(bytes_per_token, error, &classes),
+    };
+    let image_cost = ImageCost::default();
+    let fixed = ChatOverhead::default()
+        .tokens(u64::from(p.messages), u64::from(p.names))
+        .saturating_add(
+            p.images
+                .iter()
+                .map(|i| tokens::image_tokens(&image_cost, i.detail, i.size))
+                .fold(0u64, u64::saturating_add),
+        );
+    let mut prompt = TokenEstimate {
+        tokens: text.tokens.saturating_add(fixed),
+        low: text.low.saturating_add(fixed),
+        high: text.high.saturating_add(fixed),
+    };
+    let mut exact = false;
+    if let Some(cap) = pol.max_prompt_tokens {
+        if prompt.fits(cap).is_none() {
+            if let Tokenizer::Encoding(enc) = tokenizer {
+                let include_tools = p.tools > 0 && !tools_stripped;
+                if let Some(t) = count_exact(enc, rp.shape, body, limits, parse, include_tools) {
+                    let t = t.saturating_add(fixed);
+                    prompt = TokenEstimate::exact(t);
+                    exact = true;
+                }
+            }
+        }
+        // Still straddling (no exact counter for this family, or tiktoken not built in):
+        // the point estimate decides, and the decision says it was an estimate.
+        let over = match prompt.fits(cap) {
+            Some(fits) => !fits,
+            None => prompt.tokens > cap,
+        };
+        if over && out.deny.is_none() {
+            out.deny = Some((
+                400,
+                Reason::PromptTooLong {
+                    tokens: prompt.tokens,
+                    limit: cap,
+                    exact,
+                },
+                Stage::Cost,
+            ));
+        }
+    }
+    let output_reserved = if rp.shape == ChatShape::OpenaiEmbeddings {
+        0
+    } else {
+        output
+            .or(pol.default_output_tokens)
+            .unwrap_or(DEFAULT_OUTPUT_TOKENS)
+            .saturating_mul(n)
+    };
+    let micro_usd = row.map_or(0, |m| m.price.micro_usd(prompt.tokens, 0, output_reserved));
+    out.cost = Some(Cost {
+        model: row.map(|m| Arc::clone(&m.name)),
+        prompt_tokens: prompt.tokens,
+        prompt_tokens_low: prompt.low,
+        prompt_tokens_high: prompt.high,
+        output_tokens_reserved: output_reserved,
+        micro_usd,
+        exact,
+    });
+    out
+}
+
+/// Counts the prompt fields of `body` exactly by walking it again; `None` when exact
+/// counting is not built in.
+fn count_exact(
+    enc: Encoding,
+    shape: ChatShape,
+    body: &[u8],
+    limits: ParseLimits,
+    parse: &mut ParseScratch,
+    include_tools: bool,
+) -> Option<u64> {
+    if !tokens::prepare(enc) {
+        return None;
+    }
+    struct Exact {
+        enc: Encoding,
+        total: u64,
+        tools: bool,
+    }
+    impl FieldSink for Exact {
+        fn field(&mut self, f: &Field<'_>) {
+            if f.role.is_some()
+                && f.kind == FieldKind::Json
+                && !f.flags.has(FieldFlags::NESTED_JSON)
+            {
+                let text = String::from_utf8_lossy(f.value);
+                let n = tokens::count_exact(self.enc, &text).unwrap_or(0);
+                self.total = self.total.saturating_add(n);
+            }
+        }
+        fn finding(&mut self, _: Finding) {}
+        fn param(&mut self, p: ApiParam, raw: &[u8]) {
+            if self.tools && matches!(p, ApiParam::Tools | ApiParam::Functions) {
+                let text = String::from_utf8_lossy(raw);
+                let n = tokens::count_exact(self.enc, &text).unwrap_or(0);
+                self.total = self.total.saturating_add(n);
+            }
+        }
+    }
+    let mut sink = Exact {
+        enc,
+        total: 0,
+        tools: include_tools,
+    };
+    let mut em = Emitter::new(&mut sink, limits);
+    crate::parse::json::walk(body, shape, parse, &mut em);
+    Some(sink.total)
+}
