@@ -8,8 +8,8 @@ use crate::cost::params::{compile_models, CompiledModel};
 use crate::cost::stage::{CostScratch, RouteParams};
 use crate::decision::{Action, Decision, Reason, RuleMatch, Scores, Stage};
 use crate::error::{CompileError, CompileErrorKind};
-use crate::field::{ApiParam, Field, FieldFlags, FieldKind, FieldSink, Finding, ParseLimits};
-use crate::parse::{self, ChatShape, Emitter, ParseScratch};
+use crate::field::{ApiParam, Field, FieldFlags, FieldKind, FieldSink, Finding, ParseLimits, Role};
+use crate::parse::{self, Emitter, ParseScratch};
 use crate::policy::{Limits, Mode, OnOversize, Policy, RouteSettings, Schema};
 use crate::request::Request;
 use crate::rules::compile::{Program, ProgramCaches, TransformCache};
@@ -376,7 +376,12 @@ impl Engine {
                 limits,
                 builtin_off,
                 field_exclusions,
-                params: RouteParams::new(schema.chat_shape(), params),
+                params: RouteParams::new(
+                    schema.chat_shape(),
+                    params,
+                    own.api_fields.as_ref().or(defaults.api_fields.as_ref()),
+                )
+                .map_err(|m| CompileError::new(CompileErrorKind::InvalidValue, m).in_file(src))?,
             });
         }
         Ok(Engine {
@@ -533,7 +538,7 @@ impl Engine {
         }
         let program = &self.inner.programs[route.program];
         scored.fill(0);
-        let chat = route.params.shape != ChatShape::None;
+        let chat = route.params.enabled;
         if chat {
             cost.reset();
         }
@@ -1054,6 +1059,18 @@ impl FieldSink for Inspector<'_, '_> {
 
     fn field(&mut self, f: &Field<'_>) {
         self.part = f.kind;
+        // A custom server's prompt fields become user text, for the prompt rules too.
+        let promoted;
+        let f = match &self.route.params.generic {
+            Some(g) if f.kind == FieldKind::Json && f.role.is_none() && g.is_prompt(f.name) => {
+                promoted = Field {
+                    role: Some(Role::User),
+                    ..*f
+                };
+                &promoted
+            }
+            _ => f,
+        };
         if let Some(c) = self.cost.as_deref_mut() {
             c.field(f);
         }

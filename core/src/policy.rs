@@ -314,6 +314,9 @@ pub struct RouteSettings {
     /// tools, messages).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<crate::cost::params::ParamPolicy>,
+    /// Where a custom model server's inference fields are (`schema: json` routes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_fields: Option<crate::cost::params::ApiFields>,
 }
 
 /// Which rules run on a route.
@@ -364,6 +367,9 @@ pub struct Route {
     /// Parameter policy; each setting overrides the defaults' one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<crate::cost::params::ParamPolicy>,
+    /// Where a custom model server's inference fields are (`schema: json` routes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_fields: Option<crate::cost::params::ApiFields>,
 }
 
 impl Route {
@@ -380,6 +386,7 @@ impl Route {
             limits: self.limits,
             rules: self.rules.clone(),
             params: self.params.clone(),
+            api_fields: self.api_fields.clone(),
         }
     }
 }

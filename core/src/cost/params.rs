@@ -98,6 +98,30 @@ impl ParamPolicy {
     }
 }
 
+/// Where the inference fields of a custom model server's JSON body are, for routes with
+/// `schema: json` (as JSON pointers, RFC 6901). Setting this turns on the parameter and
+/// cost stages for the route.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApiFields {
+    /// Pointers to prompt text: every string at or below each is user prompt text (the
+    /// prompt rules read it, and its tokens are counted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<String>,
+    /// Pointer to the model name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Pointer to the output-token limit (`/parameters/max_new_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<String>,
+    /// Pointer to the number of choices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    /// Pointer to the streaming flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+}
+
 /// How a model family's tokens are counted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
@@ -437,7 +461,6 @@ impl ParamState {
                 self.part_detail = None;
             }
             P::ToolChoice => {}
-            _ => {}
         }
     }
 

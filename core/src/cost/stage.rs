@@ -9,11 +9,13 @@
 use std::sync::Arc;
 
 use crate::cost::params::{
-    param_name, Allowance, CompiledModel, Num, OverLimit, ParamPolicy, ParamState, Tokenizer,
+    param_name, Allowance, ApiFields, CompiledModel, Num, OverLimit, ParamPolicy, ParamState,
+    Tokenizer,
 };
 use crate::cost::tokens::{self, ByteClasses, ChatOverhead, Encoding, ImageCost, TokenEstimate};
 use crate::decision::{Cost, Reason, Rewrite, RewriteAction, Stage};
 use crate::field::{ApiParam, Field, FieldFlags, FieldKind, FieldSink, Finding, ParseLimits};
+use crate::parse::json::{pointer_get, pointer_tokens};
 use crate::parse::{ChatShape, Emitter, ParseScratch};
 use crate::rules::glob_match;
 
@@ -56,23 +58,78 @@ impl CostScratch {
 #[derive(Debug, Clone)]
 pub(crate) struct RouteParams {
     pub shape: ChatShape,
+    /// Whether the stages run: a chat shape, or `apiFields` on a JSON route.
+    pub enabled: bool,
     pub policy: ParamPolicy,
     /// Lowercased model globs of the allowlist.
     pub models: Option<Vec<Vec<u8>>>,
+    /// A custom server's fields, compiled.
+    pub generic: Option<Generic>,
+}
+
+/// [`ApiFields`] compiled: prompt pointers as field names, the others as pointer tokens.
+#[derive(Debug, Clone)]
+pub(crate) struct Generic {
+    prompts: Vec<Vec<u8>>,
+    scalars: Vec<(ApiParam, Vec<Vec<u8>>)>,
+}
+
+impl Generic {
+    /// Whether a JSON field (named by its pointer) is at or below a prompt pointer.
+    #[inline]
+    pub fn is_prompt(&self, name: &[u8]) -> bool {
+        self.prompts
+            .iter()
+            .any(|p| name.starts_with(p) && matches!(name.get(p.len()), None | Some(b'/' | b'#')))
+    }
 }
 
 impl RouteParams {
-    pub fn new(shape: ChatShape, policy: ParamPolicy) -> RouteParams {
+    /// Compiles a route's settings; `Err` holds the message for a `CompileError`.
+    pub fn new(
+        shape: ChatShape,
+        policy: ParamPolicy,
+        fields: Option<&ApiFields>,
+    ) -> Result<RouteParams, String> {
         let models = policy.models.as_ref().map(|m| {
             m.iter()
                 .map(|g| g.to_ascii_lowercase().into_bytes())
                 .collect()
         });
-        RouteParams {
+        let generic = match fields {
+            None => None,
+            Some(f) => {
+                let tokens = |p: &str| {
+                    pointer_tokens(p).ok_or_else(|| {
+                        format!("apiFields: {p:?} is not a JSON pointer (RFC 6901: \"/a/b\")")
+                    })
+                };
+                let mut prompts = Vec::new();
+                for p in &f.prompts {
+                    tokens(p)?;
+                    prompts.push(p.as_bytes().to_vec());
+                }
+                let mut scalars = Vec::new();
+                for (param, p) in [
+                    (ApiParam::Model, &f.model),
+                    (ApiParam::MaxTokens, &f.max_output_tokens),
+                    (ApiParam::N, &f.n),
+                    (ApiParam::Stream, &f.stream),
+                ] {
+                    if let Some(p) = p {
+                        scalars.push((param, tokens(p)?));
+                    }
+                }
+                Some(Generic { prompts, scalars })
+            }
+        };
+        Ok(RouteParams {
             shape,
+            enabled: shape != ChatShape::None || generic.is_some(),
             policy,
             models,
-        }
+            generic,
+        })
     }
 }
 
@@ -90,15 +147,23 @@ pub(crate) struct Outcome {
 pub(crate) fn decide(
     rp: &RouteParams,
     models: &[CompiledModel],
-    st: &CostScratch,
+    st: &mut CostScratch,
     body: &[u8],
     limits: ParseLimits,
     parse: &mut ParseScratch,
 ) -> Outcome {
     let mut out = Outcome::default();
-    if rp.shape == ChatShape::None {
+    if !rp.enabled {
         return out;
     }
+    if let Some(g) = &rp.generic {
+        for (param, tokens) in &g.scalars {
+            if let Some(raw) = pointer_get(body, tokens) {
+                st.params.add(*param, raw);
+            }
+        }
+    }
+    let st = &*st;
     let p = &st.params;
     let pol = &rp.policy;
     let reject = |param: ApiParam, why: &'static str, limit: Option<u64>| {
@@ -259,7 +324,7 @@ pub(crate) fn decide(
         if prompt.fits(cap).is_none() {
             if let Tokenizer::Encoding(enc) = tokenizer {
                 let include_tools = p.tools > 0 && !tools_stripped;
-                if let Some(t) = count_exact(enc, rp.shape, body, limits, parse, include_tools) {
+                if let Some(t) = count_exact(enc, rp, body, limits, parse, include_tools) {
                     let t = t.saturating_add(fixed);
                     prompt = TokenEstimate::exact(t);
                     exact = true;
@@ -309,7 +374,7 @@ pub(crate) fn decide(
 /// counting is not built in.
 fn count_exact(
     enc: Encoding,
-    shape: ChatShape,
+    rp: &RouteParams,
     body: &[u8],
     limits: ParseLimits,
     parse: &mut ParseScratch,
@@ -318,17 +383,16 @@ fn count_exact(
     if !tokens::prepare(enc) {
         return None;
     }
-    struct Exact {
+    struct Exact<'g> {
         enc: Encoding,
         total: u64,
         tools: bool,
+        generic: Option<&'g Generic>,
     }
-    impl FieldSink for Exact {
+    impl FieldSink for Exact<'_> {
         fn field(&mut self, f: &Field<'_>) {
-            if f.role.is_some()
-                && f.kind == FieldKind::Json
-                && !f.flags.has(FieldFlags::NESTED_JSON)
-            {
+            let prompt = f.role.is_some() || self.generic.is_some_and(|g| g.is_prompt(f.name));
+            if prompt && f.kind == FieldKind::Json && !f.flags.has(FieldFlags::NESTED_JSON) {
                 let text = String::from_utf8_lossy(f.value);
                 let n = tokens::count_exact(self.enc, &text).unwrap_or(0);
                 self.total = self.total.saturating_add(n);
@@ -347,8 +411,9 @@ fn count_exact(
         enc,
         total: 0,
         tools: include_tools,
+        generic: rp.generic.as_ref(),
     };
     let mut em = Emitter::new(&mut sink, limits);
-    crate::parse::json::walk(body, shape, parse, &mut em);
+    crate::parse::json::walk(body, rp.shape, parse, &mut em);
     Some(sink.total)
 }

@@ -649,6 +649,137 @@ fn push_index(ptr: &mut Vec<u8>, mut n: u64) {
     ptr.extend_from_slice(&tmp[i..]);
 }
 
+/// Splits an RFC 6901 JSON pointer (`/parameters/max_new_tokens`, `""` for the root) into
+/// its unescaped reference tokens (`~1` is `/`, `~0` is `~`); `None` if it does not start
+/// with `/` or has a bad escape. Done once, when a policy compiles.
+pub fn pointer_tokens(pointer: &str) -> Option<Vec<Vec<u8>>> {
+    if pointer.is_empty() {
+        return Some(Vec::new());
+    }
+    pointer
+        .strip_prefix('/')?
+        .split('/')
+        .map(|t| {
+            let mut out = Vec::with_capacity(t.len());
+            let mut it = t.bytes();
+            while let Some(b) = it.next() {
+                if b == b'~' {
+                    out.push(match it.next()? {
+                        b'0' => b'~',
+                        b'1' => b'/',
+                        _ => return None,
+                    });
+                } else {
+                    out.push(b);
+                }
+            }
+            Some(out)
+        })
+        .collect()
+}
+
+/// The raw JSON value at a pointer (tokens from [`pointer_tokens`]) of `doc`, as a slice of
+/// it, found by skipping over every other value without building or validating anything.
+///
+/// For the few fields a generic inference schema names (model, output limit, ...): one
+/// forward scan per pointer, each skipped string costing one `memchr`. Keys are compared
+/// after unescaping; an array token must be a decimal index. A repeated key resolves to
+/// its last occurrence, like most JSON parsers. `None` when the path does not exist or
+/// the document is malformed along it (the walker reports malformed JSON on its own).
+pub fn pointer_get<'d>(doc: &'d [u8], tokens: &[Vec<u8>]) -> Option<&'d [u8]> {
+    let mut i = skip_ws(doc, usize::from(doc.starts_with(b"\xEF\xBB\xBF")) * 3);
+    let mut key = Vec::new();
+    for tok in tokens {
+        match *doc.get(i)? {
+            b'{' => {
+                let mut found = None;
+                let mut p = skip_ws(doc, i + 1);
+                while doc.get(p) == Some(&b'"') {
+                    let kend = skip_string(doc, p)?;
+                    let raw = &doc[p + 1..kend - 1];
+                    let same = if raw.contains(&b'\\') {
+                        key.clear();
+                        parse_string(doc, p, &mut key, true).ok()?;
+                        key == *tok
+                    } else {
+                        raw == tok.as_slice()
+                    };
+                    let colon = skip_ws(doc, kend);
+                    if doc.get(colon) != Some(&b':') {
+                        return None;
+                    }
+                    let v = skip_ws(doc, colon + 1);
+                    if same {
+                        found = Some(v);
+                    }
+                    p = skip_ws(doc, skip_value(doc, v)?);
+                    match doc.get(p) {
+                        Some(b',') => p = skip_ws(doc, p + 1),
+                        _ => break,
+                    }
+                }
+                i = found?;
+            }
+            b'[' => {
+                let idx: usize = std::str::from_utf8(tok).ok()?.parse().ok()?;
+                if tok.len() > 1 && tok[0] == b'0' {
+                    return None;
+                }
+                let mut p = skip_ws(doc, i + 1);
+                for _ in 0..idx {
+                    p = skip_ws(doc, skip_value(doc, p)?);
+                    if doc.get(p) != Some(&b',') {
+                        return None;
+                    }
+                    p = skip_ws(doc, p + 1);
+                }
+                if matches!(doc.get(p), None | Some(b']')) {
+                    return None;
+                }
+                i = p;
+            }
+            _ => return None,
+        }
+    }
+    let end = skip_value(doc, i)?;
+    Some(&doc[i..end])
+}
+
+/// The end of the JSON value starting at `doc[i]` (not validated).
+fn skip_value(doc: &[u8], i: usize) -> Option<usize> {
+    match *doc.get(i)? {
+        b'"' => skip_string(doc, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut p = i;
+            loop {
+                match *doc.get(p)? {
+                    b'"' => {
+                        p = skip_string(doc, p)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(p + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                p += 1;
+            }
+        }
+        _ => {
+            let n = doc[i..]
+                .iter()
+                .position(|b| matches!(b, b',' | b']' | b'}' | b' ' | b'\t' | b'\r' | b'\n'))
+                .unwrap_or(doc.len() - i);
+            (n > 0).then_some(i + n)
+        }
+    }
+}
+
 /// Walks a JSON document, emitting its string leaves and object keys.
 ///
 /// Emits a [`FieldKind::Json`] field for every string leaf (name = its JSON pointer per
@@ -1810,6 +1941,52 @@ mod tests {
         // A truncated body reports what it passed, never a half value.
         let c = chat(ChatShape::OpenaiChat, r#"{"model":"m","tools":[{"a":1}"#);
         assert_eq!(c.params.len(), 1);
+    }
+
+    #[test]
+    fn pointers() {
+        let doc = br#" {"inputs":"hi","parameters":{"max_new_tokens": 64 ,"a/b":[1,{"x":"y"}],"e\u0073c":true},
+            "list":[[], "s,]", {"k":null}],"inputs":"last"}"#;
+        let get = |p: &str| {
+            pointer_get(doc, &pointer_tokens(p).expect("valid pointer"))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(
+            get("/inputs").as_deref(),
+            Some(r#""last""#),
+            "last duplicate wins"
+        );
+        assert_eq!(get("/parameters/max_new_tokens").as_deref(), Some("64"));
+        assert_eq!(get("/parameters/a~1b/1/x").as_deref(), Some(r#""y""#));
+        assert_eq!(get("/parameters/esc").as_deref(), Some("true"));
+        assert_eq!(get("/list/1").as_deref(), Some(r#""s,]""#));
+        assert_eq!(get("/list/2/k").as_deref(), Some("null"));
+        assert_eq!(get("/list/0").as_deref(), Some("[]"));
+        for missing in [
+            "/nope",
+            "/list/3",
+            "/list/01",
+            "/list/x",
+            "/inputs/0",
+            "/parameters/max_new_tokens/x",
+        ] {
+            assert_eq!(get(missing), None, "{missing}");
+        }
+        assert!(get("").unwrap().starts_with(r#"{"inputs""#));
+        assert_eq!(pointer_tokens("no-slash"), None);
+        assert_eq!(pointer_tokens("/bad~2"), None);
+        // Malformed or truncated documents give None, never a panic.
+        for bad in [
+            &b""[..],
+            b"{",
+            b"{\"inputs\"",
+            b"{\"inputs\":",
+            b"[1,",
+            b"{\"a\":{\"b\":[}",
+        ] {
+            let _ = pointer_get(bad, &pointer_tokens("/inputs").unwrap());
+            let _ = pointer_get(bad, &pointer_tokens("/a/b/0").unwrap());
+        }
     }
 
     #[test]
