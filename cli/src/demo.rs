@@ -179,10 +179,10 @@ pub fn run() -> Result<(), String> {
         engine.stats().rules
     );
     println!(
-        "{:<34} {:<8} {:<19} {:>5}  matched (rule @ field)",
-        "request", "action", "route", "score"
+        "{:<34} {:<8} {:<19} {:>5}  {:<22} matched (rule @ field)",
+        "request", "action", "route", "score", "tokens in+out, µ$"
     );
-    println!("{}", "-".repeat(110));
+    println!("{}", "-".repeat(130));
     let mut wrong = 0;
     let start = std::time::Instant::now();
     for s in SAMPLES {
@@ -208,12 +208,22 @@ pub fn run() -> Result<(), String> {
             .iter()
             .map(|m| format!("{} {} @ {}", m.rule_id, m.name, m.location))
             .collect();
+        let cost = d.cost.as_ref().map_or_else(String::new, |c| {
+            format!(
+                "{}{}+{} {}",
+                if c.exact { "" } else { "~" },
+                c.prompt_tokens,
+                c.output_tokens_reserved,
+                c.micro_usd
+            )
+        });
         println!(
-            "{:<34} {:<8} {:<19} {:>5}  {}{}",
+            "{:<34} {:<8} {:<19} {:>5}  {:<22} {}{}",
             s.what,
             action,
             d.route,
             d.score,
+            cost,
             matched.join(", "),
             if denied != s.expect_deny {
                 "   <-- unexpected"
