@@ -2213,7 +2213,50 @@ mod tests {
             }
 
             #[test]
+            fn pointer_get_matches_serde_json(v in value()) {
+                // Every value's pointer resolves to bytes that parse to that value.
+                fn paths(v: &Value, ptr: String, out: &mut Vec<String>) {
+                    out.push(ptr.clone());
+                    match v {
+                        Value::Object(m) => {
+                            for (k, c) in m {
+                                let k = k.replace('~', "~0").replace('/', "~1");
+                                paths(c, format!("{ptr}/{k}"), out);
+                            }
+                        }
+                        Value::Array(a) => {
+                            for (i, c) in a.iter().enumerate() {
+                                paths(c, format!("{ptr}/{i}"), out);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let mut all = Vec::new();
+                paths(&v, String::new(), &mut all);
+                // Compact text: the raw value is exactly the sub-value's serialization.
+                // Pretty text: the same once both are parsed (numbers parse alike).
+                let compact = serde_json::to_vec(&v).unwrap();
+                let pretty = serde_json::to_vec_pretty(&v).unwrap();
+                for p in &all {
+                    let want = serde_json::to_vec(v.pointer(p).unwrap()).unwrap();
+                    let tokens = pointer_tokens(p).unwrap();
+                    let raw = pointer_get(&compact, &tokens);
+                    prop_assert_eq!(raw, Some(&want[..]), "{}", p);
+                    let raw = pointer_get(&pretty, &tokens).unwrap_or_else(|| panic!("{p}"));
+                    let got: Value = serde_json::from_slice(raw).unwrap();
+                    let want: Value = serde_json::from_slice(&want).unwrap();
+                    prop_assert_eq!(got, want, "{}", p);
+                }
+                for doc in [compact, pretty] {
+                    let missing = pointer_tokens("/\u{1}missing").unwrap();
+                    prop_assert_eq!(pointer_get(&doc, &missing), None);
+                }
+            }
+
+            #[test]
             fn never_panics_on_bytes(body in prop::collection::vec(any::<u8>(), 0..256)) {
+                let _ = pointer_get(&body, &pointer_tokens("/a/0/b").unwrap());
                 for shape in SHAPES {
                     run_with(&body, shape, ParseLimits::default());
                 }
