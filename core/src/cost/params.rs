@@ -319,6 +319,8 @@ pub(crate) struct ImageRef {
 pub(crate) struct ParamState {
     /// The decoded `model` string (empty when absent).
     pub model: String,
+    /// `model` in ASCII lowercase, what the globs are matched against.
+    pub model_lc: String,
     pub model_present: bool,
     /// The output limit the request set, from whichever of the three names it used, and
     /// that name (the last one seen wins, as in the back ends).
@@ -349,14 +351,15 @@ pub(crate) struct ParamState {
 impl ParamState {
     /// Clears for the next request, keeping buffers.
     pub fn reset(&mut self) {
-        let (mut model, mut images) = (
-            std::mem::take(&mut self.model),
-            std::mem::take(&mut self.images),
-        );
+        let mut model = std::mem::take(&mut self.model);
+        let mut model_lc = std::mem::take(&mut self.model_lc);
+        let mut images = std::mem::take(&mut self.images);
         model.clear();
+        model_lc.clear();
         images.clear();
         *self = ParamState {
             model,
+            model_lc,
             images,
             ..ParamState::default()
         };
@@ -368,9 +371,20 @@ impl ParamState {
         match p {
             P::Model => {
                 self.model.clear();
+                self.model_lc.clear();
                 self.model_present = true;
-                match serde_json::from_slice::<std::borrow::Cow<'_, str>>(raw) {
-                    Ok(s) => self.model.push_str(&s),
+                // `&str` borrows from the body (no allocation) unless the name has escapes.
+                let decoded = serde_json::from_slice::<&str>(raw)
+                    .map(std::borrow::Cow::Borrowed)
+                    .or_else(|_| {
+                        serde_json::from_slice::<String>(raw).map(std::borrow::Cow::Owned)
+                    });
+                match decoded {
+                    Ok(s) => {
+                        self.model.push_str(&s);
+                        self.model_lc
+                            .extend(s.chars().map(|c| c.to_ascii_lowercase()));
+                    }
                     Err(_) => self.mark_invalid(p),
                 }
             }

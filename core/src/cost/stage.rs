@@ -181,7 +181,7 @@ pub(crate) fn decide(
     if let Some(bad) = p.invalid {
         out.deny = reject(bad, "invalid", None);
     }
-    let model_lc = p.model.to_ascii_lowercase();
+    let model_lc = &p.model_lc;
     if out.deny.is_none() {
         if let Some(globs) = &rp.models {
             if !globs.iter().any(|g| glob_match(g, model_lc.as_bytes())) {
