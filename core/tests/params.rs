@@ -115,6 +115,24 @@ fn model_allowlist() {
         r#"{"messages":[{"role":"user","content":"hi"}],"model":"GPT-4-TURBO"}"#,
     );
     assert!(d.is_allowed(), "globs ignore case: {}", d.to_json());
+    // Escapes in the name are decoded before matching, either way.
+    let d = post(
+        &e,
+        "/v1/chat/completions",
+        r#"{"model":"gpt-4o\u002dmini","messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert!(d.is_allowed(), "{}", d.to_json());
+    let d = post(
+        &e,
+        "/v1/chat/completions",
+        r#"{"model":"o1\u002dpro","messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert_eq!(
+        rejected(&d).1,
+        &Reason::ModelNotAllowed {
+            model: "o1-pro".into()
+        }
+    );
     let d = post(
         &e,
         "/v1/chat/completions",
