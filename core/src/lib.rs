@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod cost;
 pub mod decision;
 pub mod engine;
 pub mod error;
@@ -37,9 +38,13 @@ pub mod request;
 pub mod rules;
 pub mod transform;
 
+pub use cost::usage::{Provider, Usage, UsageSource, UsageTracker};
 pub use decision::{Action, Decision, Reason, RuleMatch, Scores, Stage};
 pub use engine::{Config, Engine, EngineBuilder, EngineStats, RuleTestFailure, Scratch};
-pub use error::{BundleError, BundleErrorKind, CompileError, CompileErrorKind, SourceLocation};
+pub use error::{
+    BundleError, BundleErrorKind, CompileError, CompileErrorKind, SourceLocation, UsageError,
+    UsageErrorKind,
+};
 pub use field::{
     Field, FieldFlags, FieldKind, FieldKindSet, FieldSink, Finding, ParseLimits, Role,
 };
