@@ -97,8 +97,10 @@ pub enum UsageSource {
     /// The server reported the counts (a body's `usage`, or a stream's usage event that
     /// ended a complete stream).
     Reported,
-    /// The stream ended properly without a usage report; the output was counted from the
-    /// streamed deltas with the host's counter and the prompt fields are 0.
+    /// The stream ended properly without a (complete) usage report; the output was counted
+    /// from the streamed deltas with the host's counter. The prompt fields hold what the
+    /// server did report (Anthropic's `message_start`), else 0: OpenAI streams say nothing
+    /// about the prompt without `include_usage`.
     Counted,
     /// The stream ended before its terminal event, or events were lost (oversized or not
     /// the expected JSON): the numbers are what was seen, a lower bound. Also the default,
@@ -135,7 +137,9 @@ impl Provider {
 /// Reads the server's usage report from a complete JSON response body.
 ///
 /// Only the `usage` object is materialized; everything else in the body (which can be
-/// megabytes of output) is skipped by the parser without building values.
+/// megabytes of output) is skipped by the parser without building values, and strings it
+/// skips are not checked for valid UTF-8 (the text is not this function's business; keys
+/// and the usage object are checked).
 ///
 /// # Errors
 ///
