@@ -51,7 +51,8 @@ use serde::Deserialize;
 
 use crate::error::{UsageError, UsageErrorKind};
 
-/// The largest event (its `data` lines plus the line being read) the tracker buffers.
+/// The largest event the tracker buffers: the `data` values read so far (each with its
+/// `\n`) plus the whole raw line being read, field name included.
 ///
 /// Real usage and delta events are a few hundred bytes; the only large events are the final
 /// ones that repeat the whole output (Responses API `response.completed`), and 1 MiB holds
@@ -415,6 +416,13 @@ impl SseParser {
             self.dispatch(on_event);
             return;
         }
+        // The same bound as `push_line_bytes` applies to a line that was never buffered,
+        // so where the chunks end cannot change which events are kept.
+        if self.data.len() + line.len() > MAX_EVENT_BYTES {
+            self.start_oversized();
+            self.line_nonempty = false; // this line has ended
+            return;
+        }
         if line[0] == b':' {
             return; // a comment (keep-alive)
         }
@@ -427,11 +435,7 @@ impl SseParser {
         };
         match name {
             b"data" => {
-                if self.data.len() + value.len() + 1 > MAX_EVENT_BYTES {
-                    self.start_oversized();
-                    self.line_nonempty = false; // this line has ended
-                    return;
-                }
+                // Fits: `value` and its `\n` are no longer than the line.
                 self.data.extend_from_slice(value);
                 self.data.push(b'\n');
             }
@@ -1039,4 +1043,158 @@ struct AnthropicDelta<'a> {
     partial_json: Option<Text<'a>>,
     #[serde(borrow)]
     thinking: Option<Text<'a>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    type Events = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn incremental(input: &[u8], cuts: &[usize]) -> (Events, u64) {
+        let mut p = SseParser::default();
+        let mut out = Vec::new();
+        let mut on = |n: &[u8], d: &[u8]| out.push((n.to_vec(), d.to_vec()));
+        let mut at = 0;
+        for &c in cuts {
+            p.feed(&input[at..c], &mut on);
+            at = c;
+        }
+        p.feed(&input[at..], &mut on);
+        p.finish(&mut on);
+        (out, p.skipped)
+    }
+
+    /// The event-stream grammar read the obvious way, on the whole input at once: the oracle
+    /// for the incremental parser (with the same end-of-stream rule: the end closes the
+    /// last line and the last event).
+    fn naive(input: &[u8]) -> Events {
+        let input = input.strip_prefix(&BOM[..]).unwrap_or(input);
+        let mut lines = Vec::new();
+        let mut cur = Vec::new();
+        let mut i = 0;
+        while i < input.len() {
+            match input[i] {
+                b'\r' => {
+                    lines.push(std::mem::take(&mut cur));
+                    if input.get(i + 1) == Some(&b'\n') {
+                        i += 1;
+                    }
+                }
+                b'\n' => lines.push(std::mem::take(&mut cur)),
+                b => cur.push(b),
+            }
+            i += 1;
+        }
+        if !cur.is_empty() {
+            lines.push(cur);
+        }
+        lines.push(Vec::new());
+        let (mut out, mut data, mut event) = (Vec::new(), Vec::<u8>::new(), Vec::new());
+        for line in lines {
+            if line.is_empty() {
+                if !data.is_empty() {
+                    data.pop();
+                    out.push((event.clone(), data.clone()));
+                }
+                data.clear();
+                event.clear();
+                continue;
+            }
+            if line[0] == b':' {
+                continue;
+            }
+            let (name, value) = match line.iter().position(|&b| b == b':') {
+                Some(i) => {
+                    let v = &line[i + 1..];
+                    (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+                }
+                None => (&line[..], &[][..]),
+            };
+            if name == b"data" {
+                data.extend_from_slice(value);
+                data.push(b'\n');
+            } else if name == b"event" {
+                event = value[..value.len().min(MAX_EVENT_NAME)].to_vec();
+            }
+        }
+        out
+    }
+
+    fn stream_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(&b"data"[..]),
+            Just(&b"event"[..]),
+            Just(&b"id"[..]),
+            Just(&b":"[..]),
+            Just(&b" "[..]),
+            Just(&b"\r"[..]),
+            Just(&b"\n"[..]),
+            Just(&b"\r\n"[..]),
+            Just(&b"x"[..]),
+            Just(&b"{\"a\":1}"[..]),
+            Just("é🙂".as_bytes()),
+            Just(&b"\xEF\xBB\xBF"[..]),
+            Just(&b"\xEF"[..]),
+            Just(&b"\xFF"[..]),
+        ];
+        proptest::collection::vec(piece, 0..80).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The incremental parser, split anywhere, finds exactly the oracle's events.
+        #[test]
+        fn sse_parser_matches_the_naive_oracle(
+            input in stream_bytes(),
+            raw_cuts in proptest::collection::vec(0usize..4096, 0..12),
+        ) {
+            let mut cuts: Vec<usize> = raw_cuts.iter().map(|&c| c % (input.len() + 1)).collect();
+            cuts.sort_unstable();
+            let (got, skipped) = incremental(&input, &cuts);
+            prop_assert_eq!(skipped, 0);
+            prop_assert_eq!(got, naive(&input));
+        }
+    }
+
+    #[test]
+    fn memory_stays_bounded_by_one_event() {
+        let mut p = SseParser::default();
+        let mut n = 0;
+        let mut on = |_: &[u8], _: &[u8]| n += 1;
+        p.feed(b"data: ", &mut on);
+        let block = vec![b'x'; 64 * 1024];
+        let mut max_capacity = 0;
+        for _ in 0..160 {
+            p.feed(&block, &mut on);
+            max_capacity = max_capacity.max(p.line.capacity() + p.data.capacity());
+        }
+        assert!(max_capacity <= 2 * MAX_EVENT_BYTES, "{max_capacity}");
+        assert!(p.line.capacity() + p.data.capacity() <= 2 * RETAINED_CAPACITY);
+        p.feed(b"\n\ndata: ok\n\n", &mut on);
+        assert_eq!(p.skipped, 1);
+        drop(on);
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn an_event_of_exactly_the_cap_is_kept() {
+        // The raw line `data: ` + value is exactly the cap.
+        let value = vec![b'v'; MAX_EVENT_BYTES - 6];
+        let mut s = b"data: ".to_vec();
+        s.extend_from_slice(&value);
+        s.extend_from_slice(b"\n\n");
+        for cut in [0, 3, 7, s.len() / 2, s.len() - 1] {
+            let (ev, skipped) = incremental(&s, &[cut]);
+            assert_eq!((ev.len(), skipped), (1, 0), "cut {cut}");
+            assert_eq!(ev[0].1, value);
+        }
+        let mut s2 = b"data: v".to_vec();
+        s2.extend_from_slice(&s[6..]);
+        for cut in [0, 3, 7, s2.len() / 2, s2.len() - 1] {
+            assert_eq!(incremental(&s2, &[cut]), (vec![], 1), "cut {cut}");
+        }
+    }
 }
