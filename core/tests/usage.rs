@@ -248,6 +248,58 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Damaged streams (bytes overwritten with line breaks, quotes, braces, invalid UTF-8,
+    /// or anything) never panic, and their usage, whatever it is, still does not depend on
+    /// where the chunks end.
+    #[test]
+    fn damaged_streams_are_split_invariant(
+        which in 0usize..64,
+        edits in proptest::collection::vec(
+            (0usize..1 << 16, prop_oneof![
+                Just(b'\n'), Just(b'\r'), Just(b'"'), Just(b'{'), Just(b'}'), Just(b':'),
+                Just(0xC3u8), Just(0xFF), any::<u8>(),
+            ]),
+            1..8,
+        ),
+        raw_cuts in proptest::collection::vec(0usize..1 << 16, 1..20),
+    ) {
+        let all = stream_cases();
+        let (c, bytes) = &all[which % all.len()];
+        let mut bytes = bytes.clone();
+        for (at, b) in edits {
+            let n = bytes.len();
+            bytes[at % n] = b;
+        }
+        let mut cuts: Vec<usize> = raw_cuts.iter().map(|&x| x % (bytes.len() + 1)).collect();
+        cuts.sort_unstable();
+        let whole = run_split(c.provider(), &bytes, &[]);
+        prop_assert_eq!(run_split(c.provider(), &bytes, &cuts), whole, "{}", c.name.clone());
+    }
+
+    /// Damaged bodies never panic; they give usage or one of the defined errors.
+    #[test]
+    fn damaged_bodies_give_usage_or_a_defined_error(
+        which in 0usize..64,
+        edits in proptest::collection::vec((0usize..1 << 16, any::<u8>()), 1..6),
+        cut in 0usize..1 << 16,
+    ) {
+        let all: Vec<Case> = cases().into_iter().filter(|c| c.kind == "body").collect();
+        let c = &all[which % all.len()];
+        let mut bytes = c.bytes();
+        for (at, b) in edits {
+            let n = bytes.len();
+            bytes[at % n] = b;
+        }
+        bytes.truncate(cut % (bytes.len() + 1) + bytes.len() / 2);
+        if let Err(e) = usage_from_body(c.provider(), &bytes) {
+            prop_assert!(edgeward::error::all_error_codes().contains(&e.code()));
+        }
+    }
+}
+
 /// The texts given to the counter, byte by byte through multi-byte characters, are exactly
 /// the deltas: nothing is cut inside a character or replaced.
 #[test]
