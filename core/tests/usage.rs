@@ -548,6 +548,62 @@ fn an_oversized_event_is_skipped_and_the_stream_goes_on() {
     assert_eq!(t.finish().source, UsageSource::Reported);
 }
 
+/// The Responses fixture with a generated image (3 MiB of base64) in the output that
+/// `response.completed` repeats, and `metadata` replaced by `metadata_json`.
+fn responses_with_image(metadata_json: &str) -> Vec<u8> {
+    let text = std::fs::read_to_string(data_dir().join("openai_responses_stream.sse")).unwrap();
+    let done = text
+        .rfind("data: {\"type\":\"response.completed\"")
+        .unwrap();
+    let (head, last) = text.split_at(done);
+    let image: String = (0..3 << 20)
+        .map(|i| {
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[i * 7 % 64] as char
+        })
+        .collect();
+    let last = last.replacen(
+        "\"output\":[",
+        &format!("\"output\":[{{\"id\":\"ig_1\",\"type\":\"image_generation_call\",\"status\":\"completed\",\"result\":\"{image}\"}},"),
+        1,
+    );
+    let last = last.replacen(
+        "\"metadata\":{}",
+        &format!("\"metadata\":{metadata_json}"),
+        1,
+    );
+    format!("{head}{last}").into_bytes()
+}
+
+#[test]
+fn an_oversized_responses_terminal_event_still_yields_its_usage() {
+    let want = cases()
+        .into_iter()
+        .find(|c| c.name == "openai-responses-stream-completed")
+        .unwrap()
+        .expected();
+    // A string that looks like a usage report after the real one is still a string.
+    let fake = r#"{"note":"\"usage\":{\"input_tokens\":1,\"output_tokens\":1}"}"#;
+    for metadata in ["{}", fake] {
+        let s = responses_with_image(metadata);
+        assert!(s.len() > 3 << 20);
+        for chunk in [s.len(), 1 << 20, 65536, 7919, 1448] {
+            let mut t = tracker(Provider::OpenAiResponses);
+            for piece in s.chunks(chunk) {
+                t.feed(piece);
+            }
+            assert_eq!(t.skipped_events(), 1);
+            assert_eq!(t.finish(), want, "chunks of {chunk}, metadata {metadata}");
+        }
+    }
+    // Without a usage object in it, the skipped terminal event leaves the stream Partial.
+    let s = String::from_utf8(responses_with_image("{}")).unwrap();
+    let usage = r#""usage":{"input_tokens":86,"input_tokens_details":{"cached_tokens":0},"output_tokens":412,"output_tokens_details":{"reasoning_tokens":384},"total_tokens":498}"#;
+    assert_eq!(s.matches(usage).count(), 1);
+    let s = s.replacen(usage, "\"usage\":null", 1);
+    let u = run(Provider::OpenAiResponses, &[s.as_bytes()]);
+    assert_eq!((u.output_tokens, u.source), (103, UsageSource::Partial));
+}
+
 #[test]
 fn an_empty_or_eventless_stream_is_partial_zero() {
     for s in [&b""[..], b"\n\n\n", b": keep-alive\n\n", b"event: ping\n\n"] {

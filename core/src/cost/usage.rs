@@ -39,7 +39,10 @@
 //! event is dropped whole without being buffered: it is counted in
 //! [`UsageTracker::skipped_events`], and unless the server's usage report arrives in
 //! another event, the result becomes [`UsageSource::Partial`], because the skipped event
-//! may have held text or the report itself.
+//! may have held text or the report itself. One exception: the Responses API's terminal
+//! event (`response.completed`, `.incomplete`, `.failed`) repeats the whole output, which
+//! with generated images runs to megabytes; for it the last 64 KiB are kept while the rest
+//! streams past, and the `usage` object, which follows the output, is read from there.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -225,8 +228,8 @@ impl UsageTracker {
         let provider = self.provider;
         let counter = &*self.counter;
         let acc = &mut self.acc;
-        self.sse.feed(chunk, &mut |name, data| {
-            acc.on_event(provider, counter, name, data)
+        self.sse.feed(chunk, &mut |name, data, whole| {
+            acc.on_event(provider, counter, name, data, whole)
         });
     }
 
@@ -241,7 +244,7 @@ impl UsageTracker {
         let counter = &*self.counter;
         let acc = &mut self.acc;
         self.sse
-            .finish(&mut |name, data| acc.on_event(provider, counter, name, data));
+            .finish(&mut |name, data, whole| acc.on_event(provider, counter, name, data, whole));
         self.usage_so_far()
     }
 
@@ -289,12 +292,18 @@ struct SseParser {
     line_nonempty: bool,
     /// Events dropped for size.
     skipped: u64,
+    /// In the oversized state: the last bytes of the event's raw lines (from the line that
+    /// overflowed on, each line followed by `\n`), at most `2 * OVERSIZED_TAIL`.
+    tail: Vec<u8>,
 }
+
+/// How much of an oversized event's end is kept, to find a usage report there.
+const OVERSIZED_TAIL: usize = 64 * 1024;
 
 const BOM_DONE: u8 = 4;
 
 impl SseParser {
-    fn feed(&mut self, mut chunk: &[u8], on_event: &mut dyn FnMut(&[u8], &[u8])) {
+    fn feed(&mut self, mut chunk: &[u8], on_event: &mut dyn FnMut(&[u8], &[u8], bool)) {
         if self.bom != BOM_DONE {
             while (self.bom as usize) < BOM.len() && !chunk.is_empty() {
                 if chunk[0] != BOM[self.bom as usize] {
@@ -317,7 +326,7 @@ impl SseParser {
         self.feed_lines(chunk, on_event);
     }
 
-    fn feed_lines(&mut self, mut chunk: &[u8], on_event: &mut dyn FnMut(&[u8], &[u8])) {
+    fn feed_lines(&mut self, mut chunk: &[u8], on_event: &mut dyn FnMut(&[u8], &[u8], bool)) {
         if self.pending_cr && !chunk.is_empty() {
             self.pending_cr = false;
             if chunk[0] == b'\n' {
@@ -342,7 +351,7 @@ impl SseParser {
         self.push_line_bytes(chunk);
     }
 
-    fn finish(&mut self, on_event: &mut dyn FnMut(&[u8], &[u8])) {
+    fn finish(&mut self, on_event: &mut dyn FnMut(&[u8], &[u8], bool)) {
         if self.bom != BOM_DONE {
             let seen = self.bom as usize;
             self.bom = BOM_DONE;
@@ -361,27 +370,58 @@ impl SseParser {
         }
         if self.oversized {
             self.line_nonempty = true;
+            self.keep_tail(bytes);
             return;
         }
         if self.line.len() + self.data.len() + bytes.len() > MAX_EVENT_BYTES {
-            self.start_oversized();
+            self.start_oversized(bytes);
             self.line_nonempty = true;
             return;
         }
         self.line.extend_from_slice(bytes);
     }
 
-    fn start_oversized(&mut self) {
+    /// Drops the buffered event; keeps its name and, as the start of the tail, the line
+    /// read so far plus `more` (so the tail is the same wherever the chunks ended).
+    fn start_oversized(&mut self, more: &[u8]) {
         self.oversized = true;
+        self.tail.clear();
+        let line = std::mem::take(&mut self.line);
+        self.keep_tail(&line);
+        self.line = line;
         self.line.clear();
+        self.keep_tail(more);
         self.data.clear();
-        self.event.clear();
         self.line.shrink_to(RETAINED_CAPACITY);
         self.data.shrink_to(RETAINED_CAPACITY);
     }
 
+    fn keep_tail(&mut self, bytes: &[u8]) {
+        if bytes.len() >= OVERSIZED_TAIL {
+            self.tail.clear();
+            self.tail
+                .extend_from_slice(&bytes[bytes.len() - OVERSIZED_TAIL..]);
+            return;
+        }
+        if self.tail.len() + bytes.len() > 2 * OVERSIZED_TAIL {
+            let drop = self.tail.len() + bytes.len() - OVERSIZED_TAIL;
+            self.tail.drain(..drop);
+        }
+        self.tail.extend_from_slice(bytes);
+    }
+
+    fn end_oversized(&mut self, on_event: &mut dyn FnMut(&[u8], &[u8], bool)) {
+        self.oversized = false;
+        self.skipped += 1;
+        let start = self.tail.len().saturating_sub(OVERSIZED_TAIL);
+        on_event(&self.event, &self.tail[start..], false);
+        self.event.clear();
+        self.tail.clear();
+        self.tail.shrink_to(0);
+    }
+
     /// Ends the current line, whose last bytes (`tail`) are in the chunk being fed.
-    fn end_line(&mut self, tail: &[u8], on_event: &mut dyn FnMut(&[u8], &[u8])) {
+    fn end_line(&mut self, tail: &[u8], on_event: &mut dyn FnMut(&[u8], &[u8], bool)) {
         if !self.oversized && self.line.is_empty() {
             // The whole line is in this chunk: no copy.
             self.process_line(tail, on_event);
@@ -392,8 +432,9 @@ impl SseParser {
             let blank = !self.line_nonempty;
             self.line_nonempty = false;
             if blank {
-                self.oversized = false;
-                self.skipped += 1;
+                self.end_oversized(on_event);
+            } else {
+                self.keep_tail(b"\n");
             }
             return;
         }
@@ -403,15 +444,8 @@ impl SseParser {
         self.line.clear();
     }
 
-    fn process_line(&mut self, line: &[u8], on_event: &mut dyn FnMut(&[u8], &[u8])) {
-        if self.oversized {
-            // Reached only through the no-copy path with an oversized event: a line ends.
-            if line.is_empty() {
-                self.oversized = false;
-                self.skipped += 1;
-            }
-            return;
-        }
+    fn process_line(&mut self, line: &[u8], on_event: &mut dyn FnMut(&[u8], &[u8], bool)) {
+        debug_assert!(!self.oversized);
         if line.is_empty() {
             self.dispatch(on_event);
             return;
@@ -419,7 +453,8 @@ impl SseParser {
         // The same bound as `push_line_bytes` applies to a line that was never buffered,
         // so where the chunks end cannot change which events are kept.
         if self.data.len() + line.len() > MAX_EVENT_BYTES {
-            self.start_oversized();
+            self.start_oversized(line);
+            self.keep_tail(b"\n");
             self.line_nonempty = false; // this line has ended
             return;
         }
@@ -450,13 +485,13 @@ impl SseParser {
         }
     }
 
-    fn dispatch(&mut self, on_event: &mut dyn FnMut(&[u8], &[u8])) {
+    fn dispatch(&mut self, on_event: &mut dyn FnMut(&[u8], &[u8], bool)) {
         if self.data.is_empty() {
             self.event.clear();
             return;
         }
         self.data.pop(); // the `\n` after the last data line
-        on_event(&self.event, &self.data);
+        on_event(&self.event, &self.data, true);
         self.data.clear();
         self.event.clear();
         if self.data.capacity() > RETAINED_CAPACITY {
@@ -499,7 +534,12 @@ impl Accounting {
         counter: &dyn Fn(&str) -> u64,
         name: &[u8],
         data: &[u8],
+        whole: bool,
     ) {
+        if !whole {
+            self.on_oversized(provider, name, data);
+            return;
+        }
         if data.iter().all(u8::is_ascii_whitespace) {
             return; // an empty keep-alive event carries nothing to parse
         }
@@ -526,6 +566,25 @@ impl Accounting {
         };
         if !ok {
             self.malformed += 1;
+        }
+    }
+
+    /// An event too large to buffer. The Responses API's terminal events repeat the whole
+    /// output (generated images as base64 included), so they are the one kind that can
+    /// legitimately exceed the cap; their `usage` comes after the output, near the end, and
+    /// is looked for in the kept tail.
+    fn on_oversized(&mut self, provider: Provider, name: &[u8], tail: &[u8]) {
+        if provider != Provider::OpenAiResponses
+            || !matches!(
+                name,
+                b"response.completed" | b"response.incomplete" | b"response.failed"
+            )
+        {
+            return;
+        }
+        if let Some(u) = usage_in_tail(tail) {
+            self.reported = Some(u);
+            self.terminal = true;
         }
     }
 
@@ -739,6 +798,34 @@ impl Accounting {
             ..Usage::default()
         }
     }
+}
+
+/// Finds the last `"usage":{…}` member in the end of an oversized Responses event.
+///
+/// In valid JSON the bytes `"usage":` with an unescaped first quote can only be an object
+/// key (inside a string the second quote would have to be escaped too), and the response's
+/// `usage` is its last object-valued member named so (only `user` and `metadata`, a map of
+/// strings, follow it). A candidate whose preceding backslashes reach the start of the
+/// tail cannot be judged and is not used.
+fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\":";
+    let pos = memchr::memmem::rfind(tail, KEY)?;
+    let backslashes = tail[..pos]
+        .iter()
+        .rev()
+        .take_while(|&&b| b == b'\\')
+        .count();
+    if backslashes % 2 == 1 || backslashes == pos {
+        return None;
+    }
+    let rest = &tail[pos + KEY.len()..];
+    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    if rest[start] != b'{' {
+        return None; // `"usage":null`
+    }
+    let mut de = serde_json::Deserializer::from_slice(&rest[start..]);
+    let wire = WireUsage::deserialize(&mut de).ok()?;
+    wire.to_usage(Provider::OpenAiResponses).ok()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1060,7 +1147,11 @@ mod tests {
     fn incremental(input: &[u8], cuts: &[usize]) -> (Events, u64) {
         let mut p = SseParser::default();
         let mut out = Vec::new();
-        let mut on = |n: &[u8], d: &[u8]| out.push((n.to_vec(), d.to_vec()));
+        let mut on = |n: &[u8], d: &[u8], whole: bool| {
+            if whole {
+                out.push((n.to_vec(), d.to_vec()))
+            }
+        };
         let mut at = 0;
         for &c in cuts {
             p.feed(&input[at..c], &mut on);
@@ -1168,7 +1259,7 @@ mod tests {
     fn memory_stays_bounded_by_one_event() {
         let mut p = SseParser::default();
         let mut n = 0;
-        let mut on = |_: &[u8], _: &[u8]| n += 1;
+        let mut on = |_: &[u8], _: &[u8], whole: bool| n += usize::from(whole);
         p.feed(b"data: ", &mut on);
         let block = vec![b'x'; 64 * 1024];
         let mut max_capacity = 0;
