@@ -273,6 +273,10 @@ impl UsageTracker {
 
 const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
 
+/// Receives each event: its name, then its data and `true`, or, for an event dropped for
+/// size, the end of its raw lines and `false`.
+type OnEvent<'a> = dyn FnMut(&[u8], &[u8], bool) + 'a;
+
 /// The incremental event-stream parser: holds at most one line and one event's data.
 #[derive(Default)]
 struct SseParser {
@@ -303,7 +307,7 @@ const OVERSIZED_TAIL: usize = 64 * 1024;
 const BOM_DONE: u8 = 4;
 
 impl SseParser {
-    fn feed(&mut self, mut chunk: &[u8], on_event: &mut dyn FnMut(&[u8], &[u8], bool)) {
+    fn feed(&mut self, mut chunk: &[u8], on_event: &mut OnEvent<'_>) {
         if self.bom != BOM_DONE {
             while (self.bom as usize) < BOM.len() && !chunk.is_empty() {
                 if chunk[0] != BOM[self.bom as usize] {
@@ -326,7 +330,7 @@ impl SseParser {
         self.feed_lines(chunk, on_event);
     }
 
-    fn feed_lines(&mut self, mut chunk: &[u8], on_event: &mut dyn FnMut(&[u8], &[u8], bool)) {
+    fn feed_lines(&mut self, mut chunk: &[u8], on_event: &mut OnEvent<'_>) {
         if self.pending_cr && !chunk.is_empty() {
             self.pending_cr = false;
             if chunk[0] == b'\n' {
@@ -351,7 +355,7 @@ impl SseParser {
         self.push_line_bytes(chunk);
     }
 
-    fn finish(&mut self, on_event: &mut dyn FnMut(&[u8], &[u8], bool)) {
+    fn finish(&mut self, on_event: &mut OnEvent<'_>) {
         if self.bom != BOM_DONE {
             let seen = self.bom as usize;
             self.bom = BOM_DONE;
@@ -410,7 +414,7 @@ impl SseParser {
         self.tail.extend_from_slice(bytes);
     }
 
-    fn end_oversized(&mut self, on_event: &mut dyn FnMut(&[u8], &[u8], bool)) {
+    fn end_oversized(&mut self, on_event: &mut OnEvent<'_>) {
         self.oversized = false;
         self.skipped += 1;
         let start = self.tail.len().saturating_sub(OVERSIZED_TAIL);
@@ -421,7 +425,7 @@ impl SseParser {
     }
 
     /// Ends the current line, whose last bytes (`tail`) are in the chunk being fed.
-    fn end_line(&mut self, tail: &[u8], on_event: &mut dyn FnMut(&[u8], &[u8], bool)) {
+    fn end_line(&mut self, tail: &[u8], on_event: &mut OnEvent<'_>) {
         if !self.oversized && self.line.is_empty() {
             // The whole line is in this chunk: no copy.
             self.process_line(tail, on_event);
@@ -444,7 +448,7 @@ impl SseParser {
         self.line.clear();
     }
 
-    fn process_line(&mut self, line: &[u8], on_event: &mut dyn FnMut(&[u8], &[u8], bool)) {
+    fn process_line(&mut self, line: &[u8], on_event: &mut OnEvent<'_>) {
         debug_assert!(!self.oversized);
         if line.is_empty() {
             self.dispatch(on_event);
@@ -485,7 +489,7 @@ impl SseParser {
         }
     }
 
-    fn dispatch(&mut self, on_event: &mut dyn FnMut(&[u8], &[u8], bool)) {
+    fn dispatch(&mut self, on_event: &mut OnEvent<'_>) {
         if self.data.is_empty() {
             self.event.clear();
             return;
