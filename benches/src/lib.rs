@@ -1,5 +1,7 @@
 //! Request builders shared by the benchmarks.
 
+pub mod usage_streams;
+
 /// Neutral prose: ordinary English that contains none of the rules' trigger words.
 const PLAIN: &str =
     "The committee reviewed the quarterly figures and noted that shipping costs rose along \

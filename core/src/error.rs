@@ -2,7 +2,9 @@
 //!
 //! Two phases, two families: everything about a policy or a rule fails while the engine is
 //! built ([`CompileError`]) or while an untrusted bundle is loaded ([`BundleError`]);
-//! inspection itself never fails on request content. Each error is an opaque struct with a
+//! inspection itself never fails on request content. After the response, reading the
+//! server's usage report from a body can fail ([`UsageError`]) because the host needs to
+//! know that the number it settles with is not the server's. Each error is an opaque struct with a
 //! kind accessor and a stable [`code`](CompileError::code) string that every binding exposes
 //! unchanged, so logs and tests can match on it.
 
@@ -236,10 +238,84 @@ impl fmt::Debug for BundleError {
 
 impl std::error::Error for BundleError {}
 
+/// Why no usage could be read from a response body.
+///
+/// The host settles a reservation with what the server reported; when that is impossible it
+/// has to fall back to its own estimate, and the kind tells it (and its logs) why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UsageErrorKind {
+    /// The body is not JSON (truncated, invalid syntax, invalid UTF-8, trailing bytes).
+    MalformedJson,
+    /// The body is JSON but has no `usage` object, or it lacks the provider's counts.
+    Missing,
+    /// `usage`, one of its detail objects or a count has a JSON type that cannot be a count
+    /// (a string, a boolean, an array, ...), or the body itself is not an object.
+    WrongType,
+    /// A count is negative, fractional, or above 2^53 (no real response reaches that;
+    /// the bound keeps every sum of counts exact and far from `u64` overflow).
+    OutOfRange,
+}
+
+impl UsageErrorKind {
+    /// The stable code of this kind.
+    pub fn code(self) -> &'static str {
+        match self {
+            UsageErrorKind::MalformedJson => "usage.malformed_json",
+            UsageErrorKind::Missing => "usage.missing",
+            UsageErrorKind::WrongType => "usage.wrong_type",
+            UsageErrorKind::OutOfRange => "usage.out_of_range",
+        }
+    }
+}
+
+/// Usage could not be read from a response body.
+///
+/// Opaque (kind plus message) like the other errors, so new kinds and details can be added
+/// without breaking hosts that match on [`code`](UsageError::code).
+#[derive(Clone, PartialEq, Eq)]
+pub struct UsageError(Box<(UsageErrorKind, String)>);
+
+impl UsageError {
+    pub(crate) fn new(kind: UsageErrorKind, message: impl Into<String>) -> UsageError {
+        UsageError(Box::new((kind, message.into())))
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> UsageErrorKind {
+        self.0 .0
+    }
+
+    /// The stable code, e.g. `usage.missing`.
+    pub fn code(&self) -> &'static str {
+        self.0 .0.code()
+    }
+
+    /// A human-readable explanation.
+    pub fn message(&self) -> &str {
+        &self.0 .1
+    }
+}
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {}", self.code(), self.message())
+    }
+}
+
+impl fmt::Debug for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 /// Every stable error code, for bindings that list them (as pydantic-core does).
 pub fn all_error_codes() -> Vec<&'static str> {
     use BundleErrorKind as B;
     use CompileErrorKind as C;
+    use UsageErrorKind as U;
     let c = [
         C::Syntax,
         C::UnknownField,
@@ -260,8 +336,10 @@ pub fn all_error_codes() -> Vec<&'static str> {
         B::HashMismatch,
         B::Compile,
     ];
+    let u = [U::MalformedJson, U::Missing, U::WrongType, U::OutOfRange];
     c.iter()
         .map(|k| k.code())
         .chain(b.iter().map(|k| k.code()))
+        .chain(u.iter().map(|k| k.code()))
         .collect()
 }

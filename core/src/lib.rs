@@ -38,11 +38,15 @@ pub mod request;
 pub mod rules;
 pub mod transform;
 
+pub use cost::usage::{Provider, Usage, UsageSource, UsageTracker};
 pub use decision::{
     Action, Cost, Decision, Reason, Rewrite, RewriteAction, RuleMatch, Scores, Stage,
 };
 pub use engine::{Config, Engine, EngineBuilder, EngineStats, RuleTestFailure, Scratch};
-pub use error::{BundleError, BundleErrorKind, CompileError, CompileErrorKind, SourceLocation};
+pub use error::{
+    BundleError, BundleErrorKind, CompileError, CompileErrorKind, SourceLocation, UsageError,
+    UsageErrorKind,
+};
 pub use field::{
     Field, FieldFlags, FieldKind, FieldKindSet, FieldSink, Finding, ParseLimits, Role,
 };
