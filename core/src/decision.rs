@@ -231,6 +231,10 @@ pub struct Cost {
     pub micro_usd: u64,
     /// Whether `prompt_tokens` was counted exactly (tiktoken) rather than estimated.
     pub exact: bool,
+    /// The response format to expect, for [`crate::Engine::usage_tracker`] and
+    /// [`crate::Engine::usage_from_body`] (none on custom-server routes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<crate::cost::usage::Provider>,
 }
 
 /// A change the host must make to the request before forwarding it.

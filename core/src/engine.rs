@@ -4,9 +4,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::cost::params::{compile_models, CompiledModel};
+use crate::cost::params::{compile_models, CompiledModel, Tokenizer};
 use crate::cost::stage::{CostScratch, RouteParams};
-use crate::decision::{Action, Decision, Reason, RuleMatch, Scores, Stage};
+use crate::cost::tokens::Encoding;
+use crate::cost::usage::{Usage, UsageTracker};
+use crate::decision::{Action, Cost, Decision, Reason, RuleMatch, Scores, Stage};
+use crate::error::UsageError;
 use crate::error::{CompileError, CompileErrorKind};
 use crate::field::{ApiParam, Field, FieldFlags, FieldKind, FieldSink, Finding, ParseLimits, Role};
 use crate::parse::{self, Emitter, ParseScratch};
@@ -648,6 +651,33 @@ impl Engine {
             }
         }
         d
+    }
+
+    /// A tracker for the streamed response to a request this engine decided, reading the
+    /// format the route serves and counting streamed text with the model's tokenizer when
+    /// the server sends no usage event. `None` when the decision has no cost (not an
+    /// inference route) or its route serves a custom format.
+    pub fn usage_tracker(&self, d: &Decision) -> Option<UsageTracker> {
+        let cost = d.cost.as_ref()?;
+        let provider = cost.provider?;
+        Some(UsageTracker::new(
+            provider,
+            crate::cost::stage::text_counter(self.tokenizer_of(cost)),
+        ))
+    }
+
+    /// The usage reported in a (non-streamed) JSON response body to a request this engine
+    /// decided. `None` when the decision has no cost or its route serves a custom format.
+    pub fn usage_from_body(&self, d: &Decision, body: &[u8]) -> Option<Result<Usage, UsageError>> {
+        let provider = d.cost.as_ref()?.provider?;
+        Some(crate::cost::usage::usage_from_body(provider, body))
+    }
+
+    fn tokenizer_of(&self, cost: &Cost) -> Tokenizer {
+        cost.model
+            .as_ref()
+            .and_then(|name| self.inner.models.iter().find(|m| m.name == *name))
+            .map_or(Tokenizer::Encoding(Encoding::O200kBase), |m| m.tokenizer)
     }
 
     /// Runs every rule's inline tests (`match:` / `noMatch:`), returning the failures.

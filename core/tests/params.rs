@@ -543,3 +543,59 @@ spec:
         .unwrap_err();
     assert_eq!(err.code(), "policy.invalid_value");
 }
+
+#[test]
+fn usage_after_the_response() {
+    let e = engine();
+    let d = post(
+        &e,
+        "/clamp/v1/chat/completions",
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"stream":false}"#,
+    );
+    assert_eq!(
+        d.cost.as_ref().unwrap().provider,
+        Some(edgeward::Provider::OpenAiChat)
+    );
+    let u = e
+        .usage_from_body(
+            &d,
+            br#"{"id":"x","choices":[{"message":{"role":"assistant","content":"Hello!"}}],
+               "usage":{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12}}"#,
+        )
+        .expect("chat route")
+        .expect("usage present");
+    assert_eq!((u.prompt_tokens, u.output_tokens), (10, 2));
+    assert_eq!(u.source, edgeward::UsageSource::Reported);
+    // A stream without a usage event: the deltas are counted with the model's tokenizer.
+    let mut t = e.usage_tracker(&d).expect("chat route");
+    for chunk in [
+        &b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello"[..],
+        b" there\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"}}]}\n\n",
+        b"data: [DONE]\n\n",
+    ] {
+        t.feed(chunk);
+    }
+    let u = t.finish();
+    assert_eq!(u.source, edgeward::UsageSource::Counted);
+    if edgeward::cost::tokens::exact_available() {
+        assert_eq!(
+            u.output_tokens, 3,
+            "\"Hello there\" is 2 tokens, \"!\" 1: {u:?}"
+        );
+    } else {
+        // Estimated per delta, never below one token per non-empty delta.
+        assert!((2..=6).contains(&u.output_tokens), "{u:?}");
+    }
+    // Legacy completions on the same schema, and no tracker off inference routes.
+    let d = post(
+        &e,
+        "/clamp/v1/chat/completions",
+        r#"{"model":"gpt-4o-mini","prompt":"Say hello.","max_tokens":5}"#,
+    );
+    assert_eq!(
+        d.cost.as_ref().unwrap().provider,
+        Some(edgeward::Provider::OpenAiCompletions)
+    );
+    let d = post(&e, "/healthz", "");
+    assert!(d.cost.is_none() && e.usage_tracker(&d).is_none());
+}

@@ -13,6 +13,7 @@ use crate::cost::params::{
     Tokenizer,
 };
 use crate::cost::tokens::{self, ByteClasses, ChatOverhead, Encoding, ImageCost, TokenEstimate};
+use crate::cost::usage::Provider;
 use crate::decision::{Cost, Reason, Rewrite, RewriteAction, Stage};
 use crate::field::{ApiParam, Field, FieldFlags, FieldKind, FieldSink, Finding, ParseLimits};
 use crate::parse::json::{pointer_get, pointer_tokens};
@@ -366,8 +367,39 @@ pub(crate) fn decide(
         output_tokens_reserved: output_reserved,
         micro_usd,
         exact,
+        provider: provider(rp.shape, p.messages),
     });
     out
+}
+
+/// The response format a route's requests get back.
+fn provider(shape: ChatShape, messages: u32) -> Option<Provider> {
+    Some(match shape {
+        // The chat schema also serves legacy completions (`prompt`, no `messages`).
+        ChatShape::OpenaiChat if messages == 0 => Provider::OpenAiCompletions,
+        ChatShape::OpenaiChat => Provider::OpenAiChat,
+        ChatShape::OpenaiResponses => Provider::OpenAiResponses,
+        ChatShape::OpenaiEmbeddings => Provider::OpenAiEmbeddings,
+        ChatShape::AnthropicMessages => Provider::Anthropic,
+        _ => return None,
+    })
+}
+
+/// A token counter for response text: exact when tiktoken is built in and the model has
+/// an OpenAI encoding, else the model's estimator.
+pub(crate) fn text_counter(tokenizer: Tokenizer) -> Box<dyn Fn(&str) -> u64 + Send + Sync> {
+    match tokenizer {
+        Tokenizer::Encoding(enc) => Box::new(move |s: &str| {
+            tokens::count_exact(enc, s)
+                .unwrap_or_else(|| tokens::estimate(enc, s.as_bytes()).tokens)
+        }),
+        Tokenizer::Ratio {
+            bytes_per_token,
+            error,
+        } => Box::new(move |s: &str| {
+            tokens::estimate_ratio(bytes_per_token, error, s.as_bytes()).tokens
+        }),
+    }
 }
 
 /// Counts the prompt fields of `body` exactly by walking it again; `None` when exact

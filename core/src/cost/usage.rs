@@ -117,7 +117,8 @@ pub enum UsageSource {
 ///
 /// Each names its counts differently and streams differently, and the route already knows
 /// which one it serves, so the host says it rather than the tracker guessing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Provider {
     /// OpenAI `/v1/chat/completions` (and servers compatible with it).
