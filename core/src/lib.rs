@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod cost;
 pub mod decision;
 pub mod engine;
 pub mod error;

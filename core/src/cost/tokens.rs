@@ -1,0 +1,965 @@
+//! Prompt tokens: a fast estimate with a measured error interval, exact counts when they
+//! matter, and the parts of a chat request that are not text (message overhead, images).
+//!
+//! Exact counting with tiktoken-rs runs at 10–40 MB/s and its encoders take 60–140 ms and
+//! 13–26 MiB to build, while a guard has about 20 µs for a whole request. So the cost stage
+//! estimates first ([`estimate`], over 1 GB/s) and counts exactly ([`count_exact`]) only when
+//! the estimate's interval straddles a decision boundary (a prompt-token cap or a remaining
+//! budget). Every decision is then exact where it matters and cheap everywhere else.
+//!
+//! # Bytes that are not UTF-8
+//!
+//! The functions taking `&[u8]` never fail and never panic. The estimators classify raw bytes
+//! and never decode, so invalid UTF-8 gets a defined estimate: every byte falls in a byte class
+//! as it is. The interval is measured on valid UTF-8; for other input it models a byte-level
+//! BPE, which encodes each stray byte as at most one token, not a lossy decoding (which would
+//! replace each such byte with the three-byte U+FFFD and can count more).
+
+use std::fmt;
+
+/// The OpenAI BPE encodings a policy can map a model to.
+///
+/// Only these two matter for current OpenAI models: `o200k_base` for the GPT-4o, GPT-4.1,
+/// GPT-5 and o-series families, `cl100k_base` for GPT-4, GPT-3.5 and the ada-002/3 embedding
+/// models. Older encodings are left out on purpose: no model a guard sees still uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// `o200k_base`: GPT-4o, GPT-4.1, GPT-5, o1/o3/o4.
+    O200kBase,
+    /// `cl100k_base`: GPT-4, GPT-3.5-turbo, text-embedding-3.
+    Cl100kBase,
+}
+
+impl Encoding {
+    /// Every encoding, for tests, benches and policy validation that must cover them all.
+    pub const ALL: [Encoding; 2] = [Encoding::O200kBase, Encoding::Cl100kBase];
+
+    /// The name tiktoken uses, so policies and logs speak the same language as OpenAI's docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::O200kBase => "o200k_base",
+            Encoding::Cl100kBase => "cl100k_base",
+        }
+    }
+
+    /// Parses a policy's encoding name (tiktoken's spelling, exact); `None` lets the policy
+    /// compiler report an unknown name instead of guessing.
+    pub fn from_name(s: &str) -> Option<Encoding> {
+        match s {
+            "o200k_base" => Some(Encoding::O200kBase),
+            "cl100k_base" => Some(Encoding::Cl100kBase),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Encoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exact counting
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(feature = "tiktoken")]
+mod exact {
+    use super::Encoding;
+    use std::sync::OnceLock;
+    use tiktoken_rs::CoreBPE;
+
+    // `None` inside the lock records that building failed (it only can if tiktoken-rs's
+    // embedded tables were corrupt), so callers get `None` instead of a panic, once.
+    static O200K: OnceLock<Option<CoreBPE>> = OnceLock::new();
+    static CL100K: OnceLock<Option<CoreBPE>> = OnceLock::new();
+
+    pub(super) fn encoder(enc: Encoding) -> Option<&'static CoreBPE> {
+        match enc {
+            Encoding::O200kBase => O200K.get_or_init(|| tiktoken_rs::o200k_base().ok()),
+            Encoding::Cl100kBase => CL100K.get_or_init(|| tiktoken_rs::cl100k_base().ok()),
+        }
+        .as_ref()
+    }
+}
+
+/// True when exact counting is compiled in (feature `tiktoken`), so a host or the policy
+/// compiler can tell "estimate only" apart from "exact near a boundary" up front.
+pub fn exact_available() -> bool {
+    cfg!(feature = "tiktoken")
+}
+
+/// Builds the encoder for `enc` now, so the first request that needs an exact count does not
+/// pay its 60–140 ms start-up; returns whether exact counting is available for it.
+///
+/// Encoders are built once per process and shared by all threads; calling this again is free.
+pub fn prepare(enc: Encoding) -> bool {
+    #[cfg(feature = "tiktoken")]
+    {
+        exact::encoder(enc).is_some()
+    }
+    #[cfg(not(feature = "tiktoken"))]
+    {
+        let _ = enc;
+        false
+    }
+}
+
+/// The exact number of tokens OpenAI bills for `text` as ordinary text, or `None` without the
+/// `tiktoken` feature.
+///
+/// Special-token strings such as `<|endoftext|>` are counted as the text they are and never
+/// interpreted: a user who types them into a prompt must not be able to change the count (or
+/// inject a control token). The first call per encoding builds its encoder (see [`prepare`]).
+pub fn count_exact(enc: Encoding, text: &str) -> Option<u64> {
+    #[cfg(feature = "tiktoken")]
+    {
+        exact::encoder(enc).map(|bpe| bpe.encode_ordinary(text).len() as u64)
+    }
+    #[cfg(not(feature = "tiktoken"))]
+    {
+        let _ = (enc, text);
+        None
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Estimation
+// ---------------------------------------------------------------------------------------------
+
+/// A token count with the interval the true count lies in, so a caller can decide on the
+/// estimate alone when the whole interval is on one side of a limit, and count exactly only
+/// when it straddles one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenEstimate {
+    /// The point estimate, what budgets are charged when nothing is counted exactly.
+    pub tokens: u64,
+    /// No fewer tokens than this (by the measured bound).
+    pub low: u64,
+    /// No more tokens than this (by the measured bound).
+    pub high: u64,
+}
+
+impl TokenEstimate {
+    /// An exact count as a degenerate interval, so exact and estimated counts flow through
+    /// the same decision code.
+    pub fn exact(tokens: u64) -> TokenEstimate {
+        TokenEstimate {
+            tokens,
+            low: tokens,
+            high: tokens,
+        }
+    }
+
+    /// Whether the interval decides `count <= limit` without an exact count: `Some(true)`
+    /// when even `high` fits, `Some(false)` when even `low` exceeds it, `None` when it
+    /// straddles the limit and only an exact count can tell.
+    pub fn fits(&self, limit: u64) -> Option<bool> {
+        if self.high <= limit {
+            Some(true)
+        } else if self.low > limit {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+/// Number of byte-class features the estimator counts (see [`ByteClasses`]).
+pub const FEATURES: usize = 18;
+
+/// Names of the features in [`ByteClasses::features`] order, for the calibration report.
+pub const FEATURE_NAMES: [&str; FEATURES] = [
+    "nonempty",
+    "bytes",
+    "word_starts",
+    "letters",
+    "camel_humps",
+    "digits",
+    "digit_runs",
+    "punct",
+    "punct_runs",
+    "spaces",
+    "double_spaces",
+    "space_before_other",
+    "newlines",
+    "newline_runs",
+    "other_ws_ctrl",
+    "utf8_lead2",
+    "utf8_lead3",
+    "utf8_lead4",
+];
+
+/// Byte-class counts of a text: the features the estimator's per-encoding weights apply to.
+///
+/// Public so the calibration example (`benches/examples/calibrate_tokens.rs`) fits the weights
+/// on exactly the features the estimator computes, and so other token families can be fitted
+/// the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ByteClasses {
+    counts: [u64; FEATURES],
+}
+
+// Indices into the feature vector; index 0 (`nonempty`) and 1 (`bytes`) are set from the length.
+const F_WORD: usize = 2;
+const F_LETTER: usize = 3;
+const F_CAMEL: usize = 4;
+const F_DIGIT: usize = 5;
+const F_DIGIT_RUN: usize = 6;
+const F_PUNCT: usize = 7;
+const F_PUNCT_RUN: usize = 8;
+const F_SPACE: usize = 9;
+const F_SPACE2: usize = 10;
+const F_SPACE_OTHER: usize = 11;
+const F_NL: usize = 12;
+const F_NL_RUN: usize = 13;
+const F_CTRL: usize = 14;
+const F_LEAD2: usize = 15;
+const F_LEAD3: usize = 16;
+const F_LEAD4: usize = 17;
+
+/// Per-byte flags for the pair (previous byte, byte). Written as plain comparisons with no
+/// table lookup so that the block loop below compiles to SIMD byte compares.
+#[inline(always)]
+fn flags(p: u8, b: u8) -> [u8; FEATURES] {
+    let lower = |x: u8| x.wrapping_sub(b'a') < 26;
+    let upper = |x: u8| x.wrapping_sub(b'A') < 26;
+    let alpha = |x: u8| (x | 0x20).wrapping_sub(b'a') < 26;
+    let digit = |x: u8| x.wrapping_sub(b'0') < 10;
+    // ASCII graphic characters that are neither letters nor digits.
+    let punct = |x: u8| x.wrapping_sub(0x21) < 0x5e && !alpha(x) && !digit(x);
+    let (ab, ap) = (alpha(b), alpha(p));
+    let (db, dp) = (digit(b), digit(p));
+    let (pb, pp) = (punct(b), punct(p));
+    let sb = b == b' ';
+    let sp = p == b' ';
+    let nb = b == b'\n';
+    let mut f = [0u8; FEATURES];
+    f[F_WORD] = (ab & !ap) as u8;
+    f[F_LETTER] = ab as u8;
+    f[F_CAMEL] = (upper(b) & lower(p)) as u8;
+    f[F_DIGIT] = db as u8;
+    f[F_DIGIT_RUN] = (db & !dp) as u8;
+    f[F_PUNCT] = pb as u8;
+    f[F_PUNCT_RUN] = (pb & !pp) as u8;
+    f[F_SPACE] = sb as u8;
+    f[F_SPACE2] = (sb & sp) as u8;
+    f[F_SPACE_OTHER] = (sp & !ab & !sb) as u8;
+    f[F_NL] = nb as u8;
+    f[F_NL_RUN] = (nb & (p != b'\n')) as u8;
+    f[F_CTRL] = ((b < 0x20) & !nb | (b == 0x7f)) as u8;
+    f[F_LEAD2] = (b.wrapping_sub(0xc0) < 0x20) as u8;
+    f[F_LEAD3] = (b.wrapping_sub(0xe0) < 0x10) as u8;
+    f[F_LEAD4] = (b >= 0xf0) as u8;
+    f
+}
+
+impl ByteClasses {
+    /// Counts the byte classes of `text` in one pass (no decoding; any bytes are fine).
+    pub fn of(text: &[u8]) -> ByteClasses {
+        const LANES: usize = 16;
+        let mut c = [0u64; FEATURES];
+        let n = text.len();
+        if n == 0 {
+            return ByteClasses { counts: c };
+        }
+        c[0] = 1;
+        c[1] = n as u64;
+        // The first byte has no predecessor: NUL starts every run and is in no counted class
+        // on the "previous" side.
+        let add = |c: &mut [u64; FEATURES], f: [u8; FEATURES]| {
+            for (c, f) in c.iter_mut().zip(f) {
+                *c += u64::from(f);
+            }
+        };
+        add(&mut c, flags(0, text[0]));
+        // Blocks of 16 bytes with 16 byte-wide counters per feature, flushed before they can
+        // overflow (255 blocks): this shape is what lets the compiler use SIMD compares.
+        let mut acc = [[0u8; LANES]; FEATURES];
+        let mut blocks = 0u32;
+        let mut i = 1;
+        while i + LANES <= n {
+            let cur: &[u8; LANES] = text[i..i + LANES].try_into().expect("16 bytes");
+            let prev: &[u8; LANES] = text[i - 1..i - 1 + LANES].try_into().expect("16 bytes");
+            for j in 0..LANES {
+                let f = flags(prev[j], cur[j]);
+                for k in 0..FEATURES {
+                    acc[k][j] += f[k];
+                }
+            }
+            blocks += 1;
+            if blocks == 255 {
+                flush(&mut c, &mut acc);
+                blocks = 0;
+            }
+            i += LANES;
+        }
+        flush(&mut c, &mut acc);
+        while i < n {
+            add(&mut c, flags(text[i - 1], text[i]));
+            i += 1;
+        }
+        ByteClasses { counts: c }
+    }
+
+    /// The counts in [`FEATURE_NAMES`] order, as the calibration fits them.
+    pub fn features(&self) -> [u64; FEATURES] {
+        self.counts
+    }
+}
+
+fn flush(c: &mut [u64; FEATURES], acc: &mut [[u8; 16]; FEATURES]) {
+    for (c, lanes) in c.iter_mut().zip(acc.iter_mut()) {
+        *c += lanes.iter().map(|&x| u64::from(x)).sum::<u64>();
+        *lanes = [0; 16];
+    }
+}
+
+/// Fitted weights and measured interval of the estimator for one encoding.
+#[derive(Debug, Clone, Copy)]
+struct Calibration {
+    /// Tokens per unit of each feature, in [`FEATURE_NAMES`] order.
+    weights: [f64; FEATURES],
+    /// The true count is at most `est + max(ceil(over * est), over_abs)`.
+    over: f64,
+    over_abs: u64,
+    /// The true count is at least `est - max(ceil(under * est), under_abs)`.
+    under: f64,
+    under_abs: u64,
+}
+
+// CALIBRATION-BEGIN (generated by benches/examples/calibrate_tokens.rs; see CALIBRATION.md)
+const O200K: Calibration = Calibration {
+    weights: [
+        0.0, 0.05, 1.0, 0.0, 0.0, 0.34, 0.0, 1.0, 0.0, 0.0, 0.5, 0.0, 0.0, 1.0, 1.0, 0.5, 0.8, 1.0,
+    ],
+    over: 0.5,
+    over_abs: 8,
+    under: 0.5,
+    under_abs: 8,
+};
+const CL100K: Calibration = Calibration {
+    weights: [
+        0.0, 0.05, 1.0, 0.0, 0.0, 0.34, 0.0, 1.0, 0.0, 0.0, 0.5, 0.0, 0.0, 1.0, 1.0, 0.7, 1.0, 1.5,
+    ],
+    over: 0.5,
+    over_abs: 8,
+    under: 0.5,
+    under_abs: 8,
+};
+// CALIBRATION-END
+
+fn calibration(enc: Encoding) -> &'static Calibration {
+    match enc {
+        Encoding::O200kBase => &O200K,
+        Encoding::Cl100kBase => &CL100K,
+    }
+}
+
+/// The raw linear estimate for `enc` from byte classes, before rounding and clamping; public
+/// so the calibration example can measure the estimator exactly as it runs.
+pub fn raw_estimate(enc: Encoding, classes: &ByteClasses) -> f64 {
+    let w = &calibration(enc).weights;
+    w.iter()
+        .zip(classes.counts)
+        .map(|(w, c)| w * c as f64)
+        .sum()
+}
+
+/// A fast estimate of the tokens of `text` under `enc`, with an interval that held for every
+/// prompt in the calibration corpora (see `CALIBRATION.md` beside this file).
+///
+/// One pass over the bytes (over 1 GB/s): the point estimate is a linear function of
+/// byte-class counts with weights fitted per encoding. The interval is
+/// `est ± max(ceil(rel * est), abs)` with separate measured constants for each side, then
+/// clamped to what is always true for UTF-8: at least one token for a non-empty text and at
+/// most one token per byte. For bytes that are not UTF-8 see the module documentation.
+pub fn estimate(enc: Encoding, text: &[u8]) -> TokenEstimate {
+    let cal = calibration(enc);
+    let classes = ByteClasses::of(text);
+    interval(raw_estimate(enc, &classes), cal, text.len() as u64)
+}
+
+fn interval(raw: f64, cal: &Calibration, n: u64) -> TokenEstimate {
+    if n == 0 {
+        return TokenEstimate::exact(0);
+    }
+    // `as` saturates and maps NaN to 0, so no weight can make this panic.
+    let est = raw.round().max(1.0) as u64;
+    let est = est.clamp(1, n);
+    let up = ((cal.over * est as f64).ceil() as u64).max(cal.over_abs);
+    let down = ((cal.under * est as f64).ceil() as u64).max(cal.under_abs);
+    TokenEstimate {
+        tokens: est,
+        low: est.saturating_sub(down).max(1),
+        high: est.saturating_add(up).min(n),
+    }
+}
+
+/// Estimate for model families without an exact tokenizer here (Anthropic, Llama, Mistral,
+/// ...): the policy gives a bytes-per-token ratio calibrated for the family and the relative
+/// error it measured, and the interval is `tokens ± ceil(tokens * rel_error)`.
+///
+/// Defined for any input: a ratio that is not a positive finite number counts one token per
+/// byte (the conservative end), a negative or non-finite `rel_error` counts as 0. Bytes are
+/// counted as they are, so invalid UTF-8 is estimated like any other bytes.
+pub fn estimate_ratio(bytes_per_token: f64, rel_error: f64, text: &[u8]) -> TokenEstimate {
+    let n = text.len() as u64;
+    if n == 0 {
+        return TokenEstimate::exact(0);
+    }
+    let bpt = if bytes_per_token.is_finite() && bytes_per_token > 0.0 {
+        bytes_per_token
+    } else {
+        1.0
+    };
+    let rel = if rel_error.is_finite() && rel_error > 0.0 {
+        rel_error
+    } else {
+        0.0
+    };
+    let tokens = ((n as f64 / bpt).ceil() as u64).max(1);
+    // Round the margin up, but not for float noise (100 * 0.1 is 10.000000000000002).
+    let margin = tokens as f64 * rel;
+    let margin = (margin - margin * 1e-9).ceil() as u64;
+    TokenEstimate {
+        tokens,
+        low: tokens.saturating_sub(margin),
+        high: tokens.saturating_add(margin),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat overhead and images
+// ---------------------------------------------------------------------------------------------
+
+/// Tokens a chat request costs beyond its texts: OpenAI wraps every message in role and
+/// separator tokens and primes the reply, and bills them as prompt tokens.
+///
+/// The defaults are the values OpenAI documents for its current chat models (3 per message,
+/// 1 more when a message sets `name`, 3 for the reply priming). They are a struct so a policy
+/// can set other values for models that differ without a code change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatOverhead {
+    /// Tokens around each message (role and separators).
+    pub per_message: u32,
+    /// Extra tokens when a message sets `name`.
+    pub per_name: u32,
+    /// Tokens that prime the assistant's reply, once per request.
+    pub reply: u32,
+}
+
+impl Default for ChatOverhead {
+    fn default() -> ChatOverhead {
+        ChatOverhead {
+            per_message: 3,
+            per_name: 1,
+            reply: 3,
+        }
+    }
+}
+
+impl ChatOverhead {
+    /// The overhead of a request with `messages` messages of which `names` set `name`; 0 for
+    /// a request without messages (there is no reply to prime for an empty list).
+    pub fn tokens(&self, messages: u64, names: u64) -> u64 {
+        if messages == 0 {
+            return 0;
+        }
+        messages
+            .saturating_mul(u64::from(self.per_message))
+            .saturating_add(names.saturating_mul(u64::from(self.per_name)))
+            .saturating_add(u64::from(self.reply))
+    }
+}
+
+/// What images cost in prompt tokens, by OpenAI's documented tile rule.
+///
+/// Defaults are those of GPT-4o, GPT-4.1 and similar models: 85 tokens base plus 170 per
+/// 512-px tile for `detail: high`, 85 for `detail: low`. Some models price tiles differently
+/// (gpt-4o-mini: base 2833, 5667 per tile, low 2833), so the constants are a parameter that a
+/// policy sets per model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageCost {
+    /// Tokens per image in high detail, on top of the tiles.
+    pub base: u32,
+    /// Tokens per 512×512 tile in high detail.
+    pub per_tile: u32,
+    /// Tokens per image in low detail (a fixed 512×512 thumbnail).
+    pub low: u32,
+}
+
+impl Default for ImageCost {
+    fn default() -> ImageCost {
+        ImageCost {
+            base: 85,
+            per_tile: 170,
+            low: 85,
+        }
+    }
+}
+
+impl ImageCost {
+    /// gpt-4o-mini's image prices (33× the default per-token count, to keep the dollar price
+    /// of an image equal on a cheaper model).
+    pub const GPT_4O_MINI: ImageCost = ImageCost {
+        base: 2833,
+        per_tile: 5667,
+        low: 2833,
+    };
+}
+
+/// The `detail` of an image content part, which decides how it is priced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageDetail {
+    /// A fixed low-resolution pass: [`ImageCost::low`] whatever the size.
+    Low,
+    /// Tiled at up to 2048×2048 / 768 px short side.
+    High,
+    /// The model chooses; counted as [`ImageDetail::High`] because a guard must reserve for
+    /// the most the request can cost.
+    Auto,
+}
+
+impl ImageDetail {
+    /// Parses the request's `detail` string; absent or unknown values are `Auto`, as OpenAI
+    /// treats a missing `detail`.
+    pub fn from_name(s: &str) -> ImageDetail {
+        match s {
+            "low" => ImageDetail::Low,
+            "high" => ImageDetail::High,
+            _ => ImageDetail::Auto,
+        }
+    }
+}
+
+/// The most 512-px tiles an image can take after the high-detail resize: the short side is
+/// at most 768 px (2 tiles) and the long side at most 2048 px (4 tiles).
+pub const MAX_TILES: u64 = 8;
+
+/// Prompt tokens for one image by OpenAI's tile rule.
+///
+/// `High` and `Auto`: scale down to fit 2048×2048 (keeping the aspect ratio), then scale down
+/// so the short side is at most 768 px, count 512-px tiles, and charge `base + tiles *
+/// per_tile`. Images are never scaled up, as in OpenAI's worked examples. With an unknown size
+/// (`None`, or a zero side, which no real image has) it charges the documented worst case,
+/// [`MAX_TILES`] tiles (1445 tokens with the defaults), so a reservation is never too small.
+pub fn image_tokens(cost: &ImageCost, detail: ImageDetail, size: Option<(u32, u32)>) -> u64 {
+    let base = u64::from(cost.base);
+    let per_tile = u64::from(cost.per_tile);
+    if detail == ImageDetail::Low {
+        return u64::from(cost.low);
+    }
+    let tiles = match size {
+        Some((w, h)) if w > 0 && h > 0 => high_detail_tiles(u64::from(w), u64::from(h)),
+        _ => MAX_TILES,
+    };
+    base.saturating_add(tiles.saturating_mul(per_tile))
+}
+
+fn high_detail_tiles(mut w: u64, mut h: u64) -> u64 {
+    // Integer scaling (floor, at least 1 px): u32 sides times 2048 cannot overflow u64.
+    let long = w.max(h);
+    if long > 2048 {
+        w = (w * 2048 / long).max(1);
+        h = (h * 2048 / long).max(1);
+    }
+    let short = w.min(h);
+    if short > 768 {
+        w = (w * 768 / short).max(1);
+        h = (h * 768 / short).max(1);
+    }
+    w.div_ceil(512) * h.div_ceil(512)
+}
+
+/// Width and height from the header of an encoded PNG, JPEG, GIF or WebP image.
+///
+/// Reads only the header (for JPEG, segment headers up to the first SOF marker), does bounded
+/// work on any input and returns `None` for unknown formats, truncated or garbage data and
+/// zero sizes; the caller then charges the worst case.
+pub fn image_size(data: &[u8]) -> Option<(u32, u32)> {
+    sniff_size(&data)
+}
+
+/// Width and height of the image in a `data:image/...;base64,` URL, decoding only the few
+/// base64 blocks that hold the header fields (base64 maps every 4 characters to 3 bytes, so
+/// any byte range can be decoded in place); `None` for other URLs and undecodable data.
+pub fn data_url_image_size(url: &[u8]) -> Option<(u32, u32)> {
+    let rest = strip_prefix_ignore_case(url, b"data:")?;
+    let comma = memchr::memchr(b',', rest)?;
+    let meta = &rest[..comma];
+    if !ends_with_ignore_case(meta, b";base64") {
+        return None;
+    }
+    let payload = &rest[comma + 1..];
+    // Trailing padding or whitespace does not count towards the data length.
+    let end = payload
+        .iter()
+        .rposition(|&b| !matches!(b, b'=' | b' ' | b'\t' | b'\r' | b'\n'))
+        .map_or(0, |i| i + 1);
+    sniff_size(&Base64Source {
+        chars: &payload[..end],
+    })
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .then(|| &s[prefix.len()..])
+}
+
+fn ends_with_ignore_case(s: &[u8], suffix: &[u8]) -> bool {
+    s.len() >= suffix.len() && s[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+}
+
+/// Random access to image bytes, so the same header parsers read a byte slice or decode
+/// just the needed blocks of a base64 payload.
+trait Source {
+    /// Fills `out` with the bytes at `offset..offset + out.len()`; false if out of range
+    /// or undecodable.
+    fn read(&self, offset: usize, out: &mut [u8]) -> bool;
+}
+
+impl Source for &[u8] {
+    fn read(&self, offset: usize, out: &mut [u8]) -> bool {
+        match offset
+            .checked_add(out.len())
+            .and_then(|end| self.get(offset..end))
+        {
+            Some(s) => {
+                out.copy_from_slice(s);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+struct Base64Source<'a> {
+    /// Base64 characters with trailing padding removed.
+    chars: &'a [u8],
+}
+
+/// Standard alphabet, padding optional: we decode windows in the middle of the payload,
+/// where there is none, and the last window, whose padding was trimmed.
+const B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+impl Source for Base64Source<'_> {
+    fn read(&self, offset: usize, out: &mut [u8]) -> bool {
+        use base64::Engine as _;
+        // Header reads are small; anything bigger is a parser bug, refused rather than
+        // allocated.
+        const MAX: usize = 48;
+        if out.is_empty() {
+            return true;
+        }
+        if out.len() > MAX {
+            return false;
+        }
+        let Some(end) = offset.checked_add(out.len()) else {
+            return false;
+        };
+        let first_block = offset / 3;
+        let last_block = end.div_ceil(3);
+        let (Some(c0), Some(c1)) = (first_block.checked_mul(4), last_block.checked_mul(4)) else {
+            return false;
+        };
+        if c0 >= self.chars.len() {
+            return false;
+        }
+        let chars = &self.chars[c0..c1.min(self.chars.len())];
+        let mut buf = [0u8; MAX + 6];
+        let Ok(len) = B64.decode_slice(chars, &mut buf) else {
+            return false;
+        };
+        let skip = offset - first_block * 3;
+        match buf[..len].get(skip..skip + out.len()) {
+            Some(s) => {
+                out.copy_from_slice(s);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn read_array<const N: usize, S: Source + ?Sized>(src: &S, offset: usize) -> Option<[u8; N]> {
+    let mut a = [0u8; N];
+    src.read(offset, &mut a).then_some(a)
+}
+
+fn nonzero(w: u32, h: u32) -> Option<(u32, u32)> {
+    (w > 0 && h > 0).then_some((w, h))
+}
+
+fn sniff_size<S: Source + ?Sized>(src: &S) -> Option<(u32, u32)> {
+    let head: [u8; 12] = read_array(src, 0).or_else(|| {
+        // Short inputs: GIF and JPEG need fewer than 12 bytes to identify.
+        let mut a = [0u8; 12];
+        src.read(0, &mut a[..4]).then_some(a)
+    })?;
+    if head[..8] == *b"\x89PNG\r\n\x1a\n" {
+        png_size(src)
+    } else if head[..6] == *b"GIF87a" || head[..6] == *b"GIF89a" {
+        let d: [u8; 4] = read_array(src, 6)?;
+        nonzero(
+            u32::from(u16::from_le_bytes([d[0], d[1]])),
+            u32::from(u16::from_le_bytes([d[2], d[3]])),
+        )
+    } else if head[..3] == [0xff, 0xd8, 0xff] {
+        jpeg_size(src)
+    } else if head[..4] == *b"RIFF" && head[8..12] == *b"WEBP" {
+        webp_size(src)
+    } else {
+        None
+    }
+}
+
+fn png_size<S: Source + ?Sized>(src: &S) -> Option<(u32, u32)> {
+    // Signature, then the IHDR chunk: length (13), "IHDR", width, height (big-endian).
+    let ihdr: [u8; 16] = read_array(src, 8)?;
+    if ihdr[4..8] != *b"IHDR" {
+        return None;
+    }
+    let w = u32::from_be_bytes([ihdr[8], ihdr[9], ihdr[10], ihdr[11]]);
+    let h = u32::from_be_bytes([ihdr[12], ihdr[13], ihdr[14], ihdr[15]]);
+    // PNG caps sides at 2^31 - 1.
+    if w > i32::MAX as u32 || h > i32::MAX as u32 {
+        return None;
+    }
+    nonzero(w, h)
+}
+
+fn jpeg_size<S: Source + ?Sized>(src: &S) -> Option<(u32, u32)> {
+    // Walk the marker segments after SOI until a start-of-frame marker, which holds the
+    // size. Each step moves forward by at least two bytes and the number of steps is capped,
+    // so garbage costs bounded work (real files have a handful of segments before SOF).
+    const MAX_SEGMENTS: usize = 1024;
+    let mut pos = 2usize;
+    for _ in 0..MAX_SEGMENTS {
+        let [ff, mut marker]: [u8; 2] = read_array(src, pos)?;
+        if ff != 0xff {
+            return None;
+        }
+        pos += 2;
+        // Fill bytes: any number of 0xFF before the marker code (bounded by the cap).
+        let mut fill = 0;
+        while marker == 0xff {
+            fill += 1;
+            if fill > 64 {
+                return None;
+            }
+            [marker] = read_array(src, pos)?;
+            pos += 1;
+        }
+        match marker {
+            // Standalone markers without a length.
+            0x01 | 0xd0..=0xd7 => continue,
+            // End of image or start of scan before any frame header: no size to find.
+            0xd9 | 0xda => return None,
+            // SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC).
+            0xc0..=0xcf if !matches!(marker, 0xc4 | 0xc8 | 0xcc) => {
+                let f: [u8; 7] = read_array(src, pos)?;
+                let h = u16::from_be_bytes([f[3], f[4]]);
+                let w = u16::from_be_bytes([f[5], f[6]]);
+                return nonzero(u32::from(w), u32::from(h));
+            }
+            _ => {
+                let [a, b]: [u8; 2] = read_array(src, pos)?;
+                let len = usize::from(u16::from_be_bytes([a, b]));
+                if len < 2 {
+                    return None;
+                }
+                pos = pos.checked_add(len)?;
+            }
+        }
+    }
+    None
+}
+
+fn webp_size<S: Source + ?Sized>(src: &S) -> Option<(u32, u32)> {
+    // RIFF header (12 bytes), then the first chunk's FourCC and size, then its payload.
+    let chunk: [u8; 4] = read_array(src, 12)?;
+    match &chunk {
+        b"VP8 " => {
+            // Lossy: 3-byte frame tag, start code 9D 01 2A, then 14-bit width and height.
+            let f: [u8; 10] = read_array(src, 20)?;
+            if f[3..6] != [0x9d, 0x01, 0x2a] {
+                return None;
+            }
+            let w = u16::from_le_bytes([f[6], f[7]]) & 0x3fff;
+            let h = u16::from_le_bytes([f[8], f[9]]) & 0x3fff;
+            nonzero(u32::from(w), u32::from(h))
+        }
+        b"VP8L" => {
+            // Lossless: signature 0x2F, then width-1 and height-1 in 14 bits each (LSB first).
+            let f: [u8; 5] = read_array(src, 20)?;
+            if f[0] != 0x2f {
+                return None;
+            }
+            let bits = u32::from_le_bytes([f[1], f[2], f[3], f[4]]);
+            nonzero((bits & 0x3fff) + 1, ((bits >> 14) & 0x3fff) + 1)
+        }
+        b"VP8X" => {
+            // Extended: flags and reserved (4 bytes), then canvas width-1 and height-1 as
+            // 24-bit little-endian.
+            let f: [u8; 10] = read_array(src, 20)?;
+            let w = u32::from_le_bytes([f[4], f[5], f[6], 0]) + 1;
+            let h = u32::from_le_bytes([f[7], f[8], f[9], 0]) + 1;
+            nonzero(w, h)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_names_round_trip() {
+        for e in Encoding::ALL {
+            assert_eq!(Encoding::from_name(e.name()), Some(e));
+            assert_eq!(e.to_string(), e.name());
+        }
+        assert_eq!(Encoding::from_name("p50k_base"), None);
+        assert_eq!(Encoding::from_name("O200K_BASE"), None);
+    }
+
+    #[test]
+    fn exact_matches_feature() {
+        assert_eq!(exact_available(), cfg!(feature = "tiktoken"));
+        assert_eq!(
+            count_exact(Encoding::O200kBase, "hello world").is_some(),
+            exact_available()
+        );
+    }
+
+    /// The byte-class counts of the block loop equal a plain per-byte loop (the oracle) at
+    /// every length around the block and flush boundaries.
+    #[test]
+    fn byte_classes_match_naive() {
+        fn naive(t: &[u8]) -> [u64; FEATURES] {
+            let mut c = [0u64; FEATURES];
+            if t.is_empty() {
+                return c;
+            }
+            c[0] = 1;
+            c[1] = t.len() as u64;
+            let mut p = 0u8;
+            for &b in t {
+                for (c, f) in c.iter_mut().zip(flags(p, b)) {
+                    *c += u64::from(f);
+                }
+                p = b;
+            }
+            c
+        }
+        let sample = "Hello World, camelCase 12345 — ünïcödé 漢字 😀\n\n  x\t\r\x01\x7f(){}";
+        let mut text = Vec::new();
+        while text.len() < 255 * 16 * 2 + 100 {
+            text.extend_from_slice(sample.as_bytes());
+            text.push(0xff); // invalid UTF-8 too
+        }
+        for len in (0..40).chain(250 * 16..260 * 16).chain([text.len()]) {
+            let t = &text[..len];
+            assert_eq!(ByteClasses::of(t).features(), naive(t), "len {len}");
+        }
+    }
+
+    #[test]
+    fn estimate_edges() {
+        for e in Encoding::ALL {
+            assert_eq!(estimate(e, b""), TokenEstimate::exact(0));
+            let one = estimate(e, b"a");
+            assert_eq!((one.low, one.tokens, one.high), (1, 1, 1));
+            let t = estimate(e, &[0xff; 100]);
+            assert!(t.low <= t.tokens && t.tokens <= t.high && t.high <= 100);
+        }
+    }
+
+    #[test]
+    fn estimate_ratio_defined_everywhere() {
+        let t = estimate_ratio(4.0, 0.1, &[b'x'; 400]);
+        assert_eq!(
+            t,
+            TokenEstimate {
+                tokens: 100,
+                low: 90,
+                high: 110
+            }
+        );
+        assert_eq!(estimate_ratio(4.0, 0.1, b""), TokenEstimate::exact(0));
+        assert_eq!(estimate_ratio(4.0, 0.0, b"abc").tokens, 1);
+        for bpt in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(estimate_ratio(bpt, 0.2, b"abcd").tokens, 4);
+        }
+        let wide = estimate_ratio(4.0, 5.0, &[0xc3; 40]);
+        assert_eq!((wide.low, wide.tokens, wide.high), (0, 10, 60));
+        let nan = estimate_ratio(4.0, f64::NAN, b"abcdefgh");
+        assert_eq!(nan, TokenEstimate::exact(2));
+    }
+
+    #[test]
+    fn fits_decides_only_outside_the_interval() {
+        let t = TokenEstimate {
+            tokens: 100,
+            low: 90,
+            high: 110,
+        };
+        assert_eq!(t.fits(110), Some(true));
+        assert_eq!(t.fits(89), Some(false));
+        assert_eq!(t.fits(90), None);
+        assert_eq!(t.fits(100), None);
+    }
+
+    #[test]
+    fn chat_overhead_defaults() {
+        let o = ChatOverhead::default();
+        assert_eq!(o.tokens(0, 0), 0);
+        assert_eq!(o.tokens(1, 0), 6);
+        assert_eq!(o.tokens(2, 1), 10);
+    }
+
+    /// OpenAI's worked examples for the tile rule.
+    #[test]
+    fn image_tokens_documented_examples() {
+        let c = ImageCost::default();
+        assert_eq!(image_tokens(&c, ImageDetail::High, Some((1024, 1024))), 765);
+        assert_eq!(
+            image_tokens(&c, ImageDetail::High, Some((2048, 4096))),
+            1105
+        );
+        assert_eq!(image_tokens(&c, ImageDetail::Low, Some((4096, 8192))), 85);
+        assert_eq!(image_tokens(&c, ImageDetail::Auto, Some((1024, 1024))), 765);
+        // Small images are not scaled up: one tile.
+        assert_eq!(image_tokens(&c, ImageDetail::High, Some((512, 512))), 255);
+        assert_eq!(image_tokens(&c, ImageDetail::High, Some((1, 1))), 255);
+        // Unknown or zero size: the worst case, 8 tiles.
+        assert_eq!(image_tokens(&c, ImageDetail::High, None), 1445);
+        assert_eq!(image_tokens(&c, ImageDetail::Auto, Some((0, 10))), 1445);
+        let mini = ImageCost::GPT_4O_MINI;
+        assert_eq!(
+            image_tokens(&mini, ImageDetail::High, Some((1024, 1024))),
+            2833 + 4 * 5667
+        );
+        assert_eq!(image_tokens(&mini, ImageDetail::Low, None), 2833);
+    }
+
+    #[test]
+    fn no_size_gives_more_than_worst_case() {
+        let c = ImageCost::default();
+        let worst = image_tokens(&c, ImageDetail::High, None);
+        for w in (1..=9000u32).step_by(97) {
+            for h in (1..=9000u32).step_by(89) {
+                assert!(image_tokens(&c, ImageDetail::High, Some((w, h))) <= worst);
+            }
+        }
+        assert!(image_tokens(&c, ImageDetail::High, Some((u32::MAX, u32::MAX))) <= worst);
+        assert!(image_tokens(&c, ImageDetail::High, Some((u32::MAX, 1))) <= worst);
+    }
+}
