@@ -36,6 +36,14 @@ struct Sample {
     text: String,
 }
 
+/// Index of the `dense_bytes` feature, which the interval rule scales with.
+fn dense_idx() -> usize {
+    FEATURE_NAMES
+        .iter()
+        .position(|n| *n == "dense_bytes")
+        .unwrap()
+}
+
 /// FNV-1a, so the split is stable across runs and platforms.
 fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -95,7 +103,7 @@ fn load(dir: &Path) -> Vec<Sample> {
                 let c = ByteClasses::of(t.as_bytes()).features();
                 out.push(Sample {
                     file: name.clone(),
-                    held_out: fnv(id) % 2 == 1,
+                    held_out: fnv(id) >> 63 == 1,
                     len: t.len(),
                     x: c.map(|v| v as f64),
                     text: t,
@@ -156,54 +164,91 @@ fn point(w: &[f64; FEATURES], x: &[f64; FEATURES], len: usize) -> u64 {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Rule {
-    over: f64,
-    over_abs: u64,
-    under: f64,
-    under_abs: u64,
+struct Side {
+    rel: f64,
+    abs: u64,
+    per_dense: f64,
 }
 
-impl Rule {
-    fn contains(&self, est: u64, y: u64, len: usize) -> bool {
-        let up = ((self.over * est as f64).ceil() as u64).max(self.over_abs);
-        let down = ((self.under * est as f64).ceil() as u64).max(self.under_abs);
-        let low = est.saturating_sub(down).max(1);
-        let high = (est + up).min(len as u64);
-        low <= y && y <= high
+impl Side {
+    fn margin(&self, est: u64, dense: u64) -> u64 {
+        ((self.rel * est as f64).ceil() as u64).max(self.abs)
+            + (self.per_dense * dense as f64).ceil() as u64
     }
 }
 
-/// Relative part from texts estimated at >= 64 tokens, absolute part covering the rest; both
-/// sides separately.
-fn derive_rule(pairs: &[(u64, u64)]) -> Rule {
-    let side = |err: &dyn Fn(u64, u64) -> i64| {
-        let rel = pairs
-            .iter()
-            .filter(|(e, _)| *e >= 64)
-            .map(|&(e, y)| err(e, y) as f64 / e as f64)
-            .fold(0.0f64, f64::max);
-        let rel = (rel * 1000.0).ceil() / 1000.0;
-        let abs = pairs
-            .iter()
-            .map(|&(e, y)| {
-                let d = err(e, y);
-                if d > (rel * e as f64).ceil() as i64 {
-                    d as u64
-                } else {
-                    0
-                }
-            })
-            .max()
-            .unwrap_or(0);
-        (rel, abs)
+#[derive(Debug, Clone, Copy)]
+struct Rule {
+    over: Side,
+    under: Side,
+}
+
+/// One text for the interval rule: estimate, exact count, dense bytes, length.
+#[derive(Clone, Copy)]
+struct Obs {
+    est: u64,
+    y: u64,
+    dense: u64,
+    len: usize,
+}
+
+impl Rule {
+    fn contains(&self, o: &Obs) -> bool {
+        let low = o
+            .est
+            .saturating_sub(self.under.margin(o.est, o.dense))
+            .max(1);
+        let high = (o.est + self.over.margin(o.est, o.dense)).min(o.len as u64);
+        low <= o.y && o.y <= high
+    }
+}
+
+/// For each side: the per-dense-byte term `k` from a grid, then the relative part from texts
+/// estimated at >= 64 tokens and an absolute part covering the rest, so that every text in
+/// `obs` is covered; of the grid, the `k` with the narrowest mean interval wins.
+fn derive_rule(obs: &[Obs]) -> Rule {
+    let side = |err: &dyn Fn(&Obs) -> i64| {
+        let mut best: Option<(f64, Side)> = None;
+        for step in 0..=60 {
+            let k = step as f64 * 0.005;
+            let d: Vec<i64> = obs
+                .iter()
+                .map(|o| err(o) - (k * o.dense as f64).ceil() as i64)
+                .collect();
+            let rel = obs
+                .iter()
+                .zip(&d)
+                .filter(|(o, _)| o.est >= 64)
+                .map(|(o, &d)| d as f64 / o.est as f64)
+                .fold(0.0f64, f64::max);
+            let rel = (rel * 1000.0).ceil() / 1000.0;
+            let abs = obs
+                .iter()
+                .zip(&d)
+                .filter(|(o, &d)| d > (rel * o.est as f64).ceil() as i64)
+                .map(|(_, &d)| d as u64)
+                .max()
+                .unwrap_or(0);
+            let s = Side {
+                rel,
+                abs,
+                per_dense: k,
+            };
+            let long: Vec<&Obs> = obs.iter().filter(|o| o.est >= 64).collect();
+            let width = long
+                .iter()
+                .map(|o| s.margin(o.est, o.dense) as f64 / o.est as f64)
+                .sum::<f64>()
+                / long.len().max(1) as f64;
+            if best.is_none_or(|(w, _)| width < w) {
+                best = Some((width, s));
+            }
+        }
+        best.unwrap().1
     };
-    let (over, over_abs) = side(&|e, y| y as i64 - e as i64);
-    let (under, under_abs) = side(&|e, y| e as i64 - y as i64);
     Rule {
-        over,
-        over_abs,
-        under,
-        under_abs,
+        over: side(&|o| o.y as i64 - o.est as i64),
+        under: side(&|o| o.est as i64 - o.y as i64),
     }
 }
 
@@ -283,26 +328,23 @@ fn main() {
             .collect();
         let w = fit(&train);
         let est: Vec<u64> = samples.iter().map(|s| point(&w, &s.x, s.len)).collect();
-        let pairs = |held_out: Option<bool>| -> Vec<(u64, u64)> {
+        let obs = |held_out: Option<bool>| -> Vec<Obs> {
             samples
                 .iter()
                 .zip(est.iter().zip(&y))
                 .filter(|(s, _)| held_out.is_none_or(|h| s.held_out == h))
-                .map(|(_, (&e, &y))| (e, y))
+                .map(|(s, (&est, &y))| Obs {
+                    est,
+                    y,
+                    dense: s.x[dense_idx()] as u64,
+                    len: s.len,
+                })
                 .collect()
         };
-        let fit_rule = derive_rule(&pairs(Some(false)));
-        let final_rule = derive_rule(&pairs(None));
-        let held_pairs: Vec<(u64, u64, usize)> = samples
-            .iter()
-            .zip(est.iter().zip(&y))
-            .filter(|(s, _)| s.held_out)
-            .map(|(s, (&e, &y))| (e, y, s.len))
-            .collect();
-        let covered = held_pairs
-            .iter()
-            .filter(|&&(e, y, len)| fit_rule.contains(e, y, len))
-            .count();
+        let fit_rule = derive_rule(&obs(Some(false)));
+        let final_rule = derive_rule(&obs(None));
+        let held = obs(Some(true));
+        let covered = held.iter().filter(|o| fit_rule.contains(o)).count();
 
         println!("## {}\n", enc.name());
         println!("Weights (tokens per feature unit):\n");
@@ -338,33 +380,41 @@ fn main() {
             println!("{}", s.row(f));
         }
         println!();
+        let show = |r: &Rule| {
+            format!(
+                "high = est + max({:.3}·est, {}) + {:.3}·dense, low = est − max({:.3}·est, {}) − {:.3}·dense",
+                r.over.rel, r.over.abs, r.over.per_dense, r.under.rel, r.under.abs, r.under.per_dense
+            )
+        };
         println!(
-            "Interval from the fit half alone: +max({:.3}·est, {}) / −max({:.3}·est, {}); \
-             covers {covered} of {} held-out texts ({:.2} %).",
-            fit_rule.over,
-            fit_rule.over_abs,
-            fit_rule.under,
-            fit_rule.under_abs,
-            held_pairs.len(),
-            100.0 * covered as f64 / held_pairs.len().max(1) as f64
+            "Interval from the fit half alone: {}; covers {covered} of {} held-out texts ({:.2} %).",
+            show(&fit_rule),
+            held.len(),
+            100.0 * covered as f64 / held.len().max(1) as f64
         );
         println!(
-            "Interval from all texts (in the source): +max({:.3}·est, {}) / −max({:.3}·est, {}).",
-            final_rule.over, final_rule.over_abs, final_rule.under, final_rule.under_abs
+            "Interval from all texts (in the source): {}.",
+            show(&final_rule)
         );
-        let widths: Vec<f64> = samples
+        let all_obs = obs(None);
+        let width = |o: &Obs| {
+            (final_rule.over.margin(o.est, o.dense) + final_rule.under.margin(o.est, o.dense))
+                as f64
+                / o.est as f64
+        };
+        let long: Vec<f64> = all_obs.iter().filter(|o| o.est >= 64).map(width).collect();
+        let long_sparse: Vec<f64> = all_obs
             .iter()
-            .zip(&est)
-            .filter(|(_, &e)| e >= 64)
-            .map(|(_, &e)| {
-                let up = ((final_rule.over * e as f64).ceil()).max(final_rule.over_abs as f64);
-                let down = ((final_rule.under * e as f64).ceil()).max(final_rule.under_abs as f64);
-                (up + down) / e as f64
-            })
+            .filter(|o| o.est >= 64 && o.dense * 10 < o.len as u64)
+            .map(width)
             .collect();
         println!(
-            "Mean interval width for texts estimated at 64+ tokens: {:.1} % of the estimate.",
-            100.0 * widths.iter().sum::<f64>() / widths.len().max(1) as f64
+            "Mean interval width (high − low) / est for texts estimated at 64+ tokens: {:.1} %; \
+             for those of them with under 10 % dense bytes ({} of {}): {:.1} %.",
+            100.0 * long.iter().sum::<f64>() / long.len().max(1) as f64,
+            long_sparse.len(),
+            long.len(),
+            100.0 * long_sparse.iter().sum::<f64>() / long_sparse.len().max(1) as f64
         );
 
         // The compiled estimator, to check the constants in this build.
@@ -388,8 +438,14 @@ fn main() {
             Encoding::Cl100kBase => "CL100K",
         };
         generated.push_str(&format!(
-            "const {konst}: Calibration = Calibration {{\n    weights: {:?},\n    over: {:?},\n    over_abs: {},\n    under: {:?},\n    under_abs: {},\n}};\n",
-            w, final_rule.over, final_rule.over_abs, final_rule.under, final_rule.under_abs
+            "const {konst}: Calibration = Calibration {{\n    weights: {:?},\n    over: {:?},\n    over_abs: {},\n    over_dense: {:?},\n    under: {:?},\n    under_abs: {},\n    under_dense: {:?},\n}};\n",
+            w,
+            final_rule.over.rel,
+            final_rule.over.abs,
+            final_rule.over.per_dense,
+            final_rule.under.rel,
+            final_rule.under.abs,
+            final_rule.under.per_dense
         ));
     }
     if write {

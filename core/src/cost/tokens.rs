@@ -166,7 +166,7 @@ impl TokenEstimate {
 }
 
 /// Number of byte-class features the estimator counts (see [`ByteClasses`]).
-pub const FEATURES: usize = 18;
+pub const FEATURES: usize = 29;
 
 /// Names of the features in [`ByteClasses::features`] order, for the calibration report.
 pub const FEATURE_NAMES: [&str; FEATURES] = [
@@ -185,9 +185,20 @@ pub const FEATURE_NAMES: [&str; FEATURES] = [
     "newlines",
     "newline_runs",
     "other_ws_ctrl",
-    "utf8_lead2",
-    "utf8_lead3",
-    "utf8_lead4",
+    "punct_repeats",
+    "non_ascii_runs",
+    "dense_bytes",
+    "lead_latin",
+    "lead_greek_cyrillic",
+    "lead_2byte_other",
+    "lead_e0_indic_thai",
+    "lead_e1",
+    "lead_e2_punct_symbols",
+    "lead_e3_kana",
+    "lead_cjk",
+    "lead_hangul",
+    "lead_3byte_other",
+    "lead_4byte",
 ];
 
 /// Byte-class counts of a text: the features the estimator's per-encoding weights apply to.
@@ -200,28 +211,50 @@ pub struct ByteClasses {
     counts: [u64; FEATURES],
 }
 
-// Indices into the feature vector; index 0 (`nonempty`) and 1 (`bytes`) are set from the length.
-const F_WORD: usize = 2;
-const F_LETTER: usize = 3;
-const F_CAMEL: usize = 4;
-const F_DIGIT: usize = 5;
-const F_DIGIT_RUN: usize = 6;
-const F_PUNCT: usize = 7;
-const F_PUNCT_RUN: usize = 8;
-const F_SPACE: usize = 9;
-const F_SPACE2: usize = 10;
-const F_SPACE_OTHER: usize = 11;
-const F_NL: usize = 12;
-const F_NL_RUN: usize = 13;
-const F_CTRL: usize = 14;
-const F_LEAD2: usize = 15;
-const F_LEAD3: usize = 16;
-const F_LEAD4: usize = 17;
+/// Features 2..2 + FLAGS are per-byte flags of (previous byte, byte); index 0 (`nonempty`)
+/// and 1 (`bytes`) come from the length.
+const FLAGS: usize = 15;
+const F_FIRST_FLAG: usize = 2;
+/// Bytes in 16-byte blocks (from offset 1) without ASCII whitespace: long words, repeated
+/// strings, base64, minified code. Their tokens per byte vary the most, so this feature
+/// also widens the interval (prose has almost none).
+const F_DENSE: usize = 17;
+/// UTF-8 lead bytes by script (the lead byte alone tells the Unicode block roughly): tokens
+/// per character differ by a factor of three between scripts and encodings.
+const F_FIRST_LEAD: usize = 18;
+const LANES: usize = 16;
+
+/// Number of lead-byte classes (features from [`F_FIRST_LEAD`] on).
+const LEADS: usize = FEATURES - F_FIRST_LEAD;
+
+/// The lead-byte class (offset from [`F_FIRST_LEAD`]) of every byte; [`LEADS`] (a slot that
+/// is thrown away) for ASCII and continuation bytes, so counting needs no branch.
+const LEAD_CLASS: [u8; 256] = {
+    let mut t = [LEADS as u8; 256];
+    let mut b = 0xc0;
+    while b < 256 {
+        t[b] = match b {
+            0xc0..=0xcd => 0, // Latin-1, Latin Extended, IPA, combining marks
+            0xce..=0xd3 => 1, // Greek, Cyrillic
+            0xd4..=0xdf => 2, // Armenian, Hebrew, Arabic, Syriac, ...
+            0xe0 => 3,        // Indic scripts, Thai, Lao, ...
+            0xe1 => 4,        // Georgian, Hangul Jamo, Khmer, Vietnamese Latin, ...
+            0xe2 => 5,        // general punctuation, symbols, arrows, box drawing
+            0xe3 => 6,        // CJK symbols, kana
+            0xe4..=0xe9 => 7, // CJK unified ideographs
+            0xea..=0xed => 8, // Hangul syllables (and a few other blocks)
+            0xee..=0xef => 9, // private use, fullwidth forms, specials
+            _ => 10,          // four-byte sequences: emoji, rare CJK
+        };
+        b += 1;
+    }
+    t
+};
 
 /// Per-byte flags for the pair (previous byte, byte). Written as plain comparisons with no
 /// table lookup so that the block loop below compiles to SIMD byte compares.
 #[inline(always)]
-fn flags(p: u8, b: u8) -> [u8; FEATURES] {
+fn flags(p: u8, b: u8) -> [u8; FLAGS] {
     let lower = |x: u8| x.wrapping_sub(b'a') < 26;
     let upper = |x: u8| x.wrapping_sub(b'A') < 26;
     let alpha = |x: u8| (x | 0x20).wrapping_sub(b'a') < 26;
@@ -234,30 +267,33 @@ fn flags(p: u8, b: u8) -> [u8; FEATURES] {
     let sb = b == b' ';
     let sp = p == b' ';
     let nb = b == b'\n';
-    let mut f = [0u8; FEATURES];
-    f[F_WORD] = (ab & !ap) as u8;
-    f[F_LETTER] = ab as u8;
-    f[F_CAMEL] = (upper(b) & lower(p)) as u8;
-    f[F_DIGIT] = db as u8;
-    f[F_DIGIT_RUN] = (db & !dp) as u8;
-    f[F_PUNCT] = pb as u8;
-    f[F_PUNCT_RUN] = (pb & !pp) as u8;
-    f[F_SPACE] = sb as u8;
-    f[F_SPACE2] = (sb & sp) as u8;
-    f[F_SPACE_OTHER] = (sp & !ab & !sb) as u8;
-    f[F_NL] = nb as u8;
-    f[F_NL_RUN] = (nb & (p != b'\n')) as u8;
-    f[F_CTRL] = ((b < 0x20) & !nb | (b == 0x7f)) as u8;
-    f[F_LEAD2] = (b.wrapping_sub(0xc0) < 0x20) as u8;
-    f[F_LEAD3] = (b.wrapping_sub(0xe0) < 0x10) as u8;
-    f[F_LEAD4] = (b >= 0xf0) as u8;
-    f
+    [
+        (ab & !ap) as u8,
+        ab as u8,
+        (upper(b) & lower(p)) as u8,
+        db as u8,
+        (db & !dp) as u8,
+        pb as u8,
+        (pb & !pp) as u8,
+        sb as u8,
+        (sb & sp) as u8,
+        (sp & !ab & !sb) as u8,
+        nb as u8,
+        (nb & (p != b'\n')) as u8,
+        ((b < 0x20) & !nb | (b == 0x7f)) as u8,
+        (pb & (b == p)) as u8,
+        ((b >= 0x80) & (p < 0x80)) as u8,
+    ]
+}
+
+#[inline(always)]
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\n' | b'\t' | b'\r')
 }
 
 impl ByteClasses {
     /// Counts the byte classes of `text` in one pass (no decoding; any bytes are fine).
     pub fn of(text: &[u8]) -> ByteClasses {
-        const LANES: usize = 16;
         let mut c = [0u64; FEATURES];
         let n = text.len();
         if n == 0 {
@@ -265,26 +301,44 @@ impl ByteClasses {
         }
         c[0] = 1;
         c[1] = n as u64;
-        // The first byte has no predecessor: NUL starts every run and is in no counted class
-        // on the "previous" side.
-        let add = |c: &mut [u64; FEATURES], f: [u8; FEATURES]| {
-            for (c, f) in c.iter_mut().zip(f) {
+        // Lead bytes by class, in four banks used in turn so that a run of one script does
+        // not serialize on one counter; the last slot of each bank collects everything else.
+        let mut leads = [[0u32; LEADS + 1]; 4];
+        // Scalar step for one byte; the first byte's predecessor is NUL, which is in none of
+        // the classes that start a run.
+        let one = |c: &mut [u64; FEATURES], leads: &mut [[u32; LEADS + 1]; 4], p: u8, b: u8| {
+            for (c, f) in c[F_FIRST_FLAG..].iter_mut().zip(flags(p, b)) {
                 *c += u64::from(f);
             }
+            leads[0][usize::from(LEAD_CLASS[usize::from(b)])] += 1;
         };
-        add(&mut c, flags(0, text[0]));
-        // Blocks of 16 bytes with 16 byte-wide counters per feature, flushed before they can
+        one(&mut c, &mut leads, 0, text[0]);
+        // Blocks of 16 bytes with 16 byte-wide counters per flag, flushed before they can
         // overflow (255 blocks): this shape is what lets the compiler use SIMD compares.
-        let mut acc = [[0u8; LANES]; FEATURES];
+        // Lead bytes are rare in most prompts and are classified by a table, only in blocks
+        // that have any.
+        let mut acc = [[0u8; LANES]; FLAGS];
         let mut blocks = 0u32;
         let mut i = 1;
         while i + LANES <= n {
             let cur: &[u8; LANES] = text[i..i + LANES].try_into().expect("16 bytes");
             let prev: &[u8; LANES] = text[i - 1..i - 1 + LANES].try_into().expect("16 bytes");
+            let mut ws = false;
+            let mut high = 0u8;
             for j in 0..LANES {
                 let f = flags(prev[j], cur[j]);
-                for k in 0..FEATURES {
+                for k in 0..FLAGS {
                     acc[k][j] += f[k];
+                }
+                ws |= is_ws(cur[j]);
+                high |= cur[j];
+            }
+            if !ws {
+                c[F_DENSE] += LANES as u64;
+            }
+            if high >= 0xc0 {
+                for (j, &b) in cur.iter().enumerate() {
+                    leads[j & 3][usize::from(LEAD_CLASS[usize::from(b)])] += 1;
                 }
             }
             blocks += 1;
@@ -296,8 +350,13 @@ impl ByteClasses {
         }
         flush(&mut c, &mut acc);
         while i < n {
-            add(&mut c, flags(text[i - 1], text[i]));
+            one(&mut c, &mut leads, text[i - 1], text[i]);
             i += 1;
+        }
+        for bank in &leads {
+            for (c, &l) in c[F_FIRST_LEAD..].iter_mut().zip(bank) {
+                *c += u64::from(l);
+            }
         }
         ByteClasses { counts: c }
     }
@@ -308,10 +367,10 @@ impl ByteClasses {
     }
 }
 
-fn flush(c: &mut [u64; FEATURES], acc: &mut [[u8; 16]; FEATURES]) {
-    for (c, lanes) in c.iter_mut().zip(acc.iter_mut()) {
+fn flush(c: &mut [u64; FEATURES], acc: &mut [[u8; LANES]; FLAGS]) {
+    for (c, lanes) in c[F_FIRST_FLAG..].iter_mut().zip(acc.iter_mut()) {
         *c += lanes.iter().map(|&x| u64::from(x)).sum::<u64>();
-        *lanes = [0; 16];
+        *lanes = [0; LANES];
     }
 }
 
@@ -320,32 +379,44 @@ fn flush(c: &mut [u64; FEATURES], acc: &mut [[u8; 16]; FEATURES]) {
 struct Calibration {
     /// Tokens per unit of each feature, in [`FEATURE_NAMES`] order.
     weights: [f64; FEATURES],
-    /// The true count is at most `est + max(ceil(over * est), over_abs)`.
+    /// The true count is at most `est + max(ceil(over * est), over_abs) + ceil(over_dense *
+    /// dense_bytes)`.
     over: f64,
     over_abs: u64,
-    /// The true count is at least `est - max(ceil(under * est), under_abs)`.
+    over_dense: f64,
+    /// The true count is at least `est - max(ceil(under * est), under_abs) - ceil(under_dense
+    /// * dense_bytes)`.
     under: f64,
     under_abs: u64,
+    under_dense: f64,
 }
 
 // CALIBRATION-BEGIN (generated by benches/examples/calibrate_tokens.rs; see CALIBRATION.md)
 const O200K: Calibration = Calibration {
     weights: [
-        0.0, 0.05, 1.0, 0.0, 0.0, 0.34, 0.0, 1.0, 0.0, 0.0, 0.5, 0.0, 0.0, 1.0, 1.0, 0.5, 0.8, 1.0,
+        0.7447, 0.2012, 0.3411, -0.1566, 1.1366, 0.0642, 1.287, 0.1421, 0.5697, 0.2807, -0.447,
+        -0.2241, -1.0985, 1.6304, 1.0297, -0.2763, 0.1768, 0.0621, 0.203, -0.2009, -0.1398,
+        -0.3721, -1.2265, 0.3162, -0.0272, -0.0803, -0.0531, 0.1804, 1.0006,
     ],
-    over: 0.5,
-    over_abs: 8,
-    under: 0.5,
+    over: 0.673,
+    over_abs: 10,
+    over_dense: 0.025,
+    under: 0.143,
     under_abs: 8,
+    under_dense: 0.05,
 };
 const CL100K: Calibration = Calibration {
     weights: [
-        0.0, 0.05, 1.0, 0.0, 0.0, 0.34, 0.0, 1.0, 0.0, 0.0, 0.5, 0.0, 0.0, 1.0, 1.0, 0.7, 1.0, 1.5,
+        0.2922, 0.3227, 0.7978, -0.2669, 0.8012, -0.0766, 1.4184, -0.07, 0.6563, -0.3431, 0.0695,
+        0.1593, -1.6318, 1.6716, 0.7222, -0.1162, 0.4707, -0.0003, -0.1309, -0.2312, 0.0831,
+        0.0869, -0.975, 0.0369, -0.0643, 0.031, 0.036, 1.1431, 0.4157,
     ],
-    over: 0.5,
-    over_abs: 8,
-    under: 0.5,
-    under_abs: 8,
+    over: 0.943,
+    over_abs: 36,
+    over_dense: 0.0,
+    under: 0.219,
+    under_abs: 11,
+    under_dense: 0.01,
 };
 // CALIBRATION-END
 
@@ -371,24 +442,36 @@ pub fn raw_estimate(enc: Encoding, classes: &ByteClasses) -> f64 {
 ///
 /// One pass over the bytes (over 1 GB/s): the point estimate is a linear function of
 /// byte-class counts with weights fitted per encoding. The interval is
-/// `est ± max(ceil(rel * est), abs)` with separate measured constants for each side, then
+/// `est ± (max(ceil(rel * est), abs) + ceil(k * dense_bytes))` with separate measured
+/// constants for each side (`dense_bytes`: bytes in whitespace-free 16-byte blocks, where
+/// tokens per byte vary most), then
 /// clamped to what is always true for UTF-8: at least one token for a non-empty text and at
 /// most one token per byte. For bytes that are not UTF-8 see the module documentation.
 pub fn estimate(enc: Encoding, text: &[u8]) -> TokenEstimate {
-    let cal = calibration(enc);
     let classes = ByteClasses::of(text);
-    interval(raw_estimate(enc, &classes), cal, text.len() as u64)
+    interval(
+        enc,
+        raw_estimate(enc, &classes),
+        &classes,
+        text.len() as u64,
+    )
 }
 
-fn interval(raw: f64, cal: &Calibration, n: u64) -> TokenEstimate {
+fn interval(enc: Encoding, raw: f64, classes: &ByteClasses, n: u64) -> TokenEstimate {
+    let cal = calibration(enc);
     if n == 0 {
         return TokenEstimate::exact(0);
     }
     // `as` saturates and maps NaN to 0, so no weight can make this panic.
-    let est = raw.round().max(1.0) as u64;
-    let est = est.clamp(1, n);
-    let up = ((cal.over * est as f64).ceil() as u64).max(cal.over_abs);
-    let down = ((cal.under * est as f64).ceil() as u64).max(cal.under_abs);
+    let est = (raw.round().max(1.0) as u64).clamp(1, n);
+    let dense = classes.counts[F_DENSE] as f64;
+    let margin = |rel: f64, abs: u64, per_dense: f64| {
+        ((rel * est as f64).ceil() as u64)
+            .max(abs)
+            .saturating_add((per_dense * dense).ceil() as u64)
+    };
+    let up = margin(cal.over, cal.over_abs, cal.over_dense);
+    let down = margin(cal.under, cal.under_abs, cal.under_dense);
     TokenEstimate {
         tokens: est,
         low: est.saturating_sub(down).max(1),
@@ -852,10 +935,20 @@ mod tests {
             c[1] = t.len() as u64;
             let mut p = 0u8;
             for &b in t {
-                for (c, f) in c.iter_mut().zip(flags(p, b)) {
+                for (c, f) in c[F_FIRST_FLAG..].iter_mut().zip(flags(p, b)) {
                     *c += u64::from(f);
                 }
+                if b >= 0xc0 {
+                    c[F_FIRST_LEAD + usize::from(LEAD_CLASS[usize::from(b)])] += 1;
+                }
                 p = b;
+            }
+            let mut i = 1;
+            while i + LANES <= t.len() {
+                if !t[i..i + LANES].iter().any(|&b| is_ws(b)) {
+                    c[F_DENSE] += LANES as u64;
+                }
+                i += LANES;
             }
             c
         }
