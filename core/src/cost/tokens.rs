@@ -1,8 +1,8 @@
 //! Prompt tokens: a fast estimate with a measured error interval, exact counts when they
 //! matter, and the parts of a chat request that are not text (message overhead, images).
 //!
-//! Exact counting with tiktoken-rs runs at 10–40 MB/s and its encoders take 60–140 ms and
-//! 13–26 MiB to build, while a guard has about 20 µs for a whole request. So the cost stage
+//! Exact counting with tiktoken-rs runs at 8–35 MB/s and its encoders take 60–280 ms and
+//! 13–26 MiB to build (`benches/RESULTS.md`), while a guard has about 20 µs for a whole request. So the cost stage
 //! estimates first ([`estimate`], over 1 GB/s) and counts exactly ([`count_exact`]) only when
 //! the estimate's interval straddles a decision boundary (a prompt-token cap or a remaining
 //! budget). Every decision is then exact where it matters and cheap everywhere else.
@@ -11,9 +11,10 @@
 //!
 //! The functions taking `&[u8]` never fail and never panic. The estimators classify raw bytes
 //! and never decode, so invalid UTF-8 gets a defined estimate: every byte falls in a byte class
-//! as it is. The interval is measured on valid UTF-8; for other input it models a byte-level
-//! BPE, which encodes each stray byte as at most one token, not a lossy decoding (which would
-//! replace each such byte with the three-byte U+FFFD and can count more).
+//! as it is, and the interval keeps its shape (at most one token per byte, which is what a
+//! byte-level BPE gives a stray byte). The interval was measured on valid UTF-8 only: a host
+//! that decodes such bytes lossily before counting exactly replaces each with the three-byte
+//! U+FFFD and may count more than `high`.
 
 use std::fmt;
 
@@ -106,7 +107,8 @@ pub fn prepare(enc: Encoding) -> bool {
 }
 
 /// The exact number of tokens OpenAI bills for `text` as ordinary text, or `None` without the
-/// `tiktoken` feature.
+/// `tiktoken` feature (or, defensively, if tiktoken-rs panics on the input; the panic is
+/// caught when panics unwind).
 ///
 /// Special-token strings such as `<|endoftext|>` are counted as the text they are and never
 /// interpreted: a user who types them into a prompt must not be able to change the count (or
@@ -114,7 +116,14 @@ pub fn prepare(enc: Encoding) -> bool {
 pub fn count_exact(enc: Encoding, text: &str) -> Option<u64> {
     #[cfg(feature = "tiktoken")]
     {
-        exact::encoder(enc).map(|bpe| bpe.encode_ordinary(text).len() as u64)
+        let bpe = exact::encoder(enc)?;
+        // tiktoken-rs unwraps the result of its backtracking pre-tokenizer regex, which has a
+        // step limit; no corpus text reaches it, but a request must never take a worker down,
+        // so a panic in there becomes "no exact count" and the caller keeps the estimate.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            bpe.encode_ordinary(text).len() as u64
+        }))
+        .ok()
     }
     #[cfg(not(feature = "tiktoken"))]
     {
