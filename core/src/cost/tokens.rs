@@ -602,8 +602,9 @@ impl Default for ImageCost {
 }
 
 impl ImageCost {
-    /// gpt-4o-mini's image prices (33× the default per-token count, to keep the dollar price
-    /// of an image equal on a cheaper model).
+    /// gpt-4o-mini's image constants: about 33× the default token counts, because OpenAI
+    /// prices a gpt-4o-mini image at roughly what GPT-4o charged for it, through more tokens
+    /// that each cost less. Reserving the default counts for it would under-reserve 33×.
     pub const GPT_4O_MINI: ImageCost = ImageCost {
         base: 2833,
         per_tile: 5667,
@@ -1063,7 +1064,7 @@ mod tests {
     }
 
     #[test]
-    fn no_size_gives_more_than_worst_case() {
+    fn unknown_size_is_the_worst_case() {
         let c = ImageCost::default();
         let worst = image_tokens(&c, ImageDetail::High, None);
         for w in (1..=9000u32).step_by(97) {
