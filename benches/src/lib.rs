@@ -100,6 +100,43 @@ pub fn sample_texts() -> [(&'static str, Vec<u8>); 3] {
     ]
 }
 
+const TOKEN_PROSE: &str = "The committee reviewed the quarterly figures and noted that shipping \
+costs rose along the northern routes, while demand in the coastal cities stayed flat. Please \
+summarise the main points for the board in plain language, and keep every number given in the \
+report. ";
+
+const TOKEN_CODE: &str = "fn parse_header(buf: &[u8]) -> Result<Header, Error> {\n    let mut pos = 0usize;\n    \
+while pos + 4 <= buf.len() {\n        let tag = u32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]);\n        \
+if tag == 0x8950_4e47 { return Ok(Header { kind: Kind::Png, offset: pos }); }\n        pos += 1;\n    }\n    \
+Err(Error::NotFound(format!(\"no header in {} bytes\", buf.len())))\n}\n\n";
+
+const TOKEN_NONLATIN: &str = "Комитет рассмотрел квартальные показатели и отметил рост расходов. \
+委员会审查了季度数据，指出运输成本上升，而沿海城市的需求保持平稳。 Ελέγχθηκαν τα στοιχεία του τριμήνου. \
+委員会は四半期の数字を確認しました。 ";
+
+/// Three 4 KiB texts for the token benches, as valid UTF-8 (cut at a character boundary) so
+/// exact counting accepts them: English prose, Rust code, and non-Latin prose (Cyrillic, CJK,
+/// Greek, Japanese).
+pub fn token_texts() -> [(&'static str, String); 3] {
+    let fill = |text: &str| {
+        let mut s = String::new();
+        while s.len() < 4096 {
+            s.push_str(text);
+        }
+        let mut end = 4096;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s
+    };
+    [
+        ("prose", fill(TOKEN_PROSE)),
+        ("code", fill(TOKEN_CODE)),
+        ("nonlatin", fill(TOKEN_NONLATIN)),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
