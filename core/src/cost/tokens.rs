@@ -1002,23 +1002,6 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn mask_classes_equal_the_byte_walk(
-            text in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)
-        ) {
-            proptest::prop_assert_eq!(ByteClasses::of(&text), ByteClasses::of_scalar(&text));
-        }
-
-        #[test]
-        fn mask_classes_equal_the_byte_walk_on_text(
-            text in "[a-zA-Z0-9 \\n\\t.,!?'\"()thngTHNG\u{e9}\u{431}\u{4e2d}\u{1f600}-]{0,300}"
-        ) {
-            proptest::prop_assert_eq!(
-                ByteClasses::of(text.as_bytes()),
-                ByteClasses::of_scalar(text.as_bytes())
-            );
-        }
-
-        #[test]
         fn summed_interval_holds_the_sum_of_intervals(
             texts in proptest::collection::vec("[a-zA-Z ,.\\n0-9\u{e9}\u{4e2d}]{1,120}", 1..6)
         ) {
