@@ -211,7 +211,7 @@ fn default_reservation_n_and_messages() {
     );
     let many = format!(
         r#"{{"model":"gpt-4o-mini","messages":[{}]}}"#,
-        vec![r#"{"role":"user","content":"x"}"#; 5].join(",")
+        [r#"{"role":"user","content":"x"}"#; 5].join(",")
     );
     let d = post(&e, "/clamp/v1/chat/completions", &many);
     assert_eq!(

@@ -238,9 +238,11 @@ pub(crate) fn compile_models(entries: &[ModelEntry]) -> Result<Vec<CompiledModel
                     bytes_per_token,
                     error,
                 } => {
-                    if !(bytes_per_token.is_finite() && *bytes_per_token >= 0.5)
-                        || !(error.is_finite() && (0.0..=10.0).contains(error))
-                    {
+                    let sane = bytes_per_token.is_finite()
+                        && *bytes_per_token >= 0.5
+                        && error.is_finite()
+                        && (0.0..=10.0).contains(error);
+                    if !sane {
                         return Err(format!(
                             "spec.models[{i}].tokenizer: bytesPerToken must be >= 0.5 and error in 0..=10"
                         ));
