@@ -1,7 +1,7 @@
 //! The parameter policy (OWASP LLM10 controls) and the model table: what a route lets a
 //! caller ask of a model, and how each model's tokens are counted and priced.
 //!
-//! The policy side is plain serde data (part of the policy document); [`ParamState`]
+//! The policy side is plain serde data (part of the policy document); a per-request state
 //! collects a request's parameters from the JSON walker's [`ApiParam`] events during the
 //! walk that also feeds the rules, so checking parameters costs no second pass over the
 //! body.
