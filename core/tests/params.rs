@@ -599,3 +599,34 @@ fn usage_after_the_response() {
     let d = post(&e, "/healthz", "");
     assert!(d.cost.is_none() && e.usage_tracker(&d).is_none());
 }
+
+#[test]
+fn exact_counting_is_bounded() {
+    use edgeward::cost::tokens::{estimate, exact_available, Encoding};
+    // Each text gets a policy whose cap sits inside its estimate's interval, so the cost
+    // stage would count exactly. Long single-character runs (tiktoken is quadratic on them)
+    // are left to the estimate; ordinary text is counted.
+    let prose = "The committee reviewed the budget and approved the new schedule. ".repeat(30);
+    for (text, countable) in [
+        ("a".repeat(3000), false),
+        (format!("x{}y", " ".repeat(3000)), false),
+        (format!("hi {}", "=".repeat(2000)), false),
+        // Past the byte bound (128 KiB of prompt), the estimate decides too.
+        (prose.repeat(70), false),
+        (prose, true),
+    ] {
+        let est = estimate(Encoding::O200kBase, text.as_bytes());
+        assert!(est.low < est.high, "{est:?}");
+        let cap = est.tokens + 6; // one message (3) and the reply (3)
+        let policy = format!(
+            "apiVersion: edgeward.dev/v1\nkind: Policy\nmetadata: {{name: x}}\nspec:\n  rules: {{builtin: false}}\n  routes:\n    - name: chat\n      match: {{paths: [\"/v1/chat/completions\"]}}\n      schema: openai-chat\n      params: {{maxPromptTokens: {cap}}}\n"
+        );
+        let e = Engine::new(&Policy::from_text(&policy).unwrap()).unwrap();
+        let body = format!(
+            r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{text}"}}]}}"#
+        );
+        let d = post(&e, "/v1/chat/completions", &body);
+        let c = d.cost.as_ref().expect("cost");
+        assert_eq!(c.exact, countable && exact_available(), "{}", d.to_json());
+    }
+}

@@ -325,7 +325,8 @@ pub(crate) fn decide(
         if prompt.fits(cap).is_none() {
             if let Tokenizer::Encoding(enc) = tokenizer {
                 let include_tools = p.tools > 0 && !tools_stripped;
-                if let Some(t) = count_exact(enc, rp, body, limits, parse, include_tools) {
+                let bytes = classes.features()[1];
+                if let Some(t) = count_exact(enc, rp, body, limits, parse, include_tools, bytes) {
                     let t = t.saturating_add(fixed);
                     prompt = TokenEstimate::exact(t);
                     exact = true;
@@ -411,8 +412,9 @@ fn count_exact(
     limits: ParseLimits,
     parse: &mut ParseScratch,
     include_tools: bool,
+    prompt_bytes: u64,
 ) -> Option<u64> {
-    if !tokens::prepare(enc) {
+    if prompt_bytes > MAX_EXACT_BYTES || !tokens::prepare(enc) {
         return None;
     }
     struct Exact<'g> {
@@ -420,22 +422,35 @@ fn count_exact(
         total: u64,
         tools: bool,
         generic: Option<&'g Generic>,
+        /// A text could not be counted within bounds: the whole count is off.
+        gave_up: bool,
+    }
+    impl Exact<'_> {
+        fn count(&mut self, text: &[u8]) {
+            if self.gave_up {
+                return;
+            }
+            if longest_run(text) > MAX_EXACT_RUN {
+                self.gave_up = true;
+                return;
+            }
+            match tokens::count_exact(self.enc, &String::from_utf8_lossy(text)) {
+                Some(n) => self.total = self.total.saturating_add(n),
+                None => self.gave_up = true,
+            }
+        }
     }
     impl FieldSink for Exact<'_> {
         fn field(&mut self, f: &Field<'_>) {
             let prompt = f.role.is_some() || self.generic.is_some_and(|g| g.is_prompt(f.name));
             if prompt && f.kind == FieldKind::Json && !f.flags.has(FieldFlags::NESTED_JSON) {
-                let text = String::from_utf8_lossy(f.value);
-                let n = tokens::count_exact(self.enc, &text).unwrap_or(0);
-                self.total = self.total.saturating_add(n);
+                self.count(f.value);
             }
         }
         fn finding(&mut self, _: Finding) {}
         fn param(&mut self, p: ApiParam, raw: &[u8]) {
             if self.tools && matches!(p, ApiParam::Tools | ApiParam::Functions) {
-                let text = String::from_utf8_lossy(raw);
-                let n = tokens::count_exact(self.enc, &text).unwrap_or(0);
-                self.total = self.total.saturating_add(n);
+                self.count(raw);
             }
         }
     }
@@ -444,8 +459,35 @@ fn count_exact(
         total: 0,
         tools: include_tools,
         generic: rp.generic.as_ref(),
+        gave_up: false,
     };
     let mut em = Emitter::new(&mut sink, limits);
     crate::parse::json::walk(body, rp.shape, parse, &mut em);
-    Some(sink.total)
+    (!sink.gave_up).then_some(sink.total)
+}
+
+/// Most prompt bytes counted exactly; above it the estimate decides.
+///
+/// Exact counting runs at 10–40 MB/s, and a request can be shaped to straddle the cap on
+/// purpose, so its cost must be bounded per request: 128 KiB is 3–13 ms of tiktoken.
+pub const MAX_EXACT_BYTES: u64 = 128 * 1024;
+
+/// Longest run of whitespace, or of anything but whitespace, that is counted exactly.
+///
+/// tiktoken's byte-pair merge is quadratic in the length of one pre-tokenized piece, and a
+/// run of one repeated character or of whitespace is one piece: 256 KiB of spaces takes
+/// ~120 ms. Natural text has no 1 KiB run of either kind except base64 or minified code,
+/// where the estimate (with its dense-byte margin) decides instead.
+pub const MAX_EXACT_RUN: usize = 1024;
+
+/// The longest run of `text` that is all ASCII whitespace or has none.
+fn longest_run(text: &[u8]) -> usize {
+    let (mut longest, mut run, mut ws) = (0, 0, false);
+    for &b in text {
+        let w = matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
+        run = if w == ws { run + 1 } else { 1 };
+        ws = w;
+        longest = longest.max(run);
+    }
+    longest
 }
