@@ -269,7 +269,7 @@ fn flags(p: u8, b: u8) -> [u8; FLAGS] {
     let alpha = |x: u8| (x | 0x20).wrapping_sub(b'a') < 26;
     let digit = |x: u8| x.wrapping_sub(b'0') < 10;
     // ASCII graphic characters that are neither letters nor digits.
-    let punct = |x: u8| x.wrapping_sub(0x21) < 0x5e && !alpha(x) && !digit(x);
+    let punct = |x: u8| (x.wrapping_sub(0x21) < 0x5e) & !alpha(x) & !digit(x);
     let (ab, ap) = (alpha(b), alpha(p));
     let (db, dp) = (digit(b), digit(p));
     let (pb, pp) = (punct(b), punct(p));
