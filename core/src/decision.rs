@@ -255,6 +255,8 @@ pub enum RewriteAction {
     Set(u64),
     /// Set it to `false` (streaming forced off).
     SetFalse,
+    /// Set it to `true` (`stream_options.include_usage` forced on).
+    SetTrue,
     /// Remove it.
     Remove,
 }

@@ -630,3 +630,45 @@ fn exact_counting_is_bounded() {
         assert_eq!(c.exact, countable && exact_available(), "{}", d.to_json());
     }
 }
+
+#[test]
+fn streams_can_be_made_to_report_usage() {
+    let policy = POLICY.replace(
+        "        logprobs: strip\n",
+        "        logprobs: strip\n        forceStreamUsage: true\n",
+    );
+    let e = Engine::new(&Policy::from_text(&policy).unwrap()).unwrap();
+    let rewrites = |body: &str| -> Vec<(&'static str, RewriteAction)> {
+        let d = post(&e, "/clamp/v1/chat/completions", body);
+        assert!(d.is_allowed(), "{}", d.to_json());
+        d.rewrites.iter().map(|r| (r.param, r.action)).collect()
+    };
+    let m = r#""model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]"#;
+    // The clamp route strips `stream`: nothing streams, nothing to force.
+    assert_eq!(
+        rewrites(&format!("{{{m},\"stream\":true}}")),
+        [("stream", RewriteAction::SetFalse)]
+    );
+    let policy = policy.replace("        stream: strip\n", "");
+    let e = Engine::new(&Policy::from_text(&policy).unwrap()).unwrap();
+    let rewrites = |body: &str| -> Vec<(&'static str, RewriteAction)> {
+        let d = post(&e, "/clamp/v1/chat/completions", body);
+        assert!(d.is_allowed(), "{}", d.to_json());
+        d.rewrites.iter().map(|r| (r.param, r.action)).collect()
+    };
+    assert_eq!(
+        rewrites(&format!("{{{m},\"stream\":true}}")),
+        [("stream_options.include_usage", RewriteAction::SetTrue)]
+    );
+    assert_eq!(
+        rewrites(&format!(
+            "{{{m},\"stream\":true,\"stream_options\":{{\"include_usage\":false}}}}"
+        )),
+        [("stream_options.include_usage", RewriteAction::SetTrue)]
+    );
+    assert!(rewrites(&format!(
+        "{{{m},\"stream\":true,\"stream_options\":{{\"include_usage\":true}}}}"
+    ))
+    .is_empty());
+    assert!(rewrites(&format!("{{{m},\"stream\":false}}")).is_empty());
+}

@@ -77,6 +77,11 @@ pub struct ParamPolicy {
     /// Most messages (or Responses input items).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_messages: Option<u32>,
+    /// Have OpenAI streams end with a usage event: a streamed chat or completions request
+    /// without `stream_options.include_usage: true` gets a rewrite setting it, so the
+    /// response's usage is reported rather than counted from the deltas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_stream_usage: Option<bool>,
 }
 
 impl ParamPolicy {
@@ -94,6 +99,7 @@ impl ParamPolicy {
             stream: self.stream.or(base.stream),
             tools: self.tools.or(base.tools),
             max_messages: self.max_messages.or(base.max_messages),
+            force_stream_usage: self.force_stream_usage.or(base.force_stream_usage),
         }
     }
 }

@@ -288,6 +288,24 @@ pub(crate) fn decide(
         }
     }
 
+    // Streams that will report their usage: a rewrite for OpenAI chat and completions
+    // streams that did not ask for it (Responses and Anthropic streams always report it).
+    let streaming = p.stream == Some(true)
+        && !out
+            .rewrites
+            .iter()
+            .any(|r| r.param == "stream" && r.action == RewriteAction::SetFalse);
+    if pol.force_stream_usage == Some(true)
+        && streaming
+        && rp.shape == ChatShape::OpenaiChat
+        && p.include_usage != Some(true)
+    {
+        out.rewrites.push(Rewrite {
+            param: "stream_options.include_usage",
+            action: RewriteAction::SetTrue,
+        });
+    }
+
     // Cost: prompt tokens (text, tools, images, overhead) and the output reservation.
     let row = models
         .iter()
