@@ -628,6 +628,16 @@ fn exact_counting_is_bounded() {
         let d = post(&e, "/v1/chat/completions", &body);
         let c = d.cost.as_ref().expect("cost");
         assert_eq!(c.exact, countable && exact_available(), "{}", d.to_json());
+        // The byte bound is a knob: 0 never counts exactly.
+        let never = Engine::builder()
+            .config(edgeward::Config {
+                max_exact_count_bytes: 0,
+                ..edgeward::Config::default()
+            })
+            .build(&Policy::from_text(&policy).unwrap())
+            .unwrap();
+        let d = post(&never, "/v1/chat/completions", &body);
+        assert!(!d.cost.as_ref().unwrap().exact);
     }
 }
 

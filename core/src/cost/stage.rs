@@ -152,6 +152,7 @@ pub(crate) fn decide(
     body: &[u8],
     limits: ParseLimits,
     parse: &mut ParseScratch,
+    max_exact_bytes: u64,
 ) -> Outcome {
     let mut out = Outcome::default();
     if !rp.enabled {
@@ -344,7 +345,11 @@ pub(crate) fn decide(
             if let Tokenizer::Encoding(enc) = tokenizer {
                 let include_tools = p.tools > 0 && !tools_stripped;
                 let bytes = classes.features()[1];
-                if let Some(t) = count_exact(enc, rp, body, limits, parse, include_tools, bytes) {
+                let bounded = bytes <= max_exact_bytes;
+                let counted = bounded
+                    .then(|| count_exact(enc, rp, body, limits, parse, include_tools))
+                    .flatten();
+                if let Some(t) = counted {
                     let t = t.saturating_add(fixed);
                     prompt = TokenEstimate::exact(t);
                     exact = true;
@@ -430,9 +435,8 @@ fn count_exact(
     limits: ParseLimits,
     parse: &mut ParseScratch,
     include_tools: bool,
-    prompt_bytes: u64,
 ) -> Option<u64> {
-    if prompt_bytes > MAX_EXACT_BYTES || !tokens::prepare(enc) {
+    if !tokens::prepare(enc) {
         return None;
     }
     struct Exact<'g> {
@@ -483,12 +487,6 @@ fn count_exact(
     crate::parse::json::walk(body, rp.shape, parse, &mut em);
     (!sink.gave_up).then_some(sink.total)
 }
-
-/// Most prompt bytes counted exactly; above it the estimate decides.
-///
-/// Exact counting runs at 10–40 MB/s, and a request can be shaped to straddle the cap on
-/// purpose, so its cost must be bounded per request: 128 KiB is 3–13 ms of tiktoken.
-pub const MAX_EXACT_BYTES: u64 = 128 * 1024;
 
 /// Longest run of whitespace, or of anything but whitespace, that is counted exactly.
 ///
