@@ -11,7 +11,7 @@ use crate::cost::usage::{Usage, UsageTracker};
 use crate::decision::{Action, Cost, Decision, Reason, RuleMatch, Scores, Stage};
 use crate::error::UsageError;
 use crate::error::{CompileError, CompileErrorKind};
-use crate::field::{ApiParam, Field, FieldFlags, FieldKind, FieldSink, Finding, ParseLimits, Role};
+use crate::field::{ApiParam, Field, FieldFlags, FieldKind, FieldSink, Finding, ParseLimits};
 use crate::parse::{self, Emitter, ParseScratch};
 use crate::policy::{Limits, Mode, OnOversize, Policy, RouteSettings, Schema};
 use crate::request::Request;
@@ -1098,17 +1098,13 @@ impl FieldSink for Inspector<'_, '_> {
     fn field(&mut self, f: &Field<'_>) {
         self.part = f.kind;
         // A custom server's prompt fields become user text, for the prompt rules too.
-        let promoted;
-        let f = match &self.route.params.generic {
-            Some(g) if f.kind == FieldKind::Json && f.role.is_none() && g.is_prompt(f.name) => {
-                promoted = Field {
-                    role: Some(Role::User),
-                    ..*f
-                };
-                &promoted
-            }
-            _ => f,
-        };
+        let promoted = self
+            .route
+            .params
+            .generic
+            .as_ref()
+            .and_then(|g| g.promote(f));
+        let f = promoted.as_ref().unwrap_or(f);
         if let Some(c) = self.cost.as_deref_mut() {
             c.field(f);
         }

@@ -16,18 +16,9 @@ use serde_json::Value;
 /// Every distinct chat-message text in the corpora (the `content` of each message in each
 /// row's JSON body), with its file name; empty without the corpora.
 fn corpus_prompts() -> Vec<(String, String)> {
-    let Some(dir) = common::corpora_dir() else {
-        return Vec::new();
-    };
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    files.sort();
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for f in files {
+    for f in common::corpus_files() {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         for line in std::fs::read_to_string(&f).unwrap().lines() {
             let Ok(row) = serde_json::from_str::<Value>(line) else {

@@ -329,7 +329,6 @@ pub(crate) struct ParamState {
     pub model: String,
     /// `model` in ASCII lowercase, what the globs are matched against.
     pub model_lc: String,
-    pub model_present: bool,
     /// The output limit the request set, from whichever of the three names it used, and
     /// that name (the last one seen wins, as in the back ends).
     pub max_output: Option<(ApiParam, Num)>,
@@ -380,7 +379,6 @@ impl ParamState {
             P::Model => {
                 self.model.clear();
                 self.model_lc.clear();
-                self.model_present = true;
                 // `&str` borrows from the body (no allocation) unless the name has escapes.
                 let decoded = serde_json::from_slice::<&str>(raw)
                     .map(std::borrow::Cow::Borrowed)
@@ -440,17 +438,18 @@ impl ParamState {
                 self.top_logprobs = Some(v);
             }
             P::LogitBias => {
-                let t = trim(raw);
+                let t = raw.trim_ascii();
                 if t.first() == Some(&b'{') {
-                    self.logit_bias = trim(&t[1..]).first() != Some(&b'}');
+                    self.logit_bias = t[1..].trim_ascii_start().first() != Some(&b'}');
                 } else if t != b"null" {
                     self.mark_invalid(p);
                 }
             }
             P::Tools | P::Functions => {
-                let t = trim(raw);
+                let t = raw.trim_ascii();
                 if t.first() == Some(&b'[') {
-                    self.tools = self.tools.saturating_add(count_elements(t));
+                    let n = crate::parse::json::array_len(t).unwrap_or(0);
+                    self.tools = self.tools.saturating_add(n);
                     self.tool_classes.add(&ByteClasses::of(t));
                 } else if t != b"null" {
                     self.mark_invalid(p);
@@ -491,59 +490,6 @@ impl ParamState {
     }
 }
 
-fn trim(b: &[u8]) -> &[u8] {
-    let s = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let e = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(s, |e| e + 1);
-    &b[s..e]
-}
-
-/// Top-level elements of a (valid) JSON array, counted by depth without building it.
-fn count_elements(arr: &[u8]) -> u32 {
-    let mut depth = 0u32;
-    let mut count = 0u32;
-    let mut in_str = false;
-    let mut esc = false;
-    let mut empty = true;
-    for &b in arr {
-        if in_str {
-            match (esc, b) {
-                (true, _) => esc = false,
-                (false, b'\\') => esc = true,
-                (false, b'"') => in_str = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => {
-                in_str = true;
-                empty = false;
-            }
-            b'[' | b'{' => {
-                if depth == 1 {
-                    empty = false;
-                }
-                depth += 1;
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            b',' if depth == 1 => count += 1,
-            c if depth == 1 && !c.is_ascii_whitespace() => empty = false,
-            _ => {}
-        }
-    }
-    if empty {
-        0
-    } else {
-        count + 1
-    }
-}
-
 /// The name a parameter has in the API, for refusal reasons and rewrites.
 pub fn param_name(p: ApiParam) -> &'static str {
     use ApiParam as P;
@@ -572,6 +518,7 @@ mod tests {
 
     #[test]
     fn element_counts() {
+        let count_elements = |a: &[u8]| crate::parse::json::array_len(a).unwrap_or(0);
         assert_eq!(count_elements(b"[]"), 0);
         assert_eq!(count_elements(b"[ ]"), 0);
         assert_eq!(count_elements(b"[1]"), 1);

@@ -15,7 +15,7 @@ use crate::cost::params::{
 use crate::cost::tokens::{self, ByteClasses, ChatOverhead, Encoding, ImageCost, TokenEstimate};
 use crate::cost::usage::Provider;
 use crate::decision::{Cost, Reason, Rewrite, RewriteAction, Stage};
-use crate::field::{ApiParam, Field, FieldFlags, FieldKind, FieldSink, Finding, ParseLimits};
+use crate::field::{ApiParam, Field, FieldFlags, FieldKind, FieldSink, Finding, ParseLimits, Role};
 use crate::parse::json::{pointer_get, pointer_tokens};
 use crate::parse::{ChatShape, Emitter, ParseScratch};
 use crate::rules::glob_match;
@@ -40,19 +40,21 @@ impl CostScratch {
         self.prompt_fields = 0;
     }
 
-    /// Takes a field of the walk: prompt text (a role, not JSON re-read from inside a
-    /// string, whose text the outer field already counted) adds to the prompt.
+    /// Takes a field of the walk: prompt text adds to the prompt.
     #[inline]
     pub fn field(&mut self, f: &Field<'_>) {
-        if f.role.is_some()
-            && f.kind == FieldKind::Json
-            && !f.value.is_empty()
-            && !f.flags.has(FieldFlags::NESTED_JSON)
-        {
+        if is_prompt_text(f) && !f.value.is_empty() {
             self.prompt.add(&ByteClasses::of(f.value));
             self.prompt_fields += 1;
         }
     }
+}
+
+/// Whether a field is text the model reads as prompt: a JSON string with a role, and not
+/// JSON re-read from inside a string, whose text the outer field already holds.
+#[inline]
+fn is_prompt_text(f: &Field<'_>) -> bool {
+    f.role.is_some() && f.kind == FieldKind::Json && !f.flags.has(FieldFlags::NESTED_JSON)
 }
 
 /// A route's compiled parameter policy.
@@ -76,9 +78,20 @@ pub(crate) struct Generic {
 }
 
 impl Generic {
+    /// The field as user prompt text, when it is a JSON string at or below a prompt
+    /// pointer that the chat shapes gave no role.
+    #[inline]
+    pub fn promote<'a>(&self, f: &Field<'a>) -> Option<Field<'a>> {
+        let prompt = f.kind == FieldKind::Json && f.role.is_none() && self.is_prompt(f.name);
+        prompt.then_some(Field {
+            role: Some(Role::User),
+            ..*f
+        })
+    }
+
     /// Whether a JSON field (named by its pointer) is at or below a prompt pointer.
     #[inline]
-    pub fn is_prompt(&self, name: &[u8]) -> bool {
+    fn is_prompt(&self, name: &[u8]) -> bool {
         self.prompts
             .iter()
             .any(|p| name.starts_with(p) && matches!(name.get(p.len()), None | Some(b'/' | b'#')))
@@ -265,7 +278,6 @@ pub(crate) fn decide(
             RewriteAction::Remove,
         ),
     ];
-    let mut tools_stripped = false;
     for (present, allowance, params, action) in switches {
         if !present {
             continue;
@@ -278,7 +290,6 @@ pub(crate) fn decide(
                 }
             }
             Allowance::Strip => {
-                tools_stripped |= params[0] == ApiParam::Tools;
                 for &param in params {
                     out.rewrites.push(Rewrite {
                         param: param_name(param),
@@ -291,11 +302,10 @@ pub(crate) fn decide(
 
     // Streams that will report their usage: a rewrite for OpenAI chat and completions
     // streams that did not ask for it (Responses and Anthropic streams always report it).
-    let streaming = p.stream == Some(true)
-        && !out
-            .rewrites
-            .iter()
-            .any(|r| r.param == "stream" && r.action == RewriteAction::SetFalse);
+    let stripped = |a: Option<Allowance>| a == Some(Allowance::Strip);
+    let streaming = p.stream == Some(true) && !stripped(pol.stream);
+    // Stripped tool definitions never reach the model: they cost nothing.
+    let tools_counted = p.tools > 0 && !stripped(pol.tools);
     if pol.force_stream_usage == Some(true)
         && streaming
         && rp.shape == ChatShape::OpenaiChat
@@ -314,7 +324,7 @@ pub(crate) fn decide(
     let tokenizer = row.map_or(Tokenizer::Encoding(Encoding::O200kBase), |m| m.tokenizer);
     let mut classes = st.prompt;
     let mut texts = st.prompt_fields;
-    if p.tools > 0 && !tools_stripped {
+    if tools_counted {
         classes.add(&p.tool_classes);
         texts += 1;
     }
@@ -343,11 +353,10 @@ pub(crate) fn decide(
     if let Some(cap) = pol.max_prompt_tokens {
         if prompt.fits(cap).is_none() {
             if let Tokenizer::Encoding(enc) = tokenizer {
-                let include_tools = p.tools > 0 && !tools_stripped;
                 let bytes = classes.features()[1];
                 let bounded = bytes <= max_exact_bytes;
                 let counted = bounded
-                    .then(|| count_exact(enc, rp, body, limits, parse, include_tools))
+                    .then(|| count_exact(enc, rp, body, limits, parse, tools_counted))
                     .flatten();
                 if let Some(t) = counted {
                     let t = t.saturating_add(fixed);
@@ -464,8 +473,8 @@ fn count_exact(
     }
     impl FieldSink for Exact<'_> {
         fn field(&mut self, f: &Field<'_>) {
-            let prompt = f.role.is_some() || self.generic.is_some_and(|g| g.is_prompt(f.name));
-            if prompt && f.kind == FieldKind::Json && !f.flags.has(FieldFlags::NESTED_JSON) {
+            let promoted = self.generic.and_then(|g| g.promote(f));
+            if is_prompt_text(promoted.as_ref().unwrap_or(f)) {
                 self.count(f.value);
             }
         }

@@ -542,27 +542,7 @@ pub fn estimate_ratio_classes(
     rel_error: f64,
     classes: &ByteClasses,
 ) -> TokenEstimate {
-    let n = classes.counts[1];
-    if n == 0 {
-        return TokenEstimate::exact(0);
-    }
-    let bpt = if bytes_per_token.is_finite() && bytes_per_token > 0.0 {
-        bytes_per_token
-    } else {
-        1.0
-    };
-    let rel = if rel_error.is_finite() && rel_error > 0.0 {
-        rel_error
-    } else {
-        0.0
-    };
-    let tokens = ((n as f64 / bpt).ceil() as u64).max(1);
-    let t = tokens as f64;
-    TokenEstimate {
-        tokens,
-        low: ((t * (1.0 - rel)).floor().max(0.0) as u64).min(tokens),
-        high: ((t * (1.0 + rel)).ceil() as u64).max(tokens),
-    }
+    ratio(bytes_per_token, rel_error, classes.counts[1])
 }
 
 /// Estimate for model families without an exact tokenizer here (Anthropic, Llama, Mistral,
@@ -573,7 +553,11 @@ pub fn estimate_ratio_classes(
 /// byte (the conservative end), a negative or non-finite `rel_error` counts as 0. Bytes are
 /// counted as they are, so invalid UTF-8 is estimated like any other bytes.
 pub fn estimate_ratio(bytes_per_token: f64, rel_error: f64, text: &[u8]) -> TokenEstimate {
-    let n = text.len() as u64;
+    ratio(bytes_per_token, rel_error, text.len() as u64)
+}
+
+/// The ratio estimate of `n` bytes.
+fn ratio(bytes_per_token: f64, rel_error: f64, n: u64) -> TokenEstimate {
     if n == 0 {
         return TokenEstimate::exact(0);
     }

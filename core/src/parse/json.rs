@@ -745,6 +745,26 @@ pub fn pointer_get<'d>(doc: &'d [u8], tokens: &[Vec<u8>]) -> Option<&'d [u8]> {
     Some(&doc[i..end])
 }
 
+/// The number of elements of the JSON array `doc` (which starts with `[`), skipping over
+/// each like [`pointer_get`] does; `None` if it is not an array or is malformed.
+pub fn array_len(doc: &[u8]) -> Option<u32> {
+    if doc.first() != Some(&b'[') {
+        return None;
+    }
+    let mut p = skip_ws(doc, 1);
+    let mut n = 0u32;
+    while doc.get(p) != Some(&b']') {
+        p = skip_ws(doc, skip_value(doc, p)?);
+        n = n.saturating_add(1);
+        match doc.get(p)? {
+            b',' => p = skip_ws(doc, p + 1),
+            b']' => break,
+            _ => return None,
+        }
+    }
+    Some(n)
+}
+
 /// The end of the JSON value starting at `doc[i]` (not validated).
 fn skip_value(doc: &[u8], i: usize) -> Option<usize> {
     match *doc.get(i)? {

@@ -12,7 +12,7 @@
 /// without surrounding whitespace.
 pub fn essence(ct: &[u8]) -> &[u8] {
     let end = memchr::memchr(b';', ct).unwrap_or(ct.len());
-    trim(&ct[..end])
+    ct[..end].trim_ascii()
 }
 
 /// Whether a charset is one the engine's text rules read correctly (UTF-8 and the Latin-1
@@ -27,7 +27,7 @@ pub fn charset_allowed(cs: &[u8]) -> bool {
         b"iso-8859-15",
         b"windows-1252",
     ];
-    let cs = unquote(trim(cs));
+    let cs = unquote(cs.trim_ascii());
     OK.iter().any(|ok| ok.eq_ignore_ascii_case(cs))
 }
 
@@ -36,10 +36,10 @@ pub fn charset(ct: &[u8]) -> Option<&[u8]> {
     let mut rest = &ct[memchr::memchr(b';', ct)? + 1..];
     loop {
         let end = memchr::memchr(b';', rest).unwrap_or(rest.len());
-        let param = trim(&rest[..end]);
+        let param = rest[..end].trim_ascii();
         if let Some(eq) = memchr::memchr(b'=', param) {
-            if trim(&param[..eq]).eq_ignore_ascii_case(b"charset") {
-                return Some(unquote(trim(&param[eq + 1..])));
+            if param[..eq].trim_ascii().eq_ignore_ascii_case(b"charset") {
+                return Some(unquote(param[eq + 1..].trim_ascii()));
             }
         }
         if end == rest.len() {
@@ -132,18 +132,6 @@ fn skip_ows(s: &[u8], mut i: usize) -> usize {
         i += 1;
     }
     i
-}
-
-fn trim(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(s.len());
-    let end = s
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &s[start..end]
 }
 
 fn unquote(s: &[u8]) -> &[u8] {

@@ -169,8 +169,8 @@ pub fn corpora_dir() -> Option<PathBuf> {
     d.is_dir().then_some(d)
 }
 
-/// Up to `per_file` rows from every corpus file, spread evenly over each file.
-pub fn corpus_sample(per_file: usize) -> Vec<Row> {
+/// The corpus files (`*.jsonl`), sorted; empty without the corpora.
+pub fn corpus_files() -> Vec<PathBuf> {
     let Some(dir) = corpora_dir() else {
         return Vec::new();
     };
@@ -180,8 +180,13 @@ pub fn corpus_sample(per_file: usize) -> Vec<Row> {
         .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
         .collect();
     files.sort();
+    files
+}
+
+/// Up to `per_file` rows from every corpus file, spread evenly over each file.
+pub fn corpus_sample(per_file: usize) -> Vec<Row> {
     let mut out = Vec::new();
-    for f in files {
+    for f in corpus_files() {
         let text = std::fs::read_to_string(&f).unwrap();
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         let step = (lines.len() / per_file.max(1)).max(1);
