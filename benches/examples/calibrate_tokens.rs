@@ -420,13 +420,26 @@ fn main() {
         // The compiled estimator, to check the constants in this build.
         let mut compiled = Stats::default();
         let mut outside = 0;
+        // Mean width of the compiled interval (with the slack for unnatural text) on texts
+        // estimated at 64+ tokens, and how many of those reach one token per byte.
+        let (mut widths, mut at_bytes) = (Vec::new(), 0);
         for (s, &y) in samples.iter().zip(&y) {
             let t = estimate(enc, s.text.as_bytes());
             compiled.add(t.tokens, y);
             if !(t.low <= y && y <= t.high) {
                 outside += 1;
             }
+            if t.tokens >= 64 {
+                widths.push((t.high - t.low) as f64 / t.tokens as f64);
+                at_bytes += usize::from(t.high == s.len as u64);
+            }
         }
+        println!(
+            "Compiled interval (with the slack for unnatural text): mean width {:.1} % for texts \
+             estimated at 64+ tokens; {at_bytes} of {} reach one token per byte.",
+            100.0 * widths.iter().sum::<f64>() / widths.len().max(1) as f64,
+            widths.len()
+        );
         println!(
             "Compiled estimator in this build: mean abs. error {:.1} %, {outside} texts outside \
              its interval.\n",

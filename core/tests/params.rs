@@ -682,3 +682,65 @@ fn streams_can_be_made_to_report_usage() {
     .is_empty());
     assert!(rewrites(&format!("{{{m},\"stream\":false}}")).is_empty());
 }
+
+/// `strictPromptTokens` counts exactly whenever the prompt could exceed the cap at one
+/// token per byte, so pronounceable gibberish (the one shape that can beat the estimate's
+/// interval) cannot slip past a cap the interval says it fits.
+#[test]
+fn strict_prompt_tokens_counts_what_the_interval_would_wave_through() {
+    // Deterministic consonant-vowel gibberish: looks like words, tokenizes like noise.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |m: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % m) as usize
+    };
+    let words: Vec<String> = (0..300)
+        .map(|_| {
+            (0..3)
+                .map(|_| {
+                    let c = b"bcdfghjklmnpqrstvwxz"[next(20)];
+                    let v = b"aeiouy"[next(6)];
+                    format!("{}{}", char::from(c), char::from(v))
+                })
+                .collect()
+        })
+        .collect();
+    let text = words.join(" ");
+    let body =
+        format!(r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{text}"}}]}}"#);
+    let engine_with = |cap: u64, strict: bool| {
+        let policy = format!(
+            "apiVersion: edgeward.dev/v1\nkind: Policy\nmetadata: {{name: x}}\nspec:\n  rules: {{builtin: false}}\n  models:\n    - match: [\"gpt-4o-mini*\"]\n      tokenizer: o200k_base\n      price: {{input: 0.15, output: 0.60}}\n  routes:\n    - name: chat\n      match: {{paths: [\"/v1/chat/completions\"]}}\n      schema: openai-chat\n      params: {{maxPromptTokens: {cap}, strictPromptTokens: {strict}}}\n"
+        );
+        Engine::new(&Policy::from_text(&policy).expect("parses")).expect("compiles")
+    };
+    // The estimate's upper end, with a cap far away.
+    let d = post(
+        &engine_with(1_000_000, false),
+        "/v1/chat/completions",
+        &body,
+    );
+    let c = d.cost.clone().expect("cost");
+    assert!(!c.exact);
+    let cap = c.prompt_tokens_high;
+    // At a cap equal to that upper end the interval decides alone: allowed, estimated.
+    let d = post(&engine_with(cap, false), "/v1/chat/completions", &body);
+    assert!(d.is_allowed(), "{}", d.to_json());
+    assert!(!d.cost.as_ref().unwrap().exact);
+    // Strict: the byte bound straddles the cap, so the prompt is counted.
+    let d = post(&engine_with(cap, true), "/v1/chat/completions", &body);
+    let c = d.cost.clone().expect("cost");
+    if !edgeward::cost::tokens::exact_available() {
+        eprintln!("note: built without the `tiktoken` feature; exact counting not checked");
+        return;
+    }
+    assert!(c.exact, "{}", d.to_json());
+    assert_eq!(d.is_allowed(), c.prompt_tokens <= cap, "{}", d.to_json());
+    let exact_text =
+        edgeward::cost::tokens::count_exact(edgeward::cost::tokens::Encoding::O200kBase, &text)
+            .expect("exact available");
+    // One message: 3 tokens of overhead and 3 for the reply.
+    assert_eq!(c.prompt_tokens, exact_text + 6);
+}

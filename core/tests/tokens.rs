@@ -361,3 +361,109 @@ proptest! {
         let _ = data_url_image_size(url.as_bytes());
     }
 }
+
+/// Deterministic pseudo-random text for the crafted shapes (xorshift).
+fn crafted_shapes() -> Vec<(&'static str, String)> {
+    let mut state = 0x1234_5678_9abc_def0u64;
+    let mut next = move |m: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % m) as usize
+    };
+    let mut pick = |set: &[u8], n: usize| -> String {
+        (0..n)
+            .map(|_| char::from(set[next(set.len() as u64)]))
+            .collect()
+    };
+    let lower = b"abcdefghijklmnopqrstuvwxyz";
+    let mixed = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let b64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let words = |pick: &mut dyn FnMut(&[u8], usize) -> String, len: usize| {
+        (0..400)
+            .map(|_| pick(lower, len))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let random_words = words(&mut pick, 4);
+    vec![
+        ("control bytes", "\x01".repeat(2000)),
+        ("tabs", "\t".repeat(2000)),
+        ("newlines", "\n".repeat(2000)),
+        ("one letter per line", "x\n".repeat(1000)),
+        ("digits", pick(b"0123456789", 2000)),
+        ("punctuation", pick(b"!#$%&()*+,-./:;<=>?@[]^_{|}~", 2000)),
+        ("printable ASCII", {
+            let all: Vec<u8> = (0x21..0x7f).collect();
+            pick(&all, 2000)
+        }),
+        ("random lowercase", pick(lower, 2000)),
+        ("random mixed case", pick(mixed, 2000)),
+        ("random four-letter words", random_words),
+        ("camel case", "getHTTPRequestId".repeat(300)),
+        ("base64", pick(b64, 2000)),
+        ("hex", pick(b"0123456789abcdef", 2000)),
+        ("emoji", "😀🚀🔥".repeat(200)),
+        ("tag characters", "\u{e0041}\u{e0042}".repeat(300)),
+        ("combining marks", "a\u{301}\u{302}\u{303}".repeat(300)),
+        ("zero-width splits", "a\u{200b}b\u{200c}".repeat(300)),
+        ("space dot", " .".repeat(1000)),
+        ("JSON escapes", "\\u0041\\n".repeat(250)),
+        ("URL escapes", "%41%2F%3C".repeat(200)),
+        ("rare CJK", {
+            let mut s = String::new();
+            for _ in 0..600 {
+                s.push(char::from_u32(0x4e00 + next(20000) as u32).unwrap());
+            }
+            s
+        }),
+        ("rare Latin letters", {
+            let mut s = String::new();
+            for _ in 0..600 {
+                s.push(char::from_u32(0x100 + next(0x180) as u32).unwrap());
+            }
+            s
+        }),
+    ]
+}
+
+/// Text made to look cheap: random letters, base64, punctuation, rare characters, one token
+/// per line. The calibrated margins alone missed these by up to five times; with the slack
+/// for unnatural text every one is inside the interval, so a prompt cap cannot be passed by
+/// shaping the text this way (pronounceable gibberish is the documented exception, for
+/// which `strictPromptTokens` exists).
+#[cfg(feature = "tiktoken")]
+#[test]
+fn crafted_text_stays_in_the_interval() {
+    let mut outside = Vec::new();
+    for enc in Encoding::ALL {
+        for (name, text) in crafted_shapes() {
+            let exact = count_exact(enc, &text).expect("exact available");
+            let e = estimate(enc, text.as_bytes());
+            if !(e.low <= exact && exact <= e.high) {
+                outside.push(format!("{} {name}: exact {exact}, {e:?}", enc.name()));
+            }
+        }
+    }
+    assert!(outside.is_empty(), "{}", outside.join("\n"));
+}
+
+/// Without exact counts: made-up text gets an interval reaching (or nearly reaching) one
+/// token per byte, where natural prose of the same length stays near its estimate.
+#[test]
+fn crafted_text_widens_the_interval() {
+    for (name, text) in crafted_shapes() {
+        let e = estimate(Encoding::O200kBase, text.as_bytes());
+        let n = text.len() as u64;
+        assert!(e.high * 10 >= n * 7, "{name}: {e:?} for {n} bytes");
+    }
+    let prose = "The quarterly report shows steady growth in every region, and the team \
+                 expects the same next year. "
+        .repeat(20);
+    let e = estimate(Encoding::O200kBase, prose.as_bytes());
+    assert!(
+        e.high * 2 < prose.len() as u64,
+        "{e:?} for {} bytes",
+        prose.len()
+    );
+}

@@ -46,6 +46,14 @@ pub struct ParamPolicy {
     /// Most prompt tokens (all messages, tools and images, with chat overhead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_prompt_tokens: Option<u64>,
+    /// Decide `maxPromptTokens` on the bound crafted text cannot beat: count exactly
+    /// whenever the prompt could exceed the cap at one token per byte, instead of only when
+    /// the estimate's interval straddles it. The estimate's interval holds for natural text
+    /// and widens for text that looks made up, but pronounceable gibberish can still carry
+    /// up to about 1.5 times the interval's upper end (see `CALIBRATION.md`). Costs an
+    /// exact count (8-35 MB/s) for every prompt longer in bytes than the cap. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict_prompt_tokens: Option<bool>,
     /// Largest output limit (`max_tokens`, `max_completion_tokens`, `max_output_tokens`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<u64>,
@@ -89,6 +97,7 @@ impl ParamPolicy {
     pub fn or(&self, base: &ParamPolicy) -> ParamPolicy {
         ParamPolicy {
             max_prompt_tokens: self.max_prompt_tokens.or(base.max_prompt_tokens),
+            strict_prompt_tokens: self.strict_prompt_tokens.or(base.strict_prompt_tokens),
             max_output_tokens: self.max_output_tokens.or(base.max_output_tokens),
             on_max_output: self.on_max_output.or(base.on_max_output),
             default_output_tokens: self.default_output_tokens.or(base.default_output_tokens),

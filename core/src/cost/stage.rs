@@ -351,9 +351,13 @@ pub(crate) fn decide(
     };
     let mut exact = false;
     if let Some(cap) = pol.max_prompt_tokens {
+        let bytes = classes.features()[1];
+        if pol.strict_prompt_tokens == Some(true) {
+            // One token per byte is the bound no text can beat.
+            prompt.high = prompt.high.max(bytes.saturating_add(fixed));
+        }
         if prompt.fits(cap).is_none() {
             if let Tokenizer::Encoding(enc) = tokenizer {
-                let bytes = classes.features()[1];
                 let bounded = bytes <= max_exact_bytes;
                 let counted = bounded
                     .then(|| count_exact(enc, rp, body, limits, parse, tools_counted))
