@@ -15,6 +15,10 @@ use crate::rules::Category;
 pub enum Stage {
     /// Route selection.
     Route,
+    /// Who is calling (API key, JWT, trusted header, host identity).
+    Identity,
+    /// The route's access rules.
+    Access,
     /// Size limits, checked before any parsing.
     Size,
     /// Content inspection (rules, parser findings, anomaly scores).
@@ -30,6 +34,17 @@ pub enum Stage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "code", rename_all = "snake_case")]
 pub enum Reason {
+    /// The route needs an identified caller and the request has no credentials.
+    Unauthenticated,
+    /// Credentials were presented and refused.
+    InvalidCredentials {
+        /// Why: `unknown_key`, `malformed_token`, `bad_signature`, `expired`,
+        /// `not_yet_valid`, `wrong_issuer`, `wrong_audience`, `unknown_key_id`,
+        /// `algorithm_not_allowed` or `missing_claim`.
+        why: &'static str,
+    },
+    /// The caller is identified but the route's access rules do not admit it.
+    AccessDenied,
     /// The body is larger than the route allows.
     BodyTooLarge {
         /// The configured limit.
@@ -89,6 +104,9 @@ impl Reason {
     /// The stable code.
     pub fn code(&self) -> &'static str {
         match self {
+            Reason::Unauthenticated => "unauthenticated",
+            Reason::InvalidCredentials { .. } => "invalid_credentials",
+            Reason::AccessDenied => "access_denied",
             Reason::BodyTooLarge { .. } => "body_too_large",
             Reason::TooManyHeaders { .. } => "too_many_headers",
             Reason::HeaderTooLarge { .. } => "header_too_large",
@@ -104,6 +122,9 @@ impl Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Reason::Unauthenticated => write!(f, "credentials required"),
+            Reason::InvalidCredentials { why } => write!(f, "invalid credentials ({why})"),
+            Reason::AccessDenied => write!(f, "the caller may not use this route"),
             Reason::BodyTooLarge { limit } => write!(f, "body larger than {limit} bytes"),
             Reason::TooManyHeaders { limit } => write!(f, "more than {limit} headers"),
             Reason::HeaderTooLarge { limit } => write!(f, "a header larger than {limit} bytes"),
@@ -287,6 +308,9 @@ pub struct Decision {
     /// Whether more matches were found than recorded.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub matches_truncated: bool,
+    /// The identified caller; `None` for an anonymous request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<crate::identity::Principal>,
     /// The cost estimate, on routes with an inference-API schema.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<Cost>,

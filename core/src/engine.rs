@@ -12,6 +12,7 @@ use crate::decision::{Action, Cost, Decision, Reason, RuleMatch, Scores, Stage};
 use crate::error::UsageError;
 use crate::error::{CompileError, CompileErrorKind};
 use crate::field::{ApiParam, Field, FieldFlags, FieldKind, FieldSink, Finding, ParseLimits};
+use crate::identity::{Identified, Principal};
 use crate::parse::{self, Emitter, ParseScratch};
 use crate::policy::{Limits, Mode, OnOversize, Policy, RouteSettings, Schema};
 use crate::request::Request;
@@ -185,6 +186,12 @@ struct CompiledRoute {
     field_exclusions: Vec<(Vec<u32>, Vec<Category>, Vec<Target>)>,
     /// Parameter policy and the chat shape it reads.
     params: RouteParams,
+    /// The parameter policy for each tier that has its own (`spec.tiers`).
+    tier_params: Vec<(Arc<str>, RouteParams)>,
+    /// Who may use the route.
+    access: crate::identity::Access,
+    /// Whether anonymous requests may use the route.
+    anonymous: bool,
 }
 
 impl CompiledRoute {
@@ -211,6 +218,8 @@ struct Inner {
     routes: Vec<CompiledRoute>,
     /// The model table.
     models: Vec<CompiledModel>,
+    /// API keys, JWT issuers, trusted headers.
+    identity: crate::identity::CompiledIdentity,
     pool: Mutex<Vec<Scratch>>,
 }
 
@@ -287,6 +296,12 @@ impl Engine {
         let models = compile_models(&spec.models)
             .map_err(|m| CompileError::new(CompileErrorKind::InvalidValue, m).in_file(src))?;
         let default_params = spec.defaults.params.clone().unwrap_or_default();
+        let identity =
+            crate::identity::CompiledIdentity::new(&spec.identity.clone().unwrap_or_default())
+                .map_err(|(m, at)| {
+                    CompileError::new(CompileErrorKind::InvalidValue, format!("{at}: {m}"))
+                        .in_file(src)
+                })?;
         let mut programs: Vec<Program> = Vec::new();
         let mut program_keys: BTreeMap<Vec<usize>, usize> = BTreeMap::new();
         let mut routes = Vec::new();
@@ -368,6 +383,32 @@ impl Engine {
                 .params
                 .as_ref()
                 .map_or_else(|| default_params.clone(), |p| p.or(&default_params));
+            let fields = own.api_fields.as_ref().or(defaults.api_fields.as_ref());
+            let param_err =
+                |m: String| CompileError::new(CompileErrorKind::InvalidValue, m).in_file(src);
+            let route_params =
+                RouteParams::new(schema.chat_shape(), params.clone(), fields).map_err(param_err)?;
+            let mut tier_params = Vec::new();
+            for (tier, t) in &spec.tiers {
+                let Some(tp) = &t.params else { continue };
+                let mut rp = RouteParams::new(schema.chat_shape(), tp.or(&params), fields)
+                    .map_err(|m| param_err(format!("spec.tiers.{tier}: {m}")))?;
+                if tp.models.is_some() {
+                    rp.route_models = route_params.models.clone();
+                }
+                tier_params.push((Arc::from(tier.as_str()), rp));
+            }
+            let access = own
+                .access
+                .clone()
+                .or_else(|| defaults.access.clone())
+                .unwrap_or_default();
+            // Anonymous callers: the route's word, then the identity section's, then refused
+            // on inference routes of a policy that authenticates callers itself.
+            let anonymous = match access.anonymous.or(identity.anonymous) {
+                Some(a) => a == crate::identity::Anonymous::Allow,
+                None => !(identity.authenticates && route_params.enabled),
+            };
             routes.push(CompiledRoute {
                 name,
                 hosts: m
@@ -386,12 +427,10 @@ impl Engine {
                 limits,
                 builtin_off,
                 field_exclusions,
-                params: RouteParams::new(
-                    schema.chat_shape(),
-                    params,
-                    own.api_fields.as_ref().or(defaults.api_fields.as_ref()),
-                )
-                .map_err(|m| CompileError::new(CompileErrorKind::InvalidValue, m).in_file(src))?,
+                params: route_params,
+                tier_params,
+                access,
+                anonymous,
             });
         }
         Ok(Engine {
@@ -402,6 +441,7 @@ impl Engine {
                 programs,
                 routes,
                 models,
+                identity,
                 pool: Mutex::new(Vec::new()),
             }),
         })
@@ -483,8 +523,51 @@ impl Engine {
             .iter()
             .find(|r| r.matches(host, req.method, decoded_path))
             .unwrap_or_else(|| self.inner.routes.last().expect("default route exists"));
+        // Identity and access come before everything that reads content: an unidentified or
+        // unadmitted caller costs one header lookup (and a cached signature check).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (principal, id_deny) = match self.inner.identity.identify(req, now) {
+            Identified::Anonymous => (
+                None,
+                (!route.anonymous).then_some((401, Reason::Unauthenticated, Stage::Identity)),
+            ),
+            Identified::Principal(p) => {
+                let deny = (!route.access.admits(&p)).then_some((
+                    403,
+                    Reason::AccessDenied,
+                    Stage::Access,
+                ));
+                (Some(p), deny)
+            }
+            Identified::Invalid(why) => (
+                None,
+                Some((401, Reason::InvalidCredentials { why }, Stage::Identity)),
+            ),
+        };
+        let early =
+            |reason: Reason, status: u16, stage: Stage, principal: Option<Principal>| Decision {
+                action: Action::Deny { status, reason },
+                stage,
+                route: route.name.clone(),
+                mode: route.mode,
+                would_deny: None,
+                score: 0,
+                scores: Scores::default(),
+                threshold: route.threshold,
+                matches: Vec::new(),
+                matches_truncated: false,
+                principal,
+                cost: None,
+                rewrites: Vec::new(),
+            };
+        if let (Some((status, reason, stage)), Mode::Enforce) = (&id_deny, route.mode) {
+            return early(reason.clone(), *status, *stage, principal);
+        }
         let limits = &route.limits;
         let deny_size = |reason: Reason, status: u16| Decision {
+            principal: principal.clone(),
             action: Action::Deny { status, reason },
             stage: Stage::Size,
             route: route.name.clone(),
@@ -629,9 +712,20 @@ impl Engine {
             }
         }
         let mut d = insp.finish();
+        if let Some((_, reason, _)) = id_deny {
+            // Monitor mode (enforce returned above): identity is the earliest refusal.
+            d.would_deny = Some(reason);
+        }
+        // A tier with its own parameter policy replaces the route's for its principals.
+        let params = principal
+            .as_ref()
+            .and_then(|p| p.tier.as_deref())
+            .and_then(|t| route.tier_params.iter().find(|(n, _)| **n == *t))
+            .map_or(&route.params, |(_, rp)| rp);
+        d.principal = principal;
         if chat {
             let out = crate::cost::stage::decide(
-                &route.params,
+                params,
                 &self.inner.models,
                 cost,
                 body,
@@ -1083,6 +1177,7 @@ impl Inspector<'_, '_> {
             matches: self.matches,
             matches_truncated: self.truncated_matches,
             cost: None,
+            principal: None,
             rewrites: Vec::new(),
         }
     }

@@ -32,6 +32,7 @@ pub mod decision;
 pub mod engine;
 pub mod error;
 pub mod field;
+pub mod identity;
 pub mod parse;
 pub mod policy;
 pub mod request;
@@ -50,6 +51,7 @@ pub use error::{
 pub use field::{
     Field, FieldFlags, FieldKind, FieldKindSet, FieldSink, Finding, ParseLimits, Role,
 };
+pub use identity::{Principal, PrincipalSource};
 pub use policy::{Mode, Policy, Schema};
 pub use request::{Header, Request};
 pub use rules::{Category, RuleDef, RuleId, Severity};

@@ -121,6 +121,12 @@ pub struct Spec {
     /// cost nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<crate::cost::params::ModelEntry>,
+    /// Who is calling: API keys, JWT issuers, trusted proxy headers, known principals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::identity::IdentityPolicy>,
+    /// Per-tier settings (a principal's tier is its class: free, pro, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tiers: crate::identity::Tiers,
 }
 
 /// Rule sources.
@@ -317,6 +323,9 @@ pub struct RouteSettings {
     /// Where a custom model server's inference fields are (`schema: json` routes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_fields: Option<crate::cost::params::ApiFields>,
+    /// Who may use the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<crate::identity::Access>,
 }
 
 /// Which rules run on a route.
@@ -370,6 +379,9 @@ pub struct Route {
     /// Where a custom model server's inference fields are (`schema: json` routes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_fields: Option<crate::cost::params::ApiFields>,
+    /// Who may use the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<crate::identity::Access>,
 }
 
 impl Route {
@@ -387,6 +399,7 @@ impl Route {
             rules: self.rules.clone(),
             params: self.params.clone(),
             api_fields: self.api_fields.clone(),
+            access: self.access.clone(),
         }
     }
 }
@@ -498,7 +511,7 @@ impl Policy {
         name: &str,
         base: Option<&Path>,
     ) -> Result<Policy, CompileError> {
-        let document: PolicyDocument = parse_located(text, name)?;
+        let mut document: PolicyDocument = parse_located(text, name)?;
         let loc = |path: &str| locate(text, name, path);
         if document.api_version != API_VERSION {
             return Err(CompileError::new(
@@ -542,6 +555,11 @@ impl Policy {
             rules.extend(RuleFile::parse(&t, &p.display().to_string())?.rules);
         }
         rules.extend(document.spec.rules.inline.iter().cloned());
+        if let Some(identity) = &mut document.spec.identity {
+            identity
+                .load_files(base)
+                .map_err(|(e, path)| e.at(loc(&path)).in_file(name))?;
+        }
         let policy = Policy {
             document,
             rules,
@@ -627,6 +645,12 @@ impl Policy {
                 ),
                 "spec.response.status".into(),
             ));
+        }
+        // Compiled here for the located error (keys decoded, networks parsed); the engine
+        // compiles it again.
+        if let Some(identity) = &spec.identity {
+            crate::identity::CompiledIdentity::new(identity)
+                .map_err(|(m, at)| (CompileError::new(CompileErrorKind::InvalidValue, m), at))?;
         }
         Ok(())
     }

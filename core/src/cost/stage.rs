@@ -68,6 +68,9 @@ pub(crate) struct RouteParams {
     pub models: Option<Vec<Vec<u8>>>,
     /// A custom server's fields, compiled.
     pub generic: Option<Generic>,
+    /// For a tier's parameters with their own model allowlist: the route's allowlist, which
+    /// must allow the model too.
+    pub route_models: Option<Vec<Vec<u8>>>,
 }
 
 /// [`ApiFields`] compiled: prompt pointers as field names, the others as pointer tokens.
@@ -143,6 +146,7 @@ impl RouteParams {
             policy,
             models,
             generic,
+            route_models: None,
         })
     }
 }
@@ -198,8 +202,13 @@ pub(crate) fn decide(
     }
     let model_lc = &p.model_lc;
     if out.deny.is_none() {
-        if let Some(globs) = &rp.models {
-            if !globs.iter().any(|g| glob_match(g, model_lc.as_bytes())) {
+        let allowed = |globs: &Option<Vec<Vec<u8>>>| {
+            globs
+                .as_ref()
+                .is_none_or(|g| g.iter().any(|g| glob_match(g, model_lc.as_bytes())))
+        };
+        {
+            if !allowed(&rp.models) || !allowed(&rp.route_models) {
                 out.deny = Some((
                     403,
                     Reason::ModelNotAllowed {
