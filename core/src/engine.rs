@@ -37,6 +37,10 @@ pub struct Config {
     /// straddle the cap on purpose, so this bounds what one request can cost: the default
     /// of 128 KiB is 3–13 ms. 0 never counts exactly.
     pub max_exact_count_bytes: u64,
+    /// Verified JWTs remembered per [`Scratch`] until they expire, so a client reusing its
+    /// token pays the signature check (hundreds of microseconds for RS256 / ES256) once per
+    /// worker; 0 verifies every request. Validity windows are checked on every hit.
+    pub jwt_cache: usize,
 }
 
 impl Default for Config {
@@ -46,6 +50,7 @@ impl Default for Config {
             max_matches: 32,
             clean_field_memo: 256,
             max_exact_count_bytes: 128 * 1024,
+            jwt_cache: 64,
         }
     }
 }
@@ -252,6 +257,7 @@ pub struct Scratch {
     path: Vec<u8>,
     scored: Vec<u64>,
     cost: CostScratch,
+    jwt: crate::identity::JwtCache,
 }
 
 impl Engine {
@@ -479,6 +485,11 @@ impl Engine {
             path: Vec::new(),
             scored: vec![0; max_rules.div_ceil(64) + 1],
             cost: CostScratch::default(),
+            jwt: crate::identity::JwtCache::new(if self.inner.identity.verifies_jwt() {
+                self.inner.config.jwt_cache
+            } else {
+                0
+            }),
         }
     }
 
@@ -513,6 +524,7 @@ impl Engine {
             path,
             scored,
             cost,
+            jwt,
             ..
         } = s;
         let (decoded_path, path_flags) = parse::percent_decode(req.path, false, path);
@@ -528,7 +540,7 @@ impl Engine {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let (principal, id_deny) = match self.inner.identity.identify(req, now) {
+        let (principal, id_deny) = match self.inner.identity.identify(req, now, jwt) {
             Identified::Anonymous => (
                 None,
                 (!route.anonymous).then_some((401, Reason::Unauthenticated, Stage::Identity)),

@@ -634,8 +634,9 @@ impl CompiledIdentity {
         Ok(c)
     }
 
-    /// Identifies the caller of `req`; `now` is Unix seconds (for `exp` / `nbf`).
-    pub(crate) fn identify(&self, req: &Request<'_>, now: u64) -> Identified {
+    /// Identifies the caller of `req`; `now` is Unix seconds (for `exp` / `nbf`). Verified
+    /// tokens are remembered in `cache` (per worker) until they expire.
+    pub(crate) fn identify(&self, req: &Request<'_>, now: u64, cache: &mut JwtCache) -> Identified {
         if let Some(id) = req.identity {
             return Identified::Principal(self.lookup(id, PrincipalSource::Host));
         }
@@ -653,7 +654,14 @@ impl CompiledIdentity {
             for h in &self.jwt_headers {
                 if let Some(tok) = header(req, h).map(|v| bearer(h, v)) {
                     if looks_like_jwt(tok) {
-                        return self.verify_jwt(tok, now);
+                        if let Some(hit) = cache.get(tok, now, self.leeway) {
+                            return Identified::Principal(hit);
+                        }
+                        let (result, window) = self.verify_jwt(tok, now);
+                        if let (Identified::Principal(p), Some((nbf, exp))) = (&result, window) {
+                            cache.insert(tok, p, nbf, exp);
+                        }
+                        return result;
                     }
                 }
             }
@@ -669,6 +677,11 @@ impl CompiledIdentity {
             }
         }
         Identified::Anonymous
+    }
+
+    /// Whether any JWT issuer is configured.
+    pub(crate) fn verifies_jwt(&self) -> bool {
+        !self.issuers.is_empty()
     }
 
     fn lookup(&self, id: &str, source: PrincipalSource) -> Principal {
@@ -723,20 +736,22 @@ impl CompiledIdentity {
         }
     }
 
-    fn verify_jwt(&self, tok: &[u8], now: u64) -> Identified {
+    /// Verifies a token; for a valid one also its validity window (`nbf`, `exp`).
+    fn verify_jwt(&self, tok: &[u8], now: u64) -> (Identified, Option<(u64, u64)>) {
+        let invalid = |why| (Identified::Invalid(why), None);
         let Ok(header) = jsonwebtoken::decode_header(tok) else {
-            return Identified::Invalid("malformed_token");
+            return invalid("malformed_token");
         };
         // The issuer is read before verification only to pick its keys; the signature and
         // the issuer are then checked with those keys.
         let Some(iss) = unverified_issuer(tok) else {
-            return Identified::Invalid("malformed_token");
+            return invalid("malformed_token");
         };
         let Some(issuer) = self.issuers.iter().find(|i| i.issuer == iss) else {
-            return Identified::Invalid("wrong_issuer");
+            return invalid("wrong_issuer");
         };
         if !issuer.validation.algorithms.contains(&header.alg) {
-            return Identified::Invalid("algorithm_not_allowed");
+            return invalid("algorithm_not_allowed");
         }
         let mut keys = issuer
             .keys
@@ -746,7 +761,7 @@ impl CompiledIdentity {
             })
             .peekable();
         if keys.peek().is_none() {
-            return Identified::Invalid("unknown_key_id");
+            return invalid("unknown_key_id");
         }
         let mut last = "bad_signature";
         for (_, _, key) in keys {
@@ -764,7 +779,7 @@ impl CompiledIdentity {
                 }
             }
         }
-        Identified::Invalid(last)
+        invalid(last)
     }
 
     fn claims(
@@ -772,21 +787,17 @@ impl CompiledIdentity {
         issuer: &CompiledIssuer,
         c: &serde_json::Map<String, serde_json::Value>,
         now: u64,
-    ) -> Identified {
+    ) -> (Identified, Option<(u64, u64)>) {
+        let invalid = |why| (Identified::Invalid(why), None);
         let num = |k: &str| c.get(k).and_then(serde_json::Value::as_u64);
         // `exp` is required: a token that never expires is a credential that cannot be
         // revoked.
-        match num("exp") {
-            None => return Identified::Invalid("missing_claim"),
-            Some(exp) if exp.saturating_add(self.leeway) < now => {
-                return Identified::Invalid("expired")
-            }
-            _ => {}
-        }
-        if let Some(nbf) = num("nbf") {
-            if nbf > now.saturating_add(self.leeway) {
-                return Identified::Invalid("not_yet_valid");
-            }
+        let Some(exp) = num("exp") else {
+            return invalid("missing_claim");
+        };
+        let nbf = num("nbf").unwrap_or(0);
+        if let Some(why) = window_error(nbf, exp, now, self.leeway) {
+            return invalid(why);
         }
         let s = |k: &Option<String>| {
             k.as_ref()
@@ -794,7 +805,7 @@ impl CompiledIdentity {
                 .and_then(serde_json::Value::as_str)
         };
         let Some(id) = c.get(&issuer.claims.id).and_then(serde_json::Value::as_str) else {
-            return Identified::Invalid("missing_claim");
+            return invalid("missing_claim");
         };
         let tags: Vec<String> = match issuer.claims.tags.as_ref().and_then(|k| c.get(k)) {
             Some(serde_json::Value::Array(a)) => a
@@ -820,7 +831,78 @@ impl CompiledIdentity {
                 p.tags = d.tags.clone();
             }
         }
-        Identified::Principal(p)
+        (Identified::Principal(p), Some((nbf, exp)))
+    }
+}
+
+/// Why a token is outside its validity window at `now` (with `leeway` either side).
+fn window_error(nbf: u64, exp: u64, now: u64, leeway: u64) -> Option<&'static str> {
+    if exp.saturating_add(leeway) < now {
+        Some("expired")
+    } else if nbf > now.saturating_add(leeway) {
+        Some("not_yet_valid")
+    } else {
+        None
+    }
+}
+
+/// Verified tokens of one worker, so a client reusing its token (the common case) pays
+/// the signature check once: RS256 and ES256 verification take hundreds of microseconds
+/// with the pure-Rust backends (`benches/RESULTS.md`). Two ways per set, keyed by a
+/// randomly seeded hash and compared on the full token; an entry is used only inside its
+/// token's validity window, which is checked again on every hit. Refused tokens are not
+/// remembered (a flood of distinct bad tokens is a job for the limits).
+#[derive(Debug, Clone)]
+pub(crate) struct JwtCache {
+    hasher: foldhash::fast::RandomState,
+    slots: Vec<Option<CachedToken>>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedToken {
+    token: Box<[u8]>,
+    principal: Principal,
+    nbf: u64,
+    exp: u64,
+}
+
+impl JwtCache {
+    /// A cache of `slots` entries (rounded to an even number; 0 disables it).
+    pub(crate) fn new(slots: usize) -> JwtCache {
+        JwtCache {
+            hasher: foldhash::fast::RandomState::default(),
+            slots: vec![None; slots & !1],
+        }
+    }
+
+    fn set(&self, tok: &[u8]) -> Option<usize> {
+        let sets = self.slots.len() / 2;
+        (sets > 0).then(|| {
+            2 * (std::hash::BuildHasher::hash_one(&self.hasher, tok) % sets as u64) as usize
+        })
+    }
+
+    fn get(&self, tok: &[u8], now: u64, leeway: u64) -> Option<Principal> {
+        let set = self.set(tok)?;
+        self.slots[set..set + 2].iter().flatten().find_map(|e| {
+            (*e.token == *tok && window_error(e.nbf, e.exp, now, leeway).is_none())
+                .then(|| e.principal.clone())
+        })
+    }
+
+    fn insert(&mut self, tok: &[u8], p: &Principal, nbf: u64, exp: u64) {
+        let Some(set) = self.set(tok) else { return };
+        let slot = if self.slots[set].is_none() {
+            set
+        } else {
+            set + 1
+        };
+        self.slots[slot] = Some(CachedToken {
+            token: tok.into(),
+            principal: p.clone(),
+            nbf,
+            exp,
+        });
     }
 }
 

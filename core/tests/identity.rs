@@ -737,3 +737,58 @@ fn identity_policy_errors() {
         .expect_err("files without a base");
     assert_eq!(err.code(), "policy.unknown_reference", "{err}");
 }
+
+/// The per-worker token cache changes speed, never a decision: a remembered token is
+/// compared in full (a forged signature on the same header and payload is still refused),
+/// and the cache off gives the same answers.
+#[test]
+fn the_token_cache_changes_speed_not_decisions() {
+    let policy = Policy::from_text(&policy_text()).unwrap();
+    let cached = Engine::new(&policy).unwrap();
+    let uncached = Engine::builder()
+        .config(edgeward::Config {
+            jwt_cache: 0,
+            ..edgeward::Config::default()
+        })
+        .build(&policy)
+        .unwrap();
+    let claims = json!({"iss": "https://hs.example.com", "aud": "edgeward", "sub": "u-7", "exp": now() + 600});
+    let good = hs_token(claims.clone());
+    let forged = {
+        let other = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"another-secret-of-at-least-thirty-two-b"),
+        )
+        .unwrap();
+        assert_eq!(
+            good.rsplit_once('.').unwrap().0,
+            other.rsplit_once('.').unwrap().0
+        );
+        other
+    };
+    for e in [&cached, &uncached] {
+        let mut scratch = e.new_scratch();
+        for _ in 0..3 {
+            for (tok, ok) in [(&good, true), (&forged, false)] {
+                let auth = bearer(tok);
+                let hs: Vec<(&[u8], &[u8])> = vec![(b"authorization", auth.as_bytes())];
+                let req = Request::new(b"POST", b"/v1/chat/completions")
+                    .with_headers(&hs)
+                    .with_body(BODY.as_bytes());
+                let d = e.inspect_with(&mut scratch, &req);
+                assert_eq!(d.is_allowed(), ok, "{}", d.to_json());
+                if ok {
+                    assert_eq!(&*d.principal.unwrap().id, "u-7");
+                } else {
+                    assert_eq!(
+                        d.reason(),
+                        Some(&Reason::InvalidCredentials {
+                            why: "bad_signature"
+                        })
+                    );
+                }
+            }
+        }
+    }
+}
