@@ -32,6 +32,7 @@ pub mod decision;
 pub mod engine;
 pub mod error;
 pub mod field;
+pub mod limits;
 pub mod parse;
 pub mod policy;
 pub mod request;
