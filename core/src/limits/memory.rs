@@ -55,7 +55,77 @@ struct Entry {
     kind: LimitKind,
 }
 
-type KeyMap = HashMap<Arc<str>, Arc<Entry>, foldhash::fast::FixedState>;
+/// A key with its hash, computed once per lookup and used for both the shard and the map.
+struct MapKey {
+    hash: u64,
+    key: Arc<str>,
+}
+
+/// What a map lookup compares: a stored [`MapKey`] or a borrowed probe. Looking up through
+/// a trait object lets the probe borrow the charge's key instead of cloning its `Arc`.
+trait KeyRef {
+    fn hash64(&self) -> u64;
+    fn text(&self) -> &str;
+}
+
+impl KeyRef for MapKey {
+    fn hash64(&self) -> u64 {
+        self.hash
+    }
+    fn text(&self) -> &str {
+        &self.key
+    }
+}
+
+struct Probe<'a> {
+    hash: u64,
+    key: &'a str,
+}
+
+impl KeyRef for Probe<'_> {
+    fn hash64(&self) -> u64 {
+        self.hash
+    }
+    fn text(&self) -> &str {
+        self.key
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn KeyRef + 'a> for MapKey {
+    fn borrow(&self) -> &(dyn KeyRef + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn KeyRef + '_ {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u64(self.hash64());
+    }
+}
+
+impl PartialEq for dyn KeyRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash64() == other.hash64() && self.text() == other.text()
+    }
+}
+
+impl Eq for dyn KeyRef + '_ {}
+
+impl std::hash::Hash for MapKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        (self as &dyn KeyRef).hash(h);
+    }
+}
+
+impl PartialEq for MapKey {
+    fn eq(&self, other: &Self) -> bool {
+        (self as &dyn KeyRef) == (other as &dyn KeyRef)
+    }
+}
+
+impl Eq for MapKey {}
+
+type KeyMap = HashMap<MapKey, Arc<Entry>, BuildHasherDefault<FastHasher>>;
 
 struct KeyShard {
     map: RwLock<KeyMap>,
@@ -75,17 +145,44 @@ struct Held {
     window: i64,
 }
 
-struct Reservation {
-    expires: u64,
-    held: Vec<Held>,
+/// The charges of a reservation. The first is inline: most requests carry one charge (or
+/// one per unit), and a `Vec` would cost an allocation per request.
+#[derive(Default)]
+struct HeldList {
+    first: Option<Held>,
+    rest: Vec<Held>,
 }
 
-/// Reservation ids are random, so a multiply of their two halves spreads them; SipHash would
-/// only add time.
-#[derive(Default)]
-struct IdHasher(u64);
+impl HeldList {
+    fn push(&mut self, h: Held) {
+        if self.first.is_none() {
+            self.first = Some(h);
+        } else {
+            self.rest.push(h);
+        }
+    }
 
-impl Hasher for IdHasher {
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Held> {
+        self.first.iter().chain(self.rest.iter())
+    }
+}
+
+struct Reservation {
+    expires: u64,
+    held: HeldList,
+}
+
+/// The maps' hasher: key maps pass the precomputed foldhash through (`write_u64`);
+/// reservation ids are random, so a multiply of their two halves spreads them (`write_u128`).
+/// SipHash would only add time.
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl Hasher for FastHasher {
     fn finish(&self) -> u64 {
         self.0
     }
@@ -94,12 +191,15 @@ impl Hasher for IdHasher {
             self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         }
     }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = i;
+    }
     fn write_u128(&mut self, i: u128) {
         self.0 = ((i as u64) ^ ((i >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
-type ResMap = HashMap<u128, Reservation, BuildHasherDefault<IdHasher>>;
+type ResMap = HashMap<u128, Reservation, BuildHasherDefault<FastHasher>>;
 
 /// An in-process [`LimitStore`]: sharded, lock-free per key, bounded in memory.
 pub struct MemoryStore {
@@ -327,10 +427,11 @@ impl MemoryStore {
         self.reservations.iter().map(|s| lock(s).len()).sum()
     }
 
-    fn shard(&self, key: &str) -> &KeyShard {
-        let h = self.hasher.hash_one(key);
-        // The map hashes with the same function and uses the low bits: shard by the high ones.
-        &self.shards[((h >> 48) & self.shard_mask) as usize]
+    fn probe<'k>(&self, key: &'k str) -> (&KeyShard, Probe<'k>) {
+        let hash = self.hasher.hash_one(key);
+        // The map uses the low bits and the top seven: shard by bits in between.
+        let shard = &self.shards[((hash >> 40) & self.shard_mask) as usize];
+        (shard, Probe { hash, key })
     }
 
     fn res_shard(&self, id: ReservationId) -> &Mutex<ResMap> {
@@ -339,17 +440,18 @@ impl MemoryStore {
     }
 
     fn find(&self, key: &str) -> Option<Arc<Entry>> {
-        read(&self.shard(key).map).get(key).cloned()
+        let (shard, probe) = self.probe(key);
+        read(&shard.map).get(&probe as &dyn KeyRef).cloned()
     }
 
     /// Find or create the entry of a charge's key, evicting idle keys when the shard is full.
     fn entry(&self, charge: &Charge, now: u64) -> Result<Arc<Entry>, StoreError> {
-        let shard = self.shard(&charge.key);
-        if let Some(e) = read(&shard.map).get(&*charge.key) {
+        let (shard, probe) = self.probe(&charge.key);
+        if let Some(e) = read(&shard.map).get(&probe as &dyn KeyRef) {
             return Ok(Arc::clone(e));
         }
         let mut map = write(&shard.map);
-        if let Some(e) = map.get(&*charge.key) {
+        if let Some(e) = map.get(&probe as &dyn KeyRef) {
             return Ok(Arc::clone(e));
         }
         if map.len() >= self.max_keys_per_shard {
@@ -374,7 +476,11 @@ impl MemoryStore {
             state: AtomicU64::new(0),
             kind: charge.kind,
         });
-        map.insert(Arc::clone(&charge.key), Arc::clone(&e));
+        let key = MapKey {
+            hash: probe.hash,
+            key: Arc::clone(&charge.key),
+        };
+        map.insert(key, Arc::clone(&e));
         Ok(e)
     }
 
@@ -479,7 +585,7 @@ fn full_keys() -> StoreError {
 }
 
 fn release_concurrency(r: &Reservation) {
-    for h in &r.held {
+    for h in r.held.iter() {
         if matches!(h.kind, LimitKind::Concurrency { .. }) {
             undo(h);
         }
@@ -513,8 +619,8 @@ impl LimitStore for MemoryStore {
                 charged: false,
             },
         );
-        let mut held: Vec<Held> = Vec::with_capacity(charges.len());
-        let rollback = |held: &[Held]| held.iter().for_each(undo);
+        let mut held = HeldList::default();
+        let rollback = |held: &HeldList| held.iter().for_each(undo);
         // Enforced charges first, all-or-nothing; then shadow charges, each on its own.
         for pass_shadow in [false, true] {
             for (i, c) in charges
@@ -625,7 +731,7 @@ impl LimitStore for MemoryStore {
             release_concurrency(&r);
             return Ok(Settled::Unknown);
         }
-        for h in &r.held {
+        for h in r.held.iter() {
             let act = actual.get(h.index).copied().unwrap_or(h.reserved);
             match &h.kind {
                 LimitKind::Rate(g) => {
@@ -795,12 +901,33 @@ mod tests {
     }
 
     #[test]
-    fn id_hasher_spreads() {
-        let mut h = IdHasher::default();
+    fn fast_hasher_spreads_and_passes_through() {
+        let mut h = FastHasher::default();
         h.write(b"ab");
         let a = h.finish();
+        assert_ne!(a, 0);
         h.write_u128(1);
         assert_ne!(a, h.finish());
+        h.write_u64(42);
+        assert_eq!(h.finish(), 42);
+        // Stored keys and probes agree on hash and equality.
+        let k = MapKey {
+            hash: 7,
+            key: Arc::from("a"),
+        };
+        let mut h1 = FastHasher::default();
+        std::hash::Hash::hash(&k, &mut h1);
+        assert_eq!(h1.finish(), 7);
+        let same = MapKey {
+            hash: 7,
+            key: Arc::from("a"),
+        };
+        let other = MapKey {
+            hash: 7,
+            key: Arc::from("b"),
+        };
+        assert!(k == same && k != other);
+        assert_eq!(Probe { hash: 7, key: "a" }.text(), "a");
     }
 
     #[test]
