@@ -35,6 +35,7 @@ pub fn run_all(make: MakeStore<'_>) {
     expired_reservation_keeps_its_estimate(make);
     peek_does_not_charge(make);
     many_keys_are_independent(make);
+    zero_lease_is_final_at_once(make);
 }
 
 fn id(n: u128) -> ReservationId {
@@ -433,6 +434,37 @@ pub fn many_keys_are_independent(make: MakeStore<'_>) {
             assert_eq!(out.is_admitted(), round < 3, "key {k} round {round}");
         }
     }
+}
+
+/// A reservation with a lease of 0 charges its estimates for good and holds no slot.
+pub fn zero_lease_is_final_at_once(make: MakeStore<'_>) {
+    let s = make();
+    let c = [
+        Charge::new("final:rate", rate(10, S, 10), 3),
+        Charge::new("final:inflight", LimitKind::Concurrency { max: 1 }, 1),
+    ];
+    let mut st = vec![];
+    for n in 0..3 {
+        let out = s
+            .acquire(id(n), &c, START, 0, &mut st)
+            .expect("store answers");
+        assert!(out.is_admitted(), "request {n}");
+        assert!(st[1].charged, "the slot was taken while checking");
+    }
+    assert_eq!(remaining(&*s, &c, START), [1, 1]);
+    assert_eq!(s.settle(id(0), &[0], START), Ok(Settled::Unknown));
+    assert_eq!(remaining(&*s, &c, START), [1, 1]);
+    // The concurrency limit is still checked.
+    let full = [Charge::new(
+        "final:inflight",
+        LimitKind::Concurrency { max: 1 },
+        1,
+    )];
+    assert!(acquire(&*s, 10, &full, START).0.is_admitted());
+    let out = s
+        .acquire(id(11), &full, START, 0, &mut st)
+        .expect("store answers");
+    assert!(!out.is_admitted());
 }
 
 /// Threads hammering one key and a few keys with random amounts at a fixed instant never

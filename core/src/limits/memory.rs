@@ -502,7 +502,7 @@ impl MemoryStore {
             let mut map = lock(shard);
             map.retain(|_, r| {
                 if r.expires < now {
-                    release_concurrency(r);
+                    release_concurrency(&r.held);
                     false
                 } else {
                     if r.held
@@ -584,8 +584,8 @@ fn full_keys() -> StoreError {
     )
 }
 
-fn release_concurrency(r: &Reservation) {
-    for h in r.held.iter() {
+fn release_concurrency(held: &HeldList) {
+    for h in held.iter() {
         if matches!(h.kind, LimitKind::Concurrency { .. }) {
             undo(h);
         }
@@ -673,6 +673,12 @@ impl LimitStore for MemoryStore {
                 }
             }
         }
+        if lease_ns == 0 {
+            // Final at once: the estimates stand, a slot in flight is free again, and there
+            // is nothing to remember.
+            release_concurrency(&held);
+            return Ok(Outcome::Admitted);
+        }
         if held.is_empty() {
             return Ok(Outcome::Admitted);
         }
@@ -686,35 +692,34 @@ impl LimitStore for MemoryStore {
             map.retain(|_, r| {
                 let keep = r.expires >= now;
                 if !keep {
-                    release_concurrency(r);
+                    release_concurrency(&r.held);
                 }
                 keep
             });
         }
         let err = if map.len() >= self.max_reservations_per_shard {
-            Some(StoreError::new(
+            StoreError::new(
                 StoreErrorKind::Capacity,
                 "memory store: too many reservations in flight",
-            ))
-        } else if map.contains_key(&id.0) {
-            Some(StoreError::new(
-                StoreErrorKind::Protocol,
-                "reservation id already in use",
-            ))
+            )
         } else {
-            None
+            match map.entry(id.0) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Reservation { expires, held });
+                    drop(map);
+                    if holds_concurrency {
+                        self.next_lease_expiry.fetch_min(expires, Ordering::Relaxed);
+                    }
+                    return Ok(Outcome::Admitted);
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    StoreError::new(StoreErrorKind::Protocol, "reservation id already in use")
+                }
+            }
         };
-        if let Some(e) = err {
-            drop(map);
-            rollback(&held);
-            return Err(e);
-        }
-        map.insert(id.0, Reservation { expires, held });
         drop(map);
-        if holds_concurrency {
-            self.next_lease_expiry.fetch_min(expires, Ordering::Relaxed);
-        }
-        Ok(Outcome::Admitted)
+        rollback(&held);
+        Err(err)
     }
 
     fn settle(
@@ -728,7 +733,7 @@ impl LimitStore for MemoryStore {
         };
         if r.expires < now_ns {
             // Expired before it was settled: the estimate stands, the lease ends.
-            release_concurrency(&r);
+            release_concurrency(&r.held);
             return Ok(Settled::Unknown);
         }
         for h in r.held.iter() {

@@ -224,6 +224,11 @@ pub trait LimitStore: Send + Sync + fmt::Debug {
     /// Reserve every charge at `now_ns`, all-or-nothing over the enforced ones, and remember
     /// the reservation under `id` for `lease_ns`.
     ///
+    /// A `lease_ns` of 0 makes the reservation final at once: nothing is remembered, a
+    /// concurrency charge is only checked, and settling it is [`Settled::Unknown`]. The
+    /// engine uses it when every amount is known up front (a request counter) and nothing
+    /// is in flight to release, which saves the bookkeeping of a reservation.
+    ///
     /// `states` is cleared and receives one [`LimitState`] per charge, in order; it is an
     /// out-parameter so the engine can reuse one buffer per worker. Shadow charges never
     /// refuse; they are charged only when the request is admitted and they fit. A refused
