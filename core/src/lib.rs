@@ -33,6 +33,7 @@ pub mod engine;
 pub mod error;
 pub mod field;
 pub mod identity;
+pub mod limits;
 pub mod parse;
 pub mod policy;
 pub mod request;
