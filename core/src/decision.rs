@@ -28,6 +28,8 @@ pub enum Stage {
     Params,
     /// The cost stage: prompt tokens against the route's cap.
     Cost,
+    /// Rate limits, budgets and concurrency.
+    Limits,
 }
 
 /// Why a request was denied. Each variant has a stable [`code`](Reason::code).
@@ -45,6 +47,20 @@ pub enum Reason {
     },
     /// The caller is identified but the route's access rules do not admit it.
     AccessDenied,
+    /// A rate limit, budget or concurrency limit refuses the request.
+    RateLimited {
+        /// The limit's name.
+        limit: Arc<str>,
+        /// Seconds after which the request would fit; absent when it never can (larger
+        /// than the limit).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_seconds: Option<u64>,
+    },
+    /// A limit's store failed and the limit fails closed.
+    LimitStoreUnavailable {
+        /// The limit's name.
+        limit: Arc<str>,
+    },
     /// The body is larger than the route allows.
     BodyTooLarge {
         /// The configured limit.
@@ -107,6 +123,8 @@ impl Reason {
             Reason::Unauthenticated => "unauthenticated",
             Reason::InvalidCredentials { .. } => "invalid_credentials",
             Reason::AccessDenied => "access_denied",
+            Reason::RateLimited { .. } => "rate_limited",
+            Reason::LimitStoreUnavailable { .. } => "limit_store_unavailable",
             Reason::BodyTooLarge { .. } => "body_too_large",
             Reason::TooManyHeaders { .. } => "too_many_headers",
             Reason::HeaderTooLarge { .. } => "header_too_large",
@@ -125,6 +143,16 @@ impl fmt::Display for Reason {
             Reason::Unauthenticated => write!(f, "credentials required"),
             Reason::InvalidCredentials { why } => write!(f, "invalid credentials ({why})"),
             Reason::AccessDenied => write!(f, "the caller may not use this route"),
+            Reason::RateLimited {
+                limit,
+                retry_after_seconds,
+            } => match retry_after_seconds {
+                Some(s) => write!(f, "limit {limit:?} reached; retry after {s} s"),
+                None => write!(f, "request larger than limit {limit:?} allows"),
+            },
+            Reason::LimitStoreUnavailable { limit } => {
+                write!(f, "limit {limit:?} cannot be checked (store unavailable)")
+            }
             Reason::BodyTooLarge { limit } => write!(f, "body larger than {limit} bytes"),
             Reason::TooManyHeaders { limit } => write!(f, "more than {limit} headers"),
             Reason::HeaderTooLarge { limit } => write!(f, "a header larger than {limit} bytes"),
@@ -318,6 +346,58 @@ pub struct Decision {
     /// stripped parameters); empty in the common case.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rewrites: Vec<Rewrite>,
+    /// Every limit the request was charged against (or checked, when refused).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<crate::limits::stage::LimitOutcome>,
+    /// Response headers for the host to add: `Retry-After` on a refusal, and the IETF
+    /// `RateLimit` / `RateLimit-Policy` and `X-RateLimit-*` fields of the most constrained
+    /// limit.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(&'static str, String)>,
+    /// What was reserved, to settle with [`crate::Engine::settle`] once the response's
+    /// usage is known; `None` when nothing needs settling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<Reservation>,
+    /// A limit store failure and what the policy made of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<StoreFailure>,
+}
+
+/// A reservation on the limits a request was charged against, settled later with the
+/// response's usage. Opaque apart from its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reservation {
+    #[serde(serialize_with = "hex_id")]
+    pub(crate) id: crate::limits::ReservationId,
+    /// The unit of each charge, in acquire order.
+    #[serde(skip)]
+    pub(crate) units: Vec<crate::limits::Unit>,
+    /// The model-table row the cost was priced with.
+    #[serde(skip)]
+    pub(crate) model: Option<usize>,
+}
+
+impl Reservation {
+    /// The id the store knows the reservation by.
+    pub fn id(&self) -> crate::limits::ReservationId {
+        self.id
+    }
+}
+
+fn hex_id<S: serde::Serializer>(
+    id: &crate::limits::ReservationId,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{:032x}", id.0))
+}
+
+/// A limit store failure recorded in a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreFailure {
+    /// The store error's stable code (`store.unavailable`, `store.timeout`, ...).
+    pub code: &'static str,
+    /// Whether the request went through anyway (`onStoreError: open`).
+    pub failed_open: bool,
 }
 
 impl Decision {

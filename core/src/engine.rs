@@ -8,11 +8,17 @@ use crate::cost::params::{compile_models, CompiledModel, Tokenizer};
 use crate::cost::stage::{CostScratch, RouteParams};
 use crate::cost::tokens::Encoding;
 use crate::cost::usage::{Usage, UsageTracker};
+use crate::decision::Reservation;
 use crate::decision::{Action, Cost, Decision, Reason, RuleMatch, Scores, Stage};
 use crate::error::UsageError;
 use crate::error::{CompileError, CompileErrorKind};
 use crate::field::{ApiParam, Field, FieldFlags, FieldKind, FieldSink, Finding, ParseLimits};
 use crate::identity::{Identified, Principal};
+use crate::limits::stage::CompiledLimit;
+use crate::limits::{
+    Charge, Clock, LimitState, LimitStore, MemoryStore, MemoryStoreConfig, Settled, StoreError,
+    SystemClock, Unit,
+};
 use crate::parse::{self, Emitter, ParseScratch};
 use crate::policy::{Limits, Mode, OnOversize, Policy, RouteSettings, Schema};
 use crate::request::Request;
@@ -55,10 +61,12 @@ impl Default for Config {
     }
 }
 
-/// Builds an [`Engine`] with non-default [`Config`].
+/// Builds an [`Engine`] with non-default [`Config`], limit store or clock.
 #[derive(Debug, Clone, Default)]
 pub struct EngineBuilder {
     config: Config,
+    store: Option<Arc<dyn LimitStore>>,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl EngineBuilder {
@@ -68,9 +76,25 @@ impl EngineBuilder {
         self
     }
 
+    /// Sets the store the policy's limits are counted in. Default: a [`MemoryStore`] of
+    /// this engine's own, so an engine rebuilt for a new policy starts from zero; pass one
+    /// store to every engine (or a Redis store) to keep the counts across reloads and
+    /// processes.
+    pub fn store(mut self, store: Arc<dyn LimitStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Sets the clock limits and token expiry are read from (tests use
+    /// `limits::FakeClock`). Default: the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
     /// Compiles the policy.
     pub fn build(self, policy: &Policy) -> Result<Engine, CompileError> {
-        Engine::compile(policy, self.config)
+        Engine::compile(policy, self.config, self.store, self.clock)
     }
 }
 
@@ -225,6 +249,12 @@ struct Inner {
     models: Vec<CompiledModel>,
     /// API keys, JWT issuers, trusted headers.
     identity: crate::identity::CompiledIdentity,
+    /// The policy's limits.
+    limits: Vec<CompiledLimit>,
+    store: Arc<dyn LimitStore>,
+    clock: Arc<dyn Clock>,
+    /// How long an unsettled reservation lives.
+    lease_ns: u64,
     pool: Mutex<Vec<Scratch>>,
 }
 
@@ -258,12 +288,16 @@ pub struct Scratch {
     scored: Vec<u64>,
     cost: CostScratch,
     jwt: crate::identity::JwtCache,
+    /// The request's charges (limit index, charge) and their states.
+    charges: Vec<(usize, Charge)>,
+    charge_list: Vec<Charge>,
+    states: Vec<LimitState>,
 }
 
 impl Engine {
     /// Compiles a policy with the default [`Config`].
     pub fn new(policy: &Policy) -> Result<Engine, CompileError> {
-        Engine::compile(policy, Config::default())
+        Engine::compile(policy, Config::default(), None, None)
     }
 
     /// A builder for non-default [`Config`].
@@ -276,7 +310,12 @@ impl Engine {
         Engine::new(&Policy::default_policy()).expect("embedded default policy compiles")
     }
 
-    fn compile(policy: &Policy, config: Config) -> Result<Engine, CompileError> {
+    fn compile(
+        policy: &Policy,
+        config: Config,
+        store: Option<Arc<dyn LimitStore>>,
+        clock: Option<Arc<dyn Clock>>,
+    ) -> Result<Engine, CompileError> {
         let src = policy.source.as_str();
         let mut seen = std::collections::HashSet::new();
         for r in &policy.rules {
@@ -439,8 +478,22 @@ impl Engine {
                 anonymous,
             });
         }
+        let route_names: Vec<&str> = routes.iter().map(|r| &*r.name).collect();
+        let limits = crate::limits::stage::compile_limits(&spec.limits, &route_names).map_err(
+            |(m, at)| {
+                CompileError::new(CompileErrorKind::InvalidValue, format!("{at}: {m}")).in_file(src)
+            },
+        )?;
         Ok(Engine {
             inner: Arc::new(Inner {
+                limits,
+                store: store
+                    .unwrap_or_else(|| Arc::new(MemoryStore::new(MemoryStoreConfig::default()))),
+                clock: clock.unwrap_or_else(|| Arc::new(SystemClock)),
+                lease_ns: spec
+                    .reservations
+                    .lease_seconds
+                    .saturating_mul(1_000_000_000),
                 id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
                 config,
                 policy: policy.clone(),
@@ -485,6 +538,9 @@ impl Engine {
             path: Vec::new(),
             scored: vec![0; max_rules.div_ceil(64) + 1],
             cost: CostScratch::default(),
+            charges: Vec::new(),
+            charge_list: Vec::new(),
+            states: Vec::new(),
             jwt: crate::identity::JwtCache::new(if self.inner.identity.verifies_jwt() {
                 self.inner.config.jwt_cache
             } else {
@@ -525,6 +581,9 @@ impl Engine {
             scored,
             cost,
             jwt,
+            charges,
+            charge_list,
+            states,
             ..
         } = s;
         let (decoded_path, path_flags) = parse::percent_decode(req.path, false, path);
@@ -537,9 +596,8 @@ impl Engine {
             .unwrap_or_else(|| self.inner.routes.last().expect("default route exists"));
         // Identity and access come before everything that reads content: an unidentified or
         // unadmitted caller costs one header lookup (and a cached signature check).
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now_ns = self.inner.clock.now_ns();
+        let now = now_ns / 1_000_000_000;
         let (principal, id_deny) = match self.inner.identity.identify(req, now, jwt) {
             Identified::Anonymous => (
                 None,
@@ -573,6 +631,10 @@ impl Engine {
                 principal,
                 cost: None,
                 rewrites: Vec::new(),
+                limits: Vec::new(),
+                headers: Vec::new(),
+                reservation: None,
+                store_error: None,
             };
         if let (Some((status, reason, stage)), Mode::Enforce) = (&id_deny, route.mode) {
             return early(reason.clone(), *status, *stage, principal);
@@ -592,6 +654,10 @@ impl Engine {
             matches_truncated: false,
             cost: None,
             rewrites: Vec::new(),
+            limits: Vec::new(),
+            headers: Vec::new(),
+            reservation: None,
+            store_error: None,
         };
         // Size limits come before any parsing: they bound everything that follows. They are
         // enforced in monitor mode too, because they protect the host, not just the model.
@@ -764,7 +830,172 @@ impl Engine {
                 d.rewrites = out.rewrites;
             }
         }
+        // Limits come last: only a request every other stage admits is charged.
+        if !self.inner.limits.is_empty() && d.is_allowed() {
+            let model =
+                (chat && !cost.params.model_lc.is_empty()).then_some(cost.params.model_lc.as_str());
+            self.limits_stage(
+                &mut d,
+                req,
+                route,
+                model,
+                now_ns,
+                charges,
+                charge_list,
+                states,
+            );
+        }
         d
+    }
+
+    /// Charges the request against every limit that applies, all-or-nothing, and records
+    /// the outcome, headers and reservation in `d`.
+    #[allow(clippy::too_many_arguments)]
+    fn limits_stage(
+        &self,
+        d: &mut Decision,
+        req: &Request<'_>,
+        route: &CompiledRoute,
+        model: Option<&str>,
+        now_ns: u64,
+        charges: &mut Vec<(usize, Charge)>,
+        charge_list: &mut Vec<Charge>,
+        states: &mut Vec<LimitState>,
+    ) {
+        use crate::limits::stage::{self as ls, Amounts, Subject};
+        let limits = &self.inner.limits;
+        let amounts = d.cost.as_ref().map_or(Amounts::default(), |c| Amounts {
+            prompt_tokens: c.prompt_tokens,
+            output_tokens: c.output_tokens_reserved,
+            micro_usd: c.micro_usd,
+        });
+        let subject = Subject {
+            req,
+            route: &route.name,
+            principal: d.principal.as_ref(),
+            model,
+        };
+        let monitor = route.mode == Mode::Monitor;
+        ls::charges(limits, &subject, &amounts, monitor, charges);
+        if charges.is_empty() {
+            return;
+        }
+        charge_list.clear();
+        charge_list.extend(charges.iter().map(|(_, c)| c.clone()));
+        let id = ls::reservation_id();
+        let lease = if ls::final_at_admission(limits, charges) {
+            0
+        } else {
+            self.inner.lease_ns.max(1)
+        };
+        match self
+            .inner
+            .store
+            .acquire(id, charge_list, now_ns, lease, states)
+        {
+            Ok(outcome) => {
+                let outcomes: Vec<(usize, ls::LimitOutcome)> = charges
+                    .iter()
+                    .zip(states.iter())
+                    .map(|((i, c), st)| (*i, ls::outcome(&limits[*i], c, st)))
+                    .collect();
+                let refused = match outcome {
+                    crate::limits::Outcome::Admitted => None,
+                    crate::limits::Outcome::Refused {
+                        charge,
+                        retry_after_ns,
+                    } => Some((charge, retry_after_ns)),
+                };
+                let retry_after = refused
+                    .and_then(|(_, r)| r)
+                    .map(|ns| ns.div_ceil(1_000_000_000));
+                d.headers = ls::headers(limits, &outcomes, retry_after);
+                if let Some((charge, retry_after_ns)) = refused {
+                    let name = limits[charges[charge].0].name.clone();
+                    d.action = Action::Deny {
+                        status: 429,
+                        reason: Reason::RateLimited {
+                            limit: name,
+                            retry_after_seconds: retry_after_ns
+                                .map(|ns| ns.div_ceil(1_000_000_000)),
+                        },
+                    };
+                    d.stage = Stage::Limits;
+                } else {
+                    if monitor && d.would_deny.is_none() {
+                        if let Some((_, o)) = outcomes.iter().find(|(_, o)| o.exceeded) {
+                            d.would_deny = Some(Reason::RateLimited {
+                                limit: o.name.clone(),
+                                retry_after_seconds: o.retry_after_seconds,
+                            });
+                        }
+                    }
+                    if lease > 0 {
+                        let model_row = d
+                            .cost
+                            .as_ref()
+                            .and_then(|c| c.model.as_ref())
+                            .and_then(|m| self.inner.models.iter().position(|r| r.name == *m));
+                        d.reservation = Some(crate::decision::Reservation {
+                            id,
+                            units: charges.iter().map(|(i, _)| limits[*i].unit).collect(),
+                            model: model_row,
+                        });
+                    }
+                }
+                d.limits = outcomes.into_iter().map(|(_, o)| o).collect();
+            }
+            Err(e) => {
+                // The request fails closed if any enforced limit it matched says so.
+                let closed = charges.iter().find(|(i, c)| {
+                    !c.shadow
+                        && limits[*i].on_store_error == crate::limits::stage::OnStoreError::Closed
+                });
+                d.store_error = Some(crate::decision::StoreFailure {
+                    code: e.code(),
+                    failed_open: closed.is_none(),
+                });
+                if let Some((i, _)) = closed {
+                    d.action = Action::Deny {
+                        status: 503,
+                        reason: Reason::LimitStoreUnavailable {
+                            limit: limits[*i].name.clone(),
+                        },
+                    };
+                    d.stage = Stage::Limits;
+                }
+            }
+        }
+    }
+
+    /// Settles a reservation with the usage the response reported (or the usage tracker
+    /// counted): token and cost limits are refunded or charged the difference to the
+    /// estimate, concurrency is released. Settling twice, or after the reservation expired,
+    /// changes nothing ([`Settled::Unknown`]). A request that never reached the model is
+    /// settled with [`Usage::default`] (all zero), which refunds its reservation.
+    pub fn settle(&self, reservation: &Reservation, usage: &Usage) -> Result<Settled, StoreError> {
+        let price = reservation.model.and_then(|i| self.inner.models.get(i));
+        let actual: Vec<u64> = reservation
+            .units
+            .iter()
+            .map(|u| match u {
+                Unit::Requests => 1,
+                Unit::Concurrency => 0,
+                Unit::PromptTokens => usage.prompt_tokens,
+                Unit::OutputTokens => usage.output_tokens,
+                Unit::TotalTokens => usage.prompt_tokens.saturating_add(usage.output_tokens),
+                Unit::MicroUsd => price.map_or(0, |m| {
+                    m.price.micro_usd(
+                        usage.prompt_tokens,
+                        usage.cached_prompt_tokens,
+                        usage.output_tokens,
+                    )
+                }),
+            })
+            .collect();
+        self.inner
+            .store
+            .settle(reservation.id, &actual, self.inner.clock.now_ns())
     }
 
     /// A tracker for the streamed response to a request this engine decided, reading the
@@ -1191,6 +1422,10 @@ impl Inspector<'_, '_> {
             cost: None,
             principal: None,
             rewrites: Vec::new(),
+            limits: Vec::new(),
+            headers: Vec::new(),
+            reservation: None,
+            store_error: None,
         }
     }
 }

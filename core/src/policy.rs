@@ -127,6 +127,13 @@ pub struct Spec {
     /// Per-tier settings (a principal's tier is its class: free, pro, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tiers: crate::identity::Tiers,
+    /// Rate limits, budgets and concurrency limits, each charged on the requests it
+    /// matches, all-or-nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<crate::limits::stage::LimitRule>,
+    /// How long reservations live before they expire unsettled.
+    #[serde(default)]
+    pub reservations: crate::limits::stage::Reservations,
 }
 
 /// Rule sources.
@@ -646,6 +653,10 @@ impl Policy {
                 "spec.response.status".into(),
             ));
         }
+        let mut route_names: Vec<&str> = spec.routes.iter().map(|r| r.name.as_str()).collect();
+        route_names.push("default");
+        crate::limits::stage::compile_limits(&spec.limits, &route_names)
+            .map_err(|(m, at)| (CompileError::new(CompileErrorKind::InvalidValue, m), at))?;
         // Compiled here for the located error (keys decoded, networks parsed); the engine
         // compiles it again.
         if let Some(identity) = &spec.identity {

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub mod conformance;
 pub mod gcra;
 pub mod memory;
+pub mod stage;
 pub mod window;
 
 pub use gcra::{Gcra, GcraParamError, Refusal, Snapshot};
@@ -31,7 +32,7 @@ pub use memory::{MemoryStore, MemoryStoreConfig};
 pub use window::{Budget, BudgetParamError, Calendar, Period, MAX_BUDGET};
 
 /// What a limit counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Unit {
     /// Requests (each request is 1).

@@ -1,0 +1,494 @@
+//! The limits stage through the engine: rates, budgets and concurrency per principal,
+//! tenant, client network or header; reserve then settle; shadow and monitor modes; store
+//! failures; response headers. Time is a `FakeClock`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use edgeward::limits::{
+    Charge, FakeClock, LimitState, LimitStore, Outcome, ReservationId, Settled, StoreError,
+    StoreErrorKind,
+};
+use edgeward::{Decision, Engine, Policy, Reason, Request, Stage, Usage};
+use sha2::{Digest, Sha256};
+
+const S: u64 = 1_000_000_000;
+/// 2026-11-27 12:00:00 UTC.
+const NOON: u64 = 1_795_780_800 * S;
+
+fn sha(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn policy(limits: &str) -> Policy {
+    let text = format!(
+        r#"
+apiVersion: edgeward.dev/v1
+kind: Policy
+metadata: {{name: limits}}
+spec:
+  rules: {{builtin: false}}
+  identity:
+    apiKeys:
+      keys:
+        - {{sha256: "{a}", id: alice, tenant: acme, tier: pro}}
+        - {{sha256: "{b}", id: bob, tenant: acme, tier: free}}
+        - {{sha256: "{c}", id: carol, tenant: globex, tier: free}}
+    anonymous: allow
+  models:
+    - match: ["gpt-4o-mini*"]
+      tokenizer: o200k_base
+      price: {{input: 0.15, output: 0.60}}
+  defaults:
+    params: {{defaultOutputTokens: 100}}
+  routes:
+    - name: chat
+      match: {{paths: ["/v1/chat/completions"]}}
+      schema: openai-chat
+    - name: watch
+      match: {{paths: ["/watch/*"]}}
+      schema: openai-chat
+      mode: monitor
+  limits:
+{limits}
+"#,
+        a = sha("key-alice"),
+        b = sha("key-bob"),
+        c = sha("key-carol"),
+    );
+    Policy::from_text(&text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn engine(limits: &str, clock: &FakeClock) -> Engine {
+    Engine::builder()
+        .clock(Arc::new(clock.clone()))
+        .build(&policy(limits))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+const BODY: &str = r#"{"model":"gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":"Hello there, how are you today?"}]}"#;
+
+fn call(
+    e: &Engine,
+    path: &str,
+    key: Option<&str>,
+    peer: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Decision {
+    let mut hs: Vec<(&[u8], &[u8])> = vec![(b"content-type", b"application/json")];
+    let k;
+    if let Some(key) = key {
+        k = key.to_string();
+        hs.push((b"x-api-key", k.as_bytes()));
+    }
+    hs.extend(extra.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+    let mut req = Request::new(b"POST", path.as_bytes())
+        .with_headers(&hs)
+        .with_body(BODY.as_bytes());
+    if let Some(p) = peer {
+        req = req.with_peer(p.parse::<IpAddr>().unwrap());
+    }
+    e.inspect(&req)
+}
+
+fn alice(e: &Engine) -> Decision {
+    call(e, "/v1/chat/completions", Some("key-alice"), None, &[])
+}
+
+fn header<'d>(d: &'d Decision, name: &str) -> Option<&'d str> {
+    d.headers
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn rate_limited(d: &Decision) -> (&str, Option<u64>) {
+    match d.reason() {
+        Some(Reason::RateLimited {
+            limit,
+            retry_after_seconds,
+        }) => {
+            assert_eq!((d.status(), d.stage), (Some(429), Stage::Limits));
+            (limit, *retry_after_seconds)
+        }
+        other => panic!("not rate limited: {other:?} {}", d.to_json()),
+    }
+}
+
+#[test]
+fn request_rate_per_principal_with_headers_and_retry_after() {
+    let clock = FakeClock::new(NOON);
+    let e = engine(
+        "    - {name: rpm, key: [principal], unit: requests, rate: {limit: 3, per: 1m}}",
+        &clock,
+    );
+    for left in [2u64, 1, 0] {
+        let d = alice(&e);
+        assert!(d.is_allowed(), "{}", d.to_json());
+        assert_eq!(d.limits.len(), 1);
+        assert_eq!(d.limits[0].remaining, left);
+        assert_eq!(header(&d, "x-ratelimit-limit"), Some("3"));
+        assert_eq!(
+            header(&d, "x-ratelimit-remaining"),
+            Some(left.to_string().as_str())
+        );
+        assert_eq!(header(&d, "ratelimit-policy"), Some(r#""rpm";q=3;w=60"#));
+        assert!(header(&d, "ratelimit")
+            .unwrap()
+            .starts_with(&format!("\"rpm\";r={left};t=")));
+        // Request counters are final at admission: nothing to settle.
+        assert!(d.reservation.is_none());
+    }
+    let d = alice(&e);
+    let (name, retry) = rate_limited(&d);
+    assert_eq!((name, retry), ("rpm", Some(20)));
+    assert_eq!(header(&d, "retry-after"), Some("20"));
+    assert!(d.limits[0].exceeded);
+    // Another principal has its own counter.
+    let d = call(&e, "/v1/chat/completions", Some("key-bob"), None, &[]);
+    assert!(d.is_allowed(), "{}", d.to_json());
+    // One emission interval later, one more fits.
+    clock.advance(20 * S);
+    assert!(alice(&e).is_allowed());
+    assert!(!alice(&e).is_allowed());
+}
+
+#[test]
+fn token_budget_per_tenant_reserves_then_settles() {
+    let clock = FakeClock::new(NOON);
+    let e = engine(
+        "    - {name: daily-tokens, key: [tenant], unit: totalTokens, budget: {limit: 400, per: day}}",
+        &clock,
+    );
+    let d = alice(&e);
+    assert!(d.is_allowed(), "{}", d.to_json());
+    let c = d.cost.clone().unwrap();
+    let reserved = c.prompt_tokens + c.output_tokens_reserved;
+    assert_eq!(c.output_tokens_reserved, 50);
+    assert_eq!(d.limits[0].remaining, 400 - reserved);
+    let r = d.reservation.clone().expect("token limits need settling");
+    // The response used fewer tokens than reserved: the difference comes back.
+    let usage = Usage {
+        prompt_tokens: c.prompt_tokens,
+        output_tokens: 10,
+        ..Usage::default()
+    };
+    assert_eq!(e.settle(&r, &usage).unwrap(), Settled::Settled);
+    assert_eq!(
+        e.settle(&r, &usage).unwrap(),
+        Settled::Unknown,
+        "settling twice"
+    );
+    let used = c.prompt_tokens + 10;
+    // bob is in the same tenant: he sees what alice left.
+    let d = call(&e, "/v1/chat/completions", Some("key-bob"), None, &[]);
+    assert_eq!(
+        d.limits[0].remaining,
+        400 - used - reserved,
+        "{}",
+        d.to_json()
+    );
+    // Exhaust the tenant's day; carol (another tenant) is not affected.
+    let mut n = 0;
+    while call(&e, "/v1/chat/completions", Some("key-bob"), None, &[]).is_allowed() {
+        n += 1;
+        assert!(n < 100);
+    }
+    let d = alice(&e);
+    let (name, retry) = rate_limited(&d);
+    assert_eq!(name, "daily-tokens");
+    // The next window starts at midnight UTC: 12 hours away.
+    assert_eq!(retry, Some(12 * 3600));
+    assert!(call(&e, "/v1/chat/completions", Some("key-carol"), None, &[]).is_allowed());
+    clock.advance(12 * 3600 * S);
+    assert!(alice(&e).is_allowed(), "a new day");
+}
+
+#[test]
+fn micro_usd_budgets_settle_at_the_model_price() {
+    let clock = FakeClock::new(NOON);
+    let e = engine(
+        "    - {name: spend, key: [principal], unit: microUsd, budget: {limit: 1000000, per: month}}",
+        &clock,
+    );
+    let d = alice(&e);
+    let c = d.cost.clone().unwrap();
+    assert_eq!(d.limits[0].remaining, 1_000_000 - c.micro_usd);
+    // 1M input tokens at $0.15 and 100k output at $0.60: 150,000 + 60,000 µ$.
+    let usage = Usage {
+        prompt_tokens: 1_000_000,
+        output_tokens: 100_000,
+        ..Usage::default()
+    };
+    e.settle(d.reservation.as_ref().unwrap(), &usage).unwrap();
+    let d = alice(&e);
+    assert_eq!(d.limits[0].remaining, 1_000_000 - 210_000 - c.micro_usd);
+}
+
+#[test]
+fn concurrency_is_released_by_settle_or_by_lease_expiry() {
+    let clock = FakeClock::new(NOON);
+    let e = engine(
+        "    - {name: inflight, key: [principal], unit: concurrency, max: 2}",
+        &clock,
+    );
+    let a = alice(&e);
+    let b = alice(&e);
+    assert!(a.is_allowed() && b.is_allowed());
+    let d = alice(&e);
+    assert_eq!(rate_limited(&d).0, "inflight");
+    // No Retry-After for concurrency: it frees up when a request finishes.
+    e.settle(a.reservation.as_ref().unwrap(), &Usage::default())
+        .unwrap();
+    assert!(alice(&e).is_allowed());
+    assert!(!alice(&e).is_allowed());
+    // Unsettled reservations expire after the lease (600 s by default).
+    clock.advance(601 * S);
+    assert!(alice(&e).is_allowed());
+    // Settling an expired one changes nothing.
+    assert_eq!(
+        e.settle(b.reservation.as_ref().unwrap(), &Usage::default())
+            .unwrap(),
+        Settled::Unknown
+    );
+}
+
+#[test]
+fn all_or_nothing_across_limits() {
+    let clock = FakeClock::new(NOON);
+    let e = engine(
+        "    - {name: tenant-rpm, key: [tenant], unit: requests, rate: {limit: 100, per: 1m}}
+    - {name: free-rpm, match: {tiers: [free]}, key: [principal], unit: requests, rate: {limit: 1, per: 1m}}",
+        &clock,
+    );
+    let bob = || call(&e, "/v1/chat/completions", Some("key-bob"), None, &[]);
+    let d = bob();
+    assert!(d.is_allowed());
+    assert_eq!(d.limits.len(), 2);
+    assert_eq!(d.limits[0].remaining, 99);
+    // Refused by free-rpm: tenant-rpm is not charged for it.
+    for _ in 0..5 {
+        let d = bob();
+        assert_eq!(rate_limited(&d).0, "free-rpm");
+    }
+    let d = alice(&e); // pro: only tenant-rpm applies
+    assert_eq!(d.limits.len(), 1);
+    assert_eq!(d.limits[0].remaining, 98, "{}", d.to_json());
+}
+
+#[test]
+fn shadow_limits_and_monitor_mode_report_without_refusing() {
+    let clock = FakeClock::new(NOON);
+    let e = engine(
+        "    - {name: trial, key: [principal], unit: requests, rate: {limit: 1, per: 1h}, shadow: true}",
+        &clock,
+    );
+    for i in 0..3 {
+        let d = alice(&e);
+        assert!(d.is_allowed(), "{}", d.to_json());
+        assert!(d.limits[0].shadow);
+        assert_eq!(d.limits[0].exceeded, i > 0);
+    }
+    let e = engine(
+        "    - {name: rpm, key: [principal], unit: requests, rate: {limit: 1, per: 1h}}",
+        &clock,
+    );
+    let watch = || call(&e, "/watch/x", Some("key-alice"), None, &[]);
+    assert!(watch().would_deny.is_none());
+    let d = watch();
+    assert!(d.is_allowed(), "{}", d.to_json());
+    assert!(
+        matches!(d.would_deny, Some(Reason::RateLimited { .. })),
+        "{}",
+        d.to_json()
+    );
+}
+
+#[test]
+fn anonymous_callers_are_limited_per_client_network() {
+    let clock = FakeClock::new(NOON);
+    let e = engine(
+        "    - {name: anon, match: {anonymous: true}, key: [client_ip/24], unit: requests, rate: {limit: 2, per: 1m}}",
+        &clock,
+    );
+    let anon = |peer: Option<&str>| call(&e, "/v1/chat/completions", None, peer, &[]);
+    assert!(anon(Some("203.0.113.5")).is_allowed());
+    assert!(anon(Some("203.0.113.200")).is_allowed(), "same /24");
+    assert_eq!(rate_limited(&anon(Some("203.0.113.77"))).0, "anon");
+    assert!(anon(Some("203.0.114.1")).is_allowed(), "another /24");
+    // IPv4-mapped IPv6 is the same network.
+    assert!(!anon(Some("::ffff:203.0.113.9")).is_allowed());
+    // Identified callers are not in this limit, and without an address it does not apply.
+    assert!(call(
+        &e,
+        "/v1/chat/completions",
+        Some("key-alice"),
+        Some("203.0.113.5"),
+        &[]
+    )
+    .limits
+    .is_empty());
+    assert!(anon(None).limits.is_empty());
+}
+
+#[test]
+fn header_model_and_label_keys() {
+    let clock = FakeClock::new(NOON);
+    let e = engine(
+        "    - {name: per-app, key: [header:x-app, model, label:v1], unit: requests, rate: {limit: 1, per: 1m}}",
+        &clock,
+    );
+    let app = |v: &str| {
+        call(
+            &e,
+            "/v1/chat/completions",
+            Some("key-alice"),
+            None,
+            &[("x-app", v)],
+        )
+    };
+    assert!(app("a").is_allowed());
+    assert!(!app("a").is_allowed());
+    assert!(app("b").is_allowed());
+    // Separators in a client-chosen value cannot forge another key.
+    assert!(app("a|gpt-4o-mini").is_allowed());
+    assert!(app(&"z".repeat(500)).is_allowed(), "long values are hashed");
+}
+
+/// A store that always fails, for the failure paths.
+#[derive(Debug)]
+struct Down;
+
+impl LimitStore for Down {
+    fn acquire(
+        &self,
+        _: ReservationId,
+        _: &[Charge],
+        _: u64,
+        _: u64,
+        _: &mut Vec<LimitState>,
+    ) -> Result<Outcome, StoreError> {
+        Err(StoreError::new(
+            StoreErrorKind::Unavailable,
+            "connection refused",
+        ))
+    }
+    fn settle(&self, _: ReservationId, _: &[u64], _: u64) -> Result<Settled, StoreError> {
+        Err(StoreError::new(
+            StoreErrorKind::Unavailable,
+            "connection refused",
+        ))
+    }
+    fn peek(&self, _: &[Charge], _: u64, _: &mut Vec<LimitState>) -> Result<(), StoreError> {
+        Err(StoreError::new(
+            StoreErrorKind::Unavailable,
+            "connection refused",
+        ))
+    }
+}
+
+#[test]
+fn store_failures_follow_on_store_error() {
+    for (mode, allowed) in [("open", true), ("closed", false)] {
+        let e = Engine::builder()
+            .store(Arc::new(Down))
+            .build(&policy(&format!(
+                "    - {{name: rpm, key: [principal], unit: requests, rate: {{limit: 10, per: 1m}}, onStoreError: {mode}}}"
+            )))
+            .unwrap();
+        let d = alice(&e);
+        assert_eq!(d.is_allowed(), allowed, "{mode}: {}", d.to_json());
+        let f = d.store_error.as_ref().expect("recorded");
+        assert_eq!((f.code, f.failed_open), ("store.unavailable", allowed));
+        if !allowed {
+            assert_eq!(d.status(), Some(503));
+            assert_eq!(d.reason().unwrap().code(), "limit_store_unavailable");
+        }
+    }
+}
+
+#[test]
+fn limit_policy_errors() {
+    for (name, limits) in [
+        ("bad period", "    - {name: a, unit: requests, rate: {limit: 1, per: 1w}}"),
+        ("zero limit", "    - {name: a, unit: requests, rate: {limit: 0, per: 1s}}"),
+        ("both", "    - {name: a, unit: requests, rate: {limit: 1, per: 1s}, budget: {limit: 1, per: day}}"),
+        ("neither", "    - {name: a, unit: requests}"),
+        ("concurrency without max", "    - {name: a, unit: concurrency}"),
+        ("bad key", "    - {name: a, key: [user], unit: requests, rate: {limit: 1, per: 1s}}"),
+        ("unknown route", "    - {name: a, match: {routes: [nope]}, unit: requests, rate: {limit: 1, per: 1s}}"),
+        ("bad offset", "    - {name: a, unit: requests, budget: {limit: 1, per: day, utcOffset: '2h'}}"),
+        (
+            "duplicate name",
+            "    - {name: a, unit: requests, rate: {limit: 1, per: 1s}}\n    - {name: a, unit: requests, rate: {limit: 2, per: 1s}}",
+        ),
+    ] {
+        let text = format!(
+            "apiVersion: edgeward.dev/v1\nkind: Policy\nmetadata: {{name: x}}\nspec:\n  limits:\n{limits}\n"
+        );
+        let err = Policy::from_text(&text).expect_err(name);
+        assert_eq!(err.code(), "policy.invalid_value", "{name}: {err}");
+    }
+}
+
+/// The embedded default policy limits anonymous callers per client address instead of
+/// refusing them.
+#[test]
+fn the_default_policy_limits_anonymous_callers_per_address() {
+    let clock = FakeClock::new(NOON);
+    let e = Engine::builder()
+        .clock(Arc::new(clock.clone()))
+        .build(&Policy::default_policy())
+        .unwrap();
+    let d = call(&e, "/v1/chat/completions", None, Some("198.51.100.7"), &[]);
+    assert!(d.is_allowed(), "{}", d.to_json());
+    let names: Vec<&str> = d.limits.iter().map(|l| &*l.name).collect();
+    assert_eq!(
+        names,
+        [
+            "anonymous-requests",
+            "anonymous-tokens",
+            "anonymous-in-flight"
+        ]
+    );
+    let first = d
+        .reservation
+        .clone()
+        .expect("tokens and concurrency need settling");
+    assert_eq!(header(&d, "x-ratelimit-limit"), Some("600"));
+    // 32 in flight at once from one address.
+    let mut open = vec![first];
+    loop {
+        let d = call(&e, "/v1/chat/completions", None, Some("198.51.100.7"), &[]);
+        if !d.is_allowed() {
+            assert_eq!(rate_limited(&d).0, "anonymous-in-flight");
+            break;
+        }
+        open.push(d.reservation.unwrap());
+    }
+    assert_eq!(open.len(), 32);
+    for r in &open {
+        e.settle(r, &Usage::default()).unwrap();
+    }
+    // Requests settled as they finish: the burst of 120 requests is what stops them.
+    let mut allowed = open.len();
+    loop {
+        let d = call(&e, "/v1/chat/completions", None, Some("198.51.100.7"), &[]);
+        if !d.is_allowed() {
+            assert_eq!(rate_limited(&d), ("anonymous-requests", Some(1)));
+            break;
+        }
+        allowed += 1;
+        e.settle(d.reservation.as_ref().unwrap(), &Usage::default())
+            .unwrap();
+    }
+    assert_eq!(allowed, 120);
+    // Another address is not affected.
+    assert!(call(&e, "/v1/chat/completions", None, Some("198.51.100.8"), &[]).is_allowed());
+    // Without an address, nothing applies (eval and demo keep working).
+    let d = call(&e, "/v1/chat/completions", None, None, &[]);
+    assert!(d.is_allowed() && d.limits.is_empty(), "{}", d.to_json());
+}
