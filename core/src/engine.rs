@@ -801,6 +801,7 @@ impl Engine {
             .and_then(|t| route.tier_params.iter().find(|(n, _)| **n == *t))
             .map_or(&route.params, |(_, rp)| rp);
         d.principal = principal;
+        let mut recount = None;
         if chat {
             let out = crate::cost::stage::decide(
                 params,
@@ -812,6 +813,7 @@ impl Engine {
                 self.inner.config.max_exact_count_bytes,
             );
             d.cost = out.cost;
+            recount = out.recount;
             if let Some((status, reason, stage)) = out.deny {
                 match route.mode {
                     // The parameter stages come before inspection in the pipeline: their
@@ -834,15 +836,24 @@ impl Engine {
         if !self.inner.limits.is_empty() && d.is_allowed() {
             let model =
                 (chat && !cost.params.model_lc.is_empty()).then_some(cost.params.model_lc.as_str());
+            let max_exact = self.inner.config.max_exact_count_bytes;
+            let mut exact = |c: &crate::cost::stage::Recount| {
+                c.count(params, body, route.parse_limits, parse_scratch, max_exact)
+            };
+            let recount = recount.as_ref().map(|c| {
+                (
+                    c,
+                    &mut exact as &mut dyn FnMut(&crate::cost::stage::Recount) -> Option<u64>,
+                )
+            });
             self.limits_stage(
                 &mut d,
                 req,
                 route,
                 model,
                 now_ns,
-                charges,
-                charge_list,
-                states,
+                (charges, charge_list, states),
+                recount,
             );
         }
         d
@@ -850,7 +861,11 @@ impl Engine {
 
     /// Charges the request against every limit that applies, all-or-nothing, and records
     /// the outcome, headers and reservation in `d`.
-    #[allow(clippy::too_many_arguments)]
+    ///
+    /// When a token or cost limit refuses a request whose prompt was only estimated, the
+    /// prompt is counted exactly (`recount`) and the charges tried once more: a refusal
+    /// is never the estimate's error.
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn limits_stage(
         &self,
         d: &mut Decision,
@@ -858,41 +873,64 @@ impl Engine {
         route: &CompiledRoute,
         model: Option<&str>,
         now_ns: u64,
-        charges: &mut Vec<(usize, Charge)>,
-        charge_list: &mut Vec<Charge>,
-        states: &mut Vec<LimitState>,
+        (charges, charge_list, states): (
+            &mut Vec<(usize, Charge)>,
+            &mut Vec<Charge>,
+            &mut Vec<LimitState>,
+        ),
+        mut recount: Option<(
+            &crate::cost::stage::Recount,
+            &mut dyn FnMut(&crate::cost::stage::Recount) -> Option<u64>,
+        )>,
     ) {
         use crate::limits::stage::{self as ls, Amounts, Subject};
         let limits = &self.inner.limits;
-        let amounts = d.cost.as_ref().map_or(Amounts::default(), |c| Amounts {
-            prompt_tokens: c.prompt_tokens,
-            output_tokens: c.output_tokens_reserved,
-            micro_usd: c.micro_usd,
-        });
-        let subject = Subject {
-            req,
-            route: &route.name,
-            principal: d.principal.as_ref(),
-            model,
-        };
         let monitor = route.mode == Mode::Monitor;
-        ls::charges(limits, &subject, &amounts, monitor, charges);
-        if charges.is_empty() {
-            return;
-        }
-        charge_list.clear();
-        charge_list.extend(charges.iter().map(|(_, c)| c.clone()));
-        let id = ls::reservation_id();
-        let lease = if ls::final_at_admission(limits, charges) {
-            0
-        } else {
-            self.inner.lease_ns.max(1)
+        let (id, lease, result) = loop {
+            let amounts = d.cost.as_ref().map_or(Amounts::default(), |c| Amounts {
+                prompt_tokens: c.prompt_tokens,
+                output_tokens: c.output_tokens_reserved,
+                micro_usd: c.micro_usd,
+            });
+            let subject = Subject {
+                req,
+                route: &route.name,
+                principal: d.principal.as_ref(),
+                model,
+            };
+            ls::charges(limits, &subject, &amounts, monitor, charges);
+            if charges.is_empty() {
+                return;
+            }
+            charge_list.clear();
+            charge_list.extend(charges.iter().map(|(_, c)| c.clone()));
+            let id = ls::reservation_id();
+            let lease = if ls::final_at_admission(limits, charges) {
+                0
+            } else {
+                self.inner.lease_ns.max(1)
+            };
+            let result = self
+                .inner
+                .store
+                .acquire(id, charge_list, now_ns, lease, states);
+            if let Ok(crate::limits::Outcome::Refused { charge, .. }) = result {
+                let by_tokens = matches!(
+                    limits[charges[charge].0].unit,
+                    Unit::PromptTokens | Unit::TotalTokens | Unit::MicroUsd
+                );
+                if by_tokens {
+                    if let Some((how, count)) = recount.take() {
+                        if let Some(exact) = count(how) {
+                            self.set_exact_prompt(d, exact);
+                            continue;
+                        }
+                    }
+                }
+            }
+            break (id, lease, result);
         };
-        match self
-            .inner
-            .store
-            .acquire(id, charge_list, now_ns, lease, states)
-        {
+        match result {
             Ok(outcome) => {
                 let outcomes: Vec<(usize, ls::LimitOutcome)> = charges
                     .iter()
@@ -965,6 +1003,22 @@ impl Engine {
                     d.stage = Stage::Limits;
                 }
             }
+        }
+    }
+
+    /// Replaces the decision's estimated prompt tokens by an exact count, repricing it.
+    fn set_exact_prompt(&self, d: &mut Decision, tokens: u64) {
+        let Some(c) = d.cost.as_mut() else { return };
+        c.prompt_tokens = tokens;
+        c.prompt_tokens_low = tokens;
+        c.prompt_tokens_high = tokens;
+        c.exact = true;
+        if let Some(row) = c
+            .model
+            .as_ref()
+            .and_then(|m| self.inner.models.iter().find(|r| r.name == *m))
+        {
+            c.micro_usd = row.price.micro_usd(tokens, 0, c.output_tokens_reserved);
         }
     }
 

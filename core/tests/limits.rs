@@ -492,3 +492,50 @@ fn the_default_policy_limits_anonymous_callers_per_address() {
     let d = call(&e, "/v1/chat/completions", None, None, &[]);
     assert!(d.is_allowed() && d.limits.is_empty(), "{}", d.to_json());
 }
+
+/// A token budget that the estimate would exceed but the exact count fits: the prompt is
+/// counted exactly before refusing, so no refusal is the estimate's error.
+#[test]
+fn budgets_count_exactly_before_refusing_on_an_estimate() {
+    if !edgeward::cost::tokens::exact_available() {
+        eprintln!("note: built without the `tiktoken` feature; exact recount not checked");
+        return;
+    }
+    // Runs of newlines: the estimator counts them high (a run merges into few tokens).
+    let text = format!("{}x", "\n".repeat(100)).repeat(20);
+    let body = format!(
+        r#"{{"model":"gpt-4o-mini","max_tokens":1,"messages":[{{"role":"user","content":{}}}]}}"#,
+        serde_json::to_string(&text).unwrap()
+    );
+    let probe = Engine::default_engine();
+    let req = Request::new(b"POST", b"/v1/chat/completions").with_body(body.as_bytes());
+    let est = probe.inspect(&req).cost.unwrap();
+    assert!(!est.exact);
+    let exact =
+        edgeward::cost::tokens::count_exact(edgeward::cost::tokens::Encoding::O200kBase, &text)
+            .unwrap()
+            + 6;
+    assert!(exact < est.prompt_tokens, "{exact} vs {est:?}");
+    for (budget, admitted) in [(exact + 1, true), (exact - 1, false)] {
+        let clock = FakeClock::new(NOON);
+        let e = engine(
+            &format!(
+                "    - {{name: b, key: [principal], unit: promptTokens, budget: {{limit: {budget}, per: day}}}}"
+            ),
+            &clock,
+        );
+        let hs: Vec<(&[u8], &[u8])> = vec![(b"x-api-key", b"key-alice")];
+        let d = e.inspect(
+            &Request::new(b"POST", b"/v1/chat/completions")
+                .with_headers(&hs)
+                .with_body(body.as_bytes()),
+        );
+        assert_eq!(d.is_allowed(), admitted, "budget {budget}: {}", d.to_json());
+        let c = d.cost.as_ref().unwrap();
+        assert!(c.exact, "{}", d.to_json());
+        assert_eq!(c.prompt_tokens, exact);
+        if admitted {
+            assert_eq!(d.limits[0].remaining, budget - exact);
+        }
+    }
+}

@@ -158,6 +158,38 @@ pub(crate) struct Outcome {
     pub rewrites: Vec<Rewrite>,
     /// A refusal: status, reason, stage.
     pub deny: Option<(u16, Reason, Stage)>,
+    /// How to count the prompt exactly later, when the cost is an estimate and the model's
+    /// encoding is countable: for a budget the estimate straddles.
+    pub recount: Option<Recount>,
+}
+
+/// What an exact recount of the prompt needs beyond the body.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Recount {
+    enc: Encoding,
+    /// Chat overhead and image tokens, added to the counted text.
+    fixed: u64,
+    tools: bool,
+    bytes: u64,
+}
+
+impl Recount {
+    /// The prompt's exact tokens (text, tools, overhead, images), or `None` when the body
+    /// is beyond `max_exact_bytes` or a text cannot be counted within bounds.
+    pub fn count(
+        &self,
+        rp: &RouteParams,
+        body: &[u8],
+        limits: ParseLimits,
+        parse: &mut ParseScratch,
+        max_exact_bytes: u64,
+    ) -> Option<u64> {
+        if self.bytes > max_exact_bytes {
+            return None;
+        }
+        count_exact(self.enc, rp, body, limits, parse, self.tools)
+            .map(|t| t.saturating_add(self.fixed))
+    }
 }
 
 /// Runs the parameter policy and computes the cost. `body`, `limits` and `parse` are for
@@ -405,6 +437,14 @@ pub(crate) fn decide(
             .saturating_mul(n)
     };
     let micro_usd = row.map_or(0, |m| m.price.micro_usd(prompt.tokens, 0, output_reserved));
+    if let (false, Tokenizer::Encoding(enc)) = (exact, tokenizer) {
+        out.recount = Some(Recount {
+            enc,
+            fixed,
+            tools: tools_counted,
+            bytes: classes.features()[1],
+        });
+    }
     out.cost = Some(Cost {
         model: row.map(|m| Arc::clone(&m.name)),
         prompt_tokens: prompt.tokens,
