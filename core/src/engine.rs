@@ -292,6 +292,8 @@ pub struct Scratch {
     charges: Vec<(usize, Charge)>,
     charge_list: Vec<Charge>,
     states: Vec<LimitState>,
+    /// The limit key being built.
+    key: String,
 }
 
 impl Engine {
@@ -541,6 +543,7 @@ impl Engine {
             charges: Vec::new(),
             charge_list: Vec::new(),
             states: Vec::new(),
+            key: String::new(),
             jwt: crate::identity::JwtCache::new(if self.inner.identity.verifies_jwt() {
                 self.inner.config.jwt_cache
             } else {
@@ -584,6 +587,7 @@ impl Engine {
             charges,
             charge_list,
             states,
+            key,
             ..
         } = s;
         let (decoded_path, path_flags) = parse::percent_decode(req.path, false, path);
@@ -852,7 +856,7 @@ impl Engine {
                 route,
                 model,
                 now_ns,
-                (charges, charge_list, states),
+                (charges, charge_list, states, key),
                 recount,
             );
         }
@@ -873,10 +877,11 @@ impl Engine {
         route: &CompiledRoute,
         model: Option<&str>,
         now_ns: u64,
-        (charges, charge_list, states): (
+        (charges, charge_list, states, key): (
             &mut Vec<(usize, Charge)>,
             &mut Vec<Charge>,
             &mut Vec<LimitState>,
+            &mut String,
         ),
         mut recount: Option<(
             &crate::cost::stage::Recount,
@@ -898,7 +903,7 @@ impl Engine {
                 principal: d.principal.as_ref(),
                 model,
             };
-            ls::charges(limits, &subject, &amounts, monitor, charges);
+            ls::charges(limits, &subject, &amounts, monitor, key, charges);
             if charges.is_empty() {
                 return;
             }

@@ -445,12 +445,12 @@ pub(crate) fn charges(
     s: &Subject<'_>,
     amounts: &Amounts,
     monitor: bool,
+    key: &mut String,
     out: &mut Vec<(usize, Charge)>,
 ) {
     out.clear();
-    let mut key = String::new();
     for (i, l) in limits.iter().enumerate() {
-        if !l.applies_to(s) || l.key(s, &mut key).is_none() {
+        if !l.applies_to(s) || l.key(s, key).is_none() {
             continue;
         }
         let mut c = Charge::new(key.as_str(), l.kind, amounts.of(l.unit));
