@@ -539,3 +539,49 @@ fn budgets_count_exactly_before_refusing_on_an_estimate() {
         }
     }
 }
+
+/// Many threads through one engine: the admitted requests never exceed the limits, and the
+/// tokens charged never exceed the budget.
+#[test]
+fn concurrent_callers_never_exceed_a_limit() {
+    let clock = FakeClock::new(NOON);
+    let e = engine(
+        "    - {name: rpm, key: [tenant], unit: requests, rate: {limit: 50, per: 1h}}
+    - {name: tokens, key: [principal], unit: totalTokens, budget: {limit: 2000, per: day}}",
+        &clock,
+    );
+    let admitted = std::sync::atomic::AtomicU64::new(0);
+    let tokens: Vec<std::sync::atomic::AtomicU64> = (0..3)
+        .map(|_| std::sync::atomic::AtomicU64::new(0))
+        .collect();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (e, admitted, tokens) = (&e, &admitted, &tokens);
+            s.spawn(move || {
+                let keys = ["key-alice", "key-bob", "key-carol"];
+                for i in 0..40 {
+                    let k = (t + i) % 3;
+                    let d = call(e, "/v1/chat/completions", Some(keys[k]), None, &[]);
+                    if d.is_allowed() {
+                        let c = d.cost.unwrap();
+                        if k < 2 {
+                            admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        tokens[k].fetch_add(
+                            c.prompt_tokens + c.output_tokens_reserved,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                    } else {
+                        assert_eq!(d.status(), Some(429), "{}", d.to_json());
+                    }
+                }
+            });
+        }
+    });
+    // alice and bob share tenant acme's 50 requests; each principal has 2000 tokens.
+    // Exactly 50: refusals by the token budget charge nothing (all or nothing).
+    assert_eq!(admitted.into_inner(), 50);
+    for t in tokens {
+        assert!(t.into_inner() <= 2000);
+    }
+}
