@@ -518,6 +518,45 @@ impl MemoryStore {
         self.next_lease_expiry.fetch_min(next, Ordering::Relaxed);
     }
 
+    /// The common case without bookkeeping: one rate or budget charge on a known key, final
+    /// at once. The CAS runs under the shard's read lock (the only lock held, so no lock
+    /// order to keep), which spares cloning and dropping the entry's `Arc`. `None` when the
+    /// general path is needed.
+    #[inline]
+    fn acquire_one_final(
+        &self,
+        c: &Charge,
+        now: u64,
+        states: &mut Vec<LimitState>,
+    ) -> Option<Outcome> {
+        if matches!(c.kind, LimitKind::Concurrency { .. }) {
+            return None;
+        }
+        let (shard, probe) = self.probe(&c.key);
+        let map = read(&shard.map);
+        let entry = map.get(&probe as &dyn KeyRef)?;
+        states.clear();
+        let out = match try_charge(entry, &c.kind, now, c.amount) {
+            Tried::Charged { stored, .. } => {
+                states.push(state(&c.kind, stored, now, Verdict::Allowed, true));
+                Outcome::Admitted
+            }
+            Tried::Refused(v) => {
+                let stored = entry.state.load(Ordering::Acquire);
+                states.push(state(&c.kind, stored, now, v, false));
+                if c.shadow {
+                    Outcome::Admitted
+                } else {
+                    Outcome::Refused {
+                        charge: 0,
+                        retry_after_ns: v.into_retry(),
+                    }
+                }
+            }
+        };
+        Some(out)
+    }
+
     fn refused(
         &self,
         charges: &[Charge],
@@ -608,6 +647,11 @@ impl LimitStore for MemoryStore {
         states: &mut Vec<LimitState>,
     ) -> Result<Outcome, StoreError> {
         let now = now_ns;
+        if let ([c], 0) = (charges, lease_ns) {
+            if let Some(out) = self.acquire_one_final(c, now, states) {
+                return Ok(out);
+            }
+        }
         states.clear();
         states.resize(
             charges.len(),
