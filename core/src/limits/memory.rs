@@ -129,8 +129,7 @@ type KeyMap = HashMap<MapKey, Arc<Entry>, BuildHasherDefault<FastHasher>>;
 
 struct KeyShard {
     map: RwLock<KeyMap>,
-    /// After an eviction scan found nothing idle: no new scan before this instant, so a
-    /// full store costs one scan per shard per interval, not one per new key.
+    /// After an eviction scan found nothing idle: no new scan before this instant.
     no_scan_until: AtomicU64,
 }
 
@@ -326,8 +325,12 @@ fn is_idle(e: &Entry, now: u64) -> bool {
     }
 }
 
-/// When an entry will be idle, if that can be known (a count in flight cannot).
-fn idle_at(e: &Entry, now: u64) -> Option<u64> {
+/// When an entry will be idle, if that can be known (a count in flight or a key held by a
+/// reservation cannot).
+fn idle_at(e: &Arc<Entry>, now: u64) -> Option<u64> {
+    if Arc::strong_count(e) > 1 {
+        return None;
+    }
     let s = e.state.load(Ordering::Acquire);
     match &e.kind {
         LimitKind::Rate(_) => Some(s),
@@ -460,14 +463,15 @@ impl MemoryStore {
             }
             evict_idle(&mut map, now);
             if map.len() >= self.max_keys_per_shard {
-                // Nothing idle: wait until the first key can be idle (at most a second, since
-                // counts in flight and referenced keys give no time).
+                // Nothing idle: no new scan until the first key can be idle, and at most
+                // 100 ms, since counts in flight and keys held by reservations give no time.
+                // A full shard thus costs one scan per interval, not one per new key.
                 let next = map
                     .values()
                     .filter_map(|e| idle_at(e, now))
                     .min()
                     .unwrap_or(u64::MAX)
-                    .min(now.saturating_add(1_000_000_000));
+                    .min(now.saturating_add(100_000_000));
                 shard.no_scan_until.store(next, Ordering::Relaxed);
                 return Err(full_keys());
             }
@@ -902,8 +906,18 @@ mod tests {
             s.settle(ReservationId(1), &[5], later),
             Ok(Settled::Settled)
         );
-        s.sweep(later + 2_000);
+        // "a" is idle now, but a held key gave no time: the next scan waits 100 ms.
+        let c = [Charge::new("b", rate, 1)];
+        let e = s.acquire(ReservationId(3), &c, later + 1_000, 10, &mut st);
+        assert_eq!(e.unwrap_err().code(), "store.capacity");
+        let at = later + 100_000_000;
+        assert_eq!(
+            s.acquire(ReservationId(3), &c, at, 10, &mut st),
+            Ok(Outcome::Admitted)
+        );
+        s.sweep(at + (1 << 40));
         assert_eq!(s.key_count(), 0);
+        assert_eq!(s.reservation_count(), 0);
     }
 
     #[test]
