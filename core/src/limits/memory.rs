@@ -200,13 +200,22 @@ impl Hasher for FastHasher {
 
 type ResMap = HashMap<u128, Reservation, BuildHasherDefault<FastHasher>>;
 
+#[derive(Default)]
+struct ResShard {
+    map: ResMap,
+    /// When the shard was full and nothing had expired: the earliest expiry then. A full
+    /// shard is not scanned again before it, so it costs one scan per expiry, not one per
+    /// acquire.
+    no_sweep_until: u64,
+}
+
 /// An in-process [`LimitStore`]: sharded, lock-free per key, bounded in memory.
 pub struct MemoryStore {
     shards: Box<[KeyShard]>,
     shard_mask: u64,
     hasher: foldhash::fast::FixedState,
     max_keys_per_shard: usize,
-    reservations: Box<[Mutex<ResMap>]>,
+    reservations: Box<[Mutex<ResShard>]>,
     max_reservations_per_shard: usize,
     /// The earliest expiry of a reservation holding concurrency (u64::MAX if none): a
     /// refused concurrency charge sweeps expired leases only once one can have expired.
@@ -406,7 +415,7 @@ impl MemoryStore {
                 no_scan_until: AtomicU64::new(0),
             })
             .collect();
-        let reservations = (0..n).map(|_| Mutex::new(ResMap::default())).collect();
+        let reservations = (0..n).map(|_| Mutex::new(ResShard::default())).collect();
         MemoryStore {
             shards,
             shard_mask: n as u64 - 1,
@@ -427,7 +436,7 @@ impl MemoryStore {
 
     /// Reservations currently held (unsettled, possibly expired but not yet swept).
     pub fn reservation_count(&self) -> usize {
-        self.reservations.iter().map(|s| lock(s).len()).sum()
+        self.reservations.iter().map(|s| lock(s).map.len()).sum()
     }
 
     fn probe<'k>(&self, key: &'k str) -> (&KeyShard, Probe<'k>) {
@@ -437,7 +446,7 @@ impl MemoryStore {
         (shard, Probe { hash, key })
     }
 
-    fn res_shard(&self, id: ReservationId) -> &Mutex<ResMap> {
+    fn res_shard(&self, id: ReservationId) -> &Mutex<ResShard> {
         let h = ((id.0 as u64) ^ ((id.0 >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         &self.reservations[((h >> 40) & self.shard_mask) as usize]
     }
@@ -503,8 +512,8 @@ impl MemoryStore {
         self.next_lease_expiry.store(u64::MAX, Ordering::Relaxed);
         let mut next = u64::MAX;
         for shard in self.reservations.iter() {
-            let mut map = lock(shard);
-            map.retain(|_, r| {
+            let mut shard = lock(shard);
+            shard.map.retain(|_, r| {
                 if r.expires < now {
                     release_concurrency(&r.held);
                     false
@@ -735,26 +744,34 @@ impl LimitStore for MemoryStore {
             .iter()
             .any(|h| matches!(h.kind, LimitKind::Concurrency { .. }));
         let shard = self.res_shard(id);
-        let mut map = lock(shard);
-        if map.len() >= self.max_reservations_per_shard {
-            map.retain(|_, r| {
+        let mut guard = lock(shard);
+        let shard = &mut *guard;
+        if shard.map.len() >= self.max_reservations_per_shard && now >= shard.no_sweep_until {
+            let mut first_expiry = u64::MAX;
+            shard.map.retain(|_, r| {
                 let keep = r.expires >= now;
-                if !keep {
+                if keep {
+                    first_expiry = first_expiry.min(r.expires);
+                } else {
                     release_concurrency(&r.held);
                 }
                 keep
             });
+            // Expired means `expires < now`: nothing goes before `first_expiry + 1`.
+            shard.no_sweep_until = first_expiry.saturating_add(1);
         }
-        let err = if map.len() >= self.max_reservations_per_shard {
+        let err = if shard.map.len() >= self.max_reservations_per_shard {
             StoreError::new(
                 StoreErrorKind::Capacity,
                 "memory store: too many reservations in flight",
             )
         } else {
-            match map.entry(id.0) {
+            match shard.map.entry(id.0) {
                 std::collections::hash_map::Entry::Vacant(v) => {
                     v.insert(Reservation { expires, held });
-                    drop(map);
+                    // A shorter lease than those seen at the last scan expires sooner.
+                    shard.no_sweep_until = shard.no_sweep_until.min(expires.saturating_add(1));
+                    drop(guard);
                     if holds_concurrency {
                         self.next_lease_expiry.fetch_min(expires, Ordering::Relaxed);
                     }
@@ -765,7 +782,7 @@ impl LimitStore for MemoryStore {
                 }
             }
         };
-        drop(map);
+        drop(guard);
         rollback(&held);
         Err(err)
     }
@@ -776,7 +793,7 @@ impl LimitStore for MemoryStore {
         actual: &[u64],
         now_ns: u64,
     ) -> Result<Settled, StoreError> {
-        let Some(r) = lock(self.res_shard(id)).remove(&id.0) else {
+        let Some(r) = lock(self.res_shard(id)).map.remove(&id.0) else {
             return Ok(Settled::Unknown);
         };
         if r.expires < now_ns {
@@ -932,7 +949,9 @@ mod tests {
             .acquire(ReservationId(2), &c, 1_050, 100, &mut st)
             .unwrap_err();
         assert_eq!(e.code(), "store.capacity");
-        // The failed acquire charged nothing.
+        let e = s.acquire(ReservationId(2), &c, 1_100, 100, &mut st);
+        assert_eq!(e.unwrap_err().code(), "store.capacity");
+        // The failed acquires charged nothing.
         s.peek(&c, 1_050, &mut st).unwrap();
         assert_eq!(st[0].remaining, 999);
         // Once the first lease is over, it makes room.
