@@ -127,6 +127,9 @@ impl Eq for MapKey {}
 
 type KeyMap = HashMap<MapKey, Arc<Entry>, BuildHasherDefault<FastHasher>>;
 
+/// Aligned to two cache lines (what adjacent-line prefetching pairs up): every lookup writes
+/// its shard's lock word, and neighbouring shards must not share that line across threads.
+#[repr(align(128))]
 struct KeyShard {
     map: RwLock<KeyMap>,
     /// After an eviction scan found nothing idle: no new scan before this instant.
@@ -201,6 +204,7 @@ impl Hasher for FastHasher {
 type ResMap = HashMap<u128, Reservation, BuildHasherDefault<FastHasher>>;
 
 #[derive(Default)]
+#[repr(align(128))]
 struct ResShard {
     map: ResMap,
     /// When the shard was full and nothing had expired: the earliest expiry then. A full
