@@ -535,17 +535,19 @@ impl MemoryStore {
         self.next_lease_expiry.fetch_min(next, Ordering::Relaxed);
     }
 
-    /// The common case without bookkeeping: one rate or budget charge on a known key, final
-    /// at once. The CAS runs under the shard's read lock (the only lock held, so no lock
-    /// order to keep), which spares cloning and dropping the entry's `Arc`. `None` when the
-    /// general path is needed.
+    /// The common case: one rate or budget charge on a known key. The CAS runs under the
+    /// shard's read lock (the only lock held, so no lock order to keep); a final reservation
+    /// (lease 0) then needs neither the entry's `Arc` nor a record. `None` when the general
+    /// path is needed.
     #[inline]
-    fn acquire_one_final(
+    fn acquire_one(
         &self,
+        id: ReservationId,
         c: &Charge,
         now: u64,
+        lease: u64,
         states: &mut Vec<LimitState>,
-    ) -> Option<Outcome> {
+    ) -> Option<Result<Outcome, StoreError>> {
         if matches!(c.kind, LimitKind::Concurrency { .. }) {
             return None;
         }
@@ -554,9 +556,28 @@ impl MemoryStore {
         let entry = map.get(&probe as &dyn KeyRef)?;
         states.clear();
         let out = match try_charge(entry, &c.kind, now, c.amount) {
-            Tried::Charged { stored, .. } => {
+            Tried::Charged {
+                reserved,
+                window,
+                stored,
+            } => {
                 states.push(state(&c.kind, stored, now, Verdict::Allowed, true));
-                Outcome::Admitted
+                if lease == 0 {
+                    return Some(Ok(Outcome::Admitted));
+                }
+                let held = Held {
+                    entry: Arc::clone(entry),
+                    kind: c.kind,
+                    index: 0,
+                    reserved,
+                    window,
+                };
+                drop(map);
+                let held = HeldList {
+                    first: Some(held),
+                    rest: Vec::new(),
+                };
+                return Some(self.remember(id, held, now, lease));
             }
             Tried::Refused(v) => {
                 let stored = entry.state.load(Ordering::Acquire);
@@ -571,7 +592,64 @@ impl MemoryStore {
                 }
             }
         };
-        Some(out)
+        Some(Ok(out))
+    }
+
+    /// Keep a reservation for settle and for its lease; on failure every charge is undone.
+    fn remember(
+        &self,
+        id: ReservationId,
+        held: HeldList,
+        now: u64,
+        lease: u64,
+    ) -> Result<Outcome, StoreError> {
+        let rollback = |held: &HeldList| held.iter().for_each(undo);
+        let expires = now.saturating_add(lease);
+        let holds_concurrency = held
+            .iter()
+            .any(|h| matches!(h.kind, LimitKind::Concurrency { .. }));
+        let shard = self.res_shard(id);
+        let mut guard = lock(shard);
+        let shard = &mut *guard;
+        if shard.map.len() >= self.max_reservations_per_shard && now >= shard.no_sweep_until {
+            let mut first_expiry = u64::MAX;
+            shard.map.retain(|_, r| {
+                let keep = r.expires >= now;
+                if keep {
+                    first_expiry = first_expiry.min(r.expires);
+                } else {
+                    release_concurrency(&r.held);
+                }
+                keep
+            });
+            // Expired means `expires < now`: nothing goes before `first_expiry + 1`.
+            shard.no_sweep_until = first_expiry.saturating_add(1);
+        }
+        let err = if shard.map.len() >= self.max_reservations_per_shard {
+            StoreError::new(
+                StoreErrorKind::Capacity,
+                "memory store: too many reservations in flight",
+            )
+        } else {
+            match shard.map.entry(id.0) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Reservation { expires, held });
+                    // A shorter lease than those seen at the last scan expires sooner.
+                    shard.no_sweep_until = shard.no_sweep_until.min(expires.saturating_add(1));
+                    drop(guard);
+                    if holds_concurrency {
+                        self.next_lease_expiry.fetch_min(expires, Ordering::Relaxed);
+                    }
+                    return Ok(Outcome::Admitted);
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    StoreError::new(StoreErrorKind::Protocol, "reservation id already in use")
+                }
+            }
+        };
+        drop(guard);
+        rollback(&held);
+        Err(err)
     }
 
     fn refused(
@@ -664,9 +742,9 @@ impl LimitStore for MemoryStore {
         states: &mut Vec<LimitState>,
     ) -> Result<Outcome, StoreError> {
         let now = now_ns;
-        if let ([c], 0) = (charges, lease_ns) {
-            if let Some(out) = self.acquire_one_final(c, now, states) {
-                return Ok(out);
+        if let [c] = charges {
+            if let Some(out) = self.acquire_one(id, c, now, lease_ns, states) {
+                return out;
             }
         }
         states.clear();
@@ -743,52 +821,7 @@ impl LimitStore for MemoryStore {
         if held.is_empty() {
             return Ok(Outcome::Admitted);
         }
-        let expires = now.saturating_add(lease_ns);
-        let holds_concurrency = held
-            .iter()
-            .any(|h| matches!(h.kind, LimitKind::Concurrency { .. }));
-        let shard = self.res_shard(id);
-        let mut guard = lock(shard);
-        let shard = &mut *guard;
-        if shard.map.len() >= self.max_reservations_per_shard && now >= shard.no_sweep_until {
-            let mut first_expiry = u64::MAX;
-            shard.map.retain(|_, r| {
-                let keep = r.expires >= now;
-                if keep {
-                    first_expiry = first_expiry.min(r.expires);
-                } else {
-                    release_concurrency(&r.held);
-                }
-                keep
-            });
-            // Expired means `expires < now`: nothing goes before `first_expiry + 1`.
-            shard.no_sweep_until = first_expiry.saturating_add(1);
-        }
-        let err = if shard.map.len() >= self.max_reservations_per_shard {
-            StoreError::new(
-                StoreErrorKind::Capacity,
-                "memory store: too many reservations in flight",
-            )
-        } else {
-            match shard.map.entry(id.0) {
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(Reservation { expires, held });
-                    // A shorter lease than those seen at the last scan expires sooner.
-                    shard.no_sweep_until = shard.no_sweep_until.min(expires.saturating_add(1));
-                    drop(guard);
-                    if holds_concurrency {
-                        self.next_lease_expiry.fetch_min(expires, Ordering::Relaxed);
-                    }
-                    return Ok(Outcome::Admitted);
-                }
-                std::collections::hash_map::Entry::Occupied(_) => {
-                    StoreError::new(StoreErrorKind::Protocol, "reservation id already in use")
-                }
-            }
-        };
-        drop(guard);
-        rollback(&held);
-        Err(err)
+        self.remember(id, held, now, lease_ns)
     }
 
     fn settle(
