@@ -1060,3 +1060,203 @@ mod tests {
         });
     }
 }
+
+/// The memory store against a naive oracle: check every charge first, then apply, with the
+/// pure functions and a plain map (single-threaded, so CAS and rollback must be invisible).
+#[cfg(test)]
+mod oracle {
+    use super::*;
+    use crate::limits::{Budget, Calendar, Period};
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    const S: u64 = 1_000_000_000;
+
+    fn kinds() -> [LimitKind; 4] {
+        [
+            LimitKind::rate(10, S, 15).unwrap(),
+            LimitKind::rate(3, S, 3).unwrap(),
+            LimitKind::budget(50, Calendar::utc(Period::Seconds(1))).unwrap(),
+            LimitKind::Concurrency { max: 2 },
+        ]
+    }
+
+    #[derive(Default)]
+    struct Model {
+        states: [u64; 4],
+        /// id -> (key index, charge index, reserved, window)
+        res: BTreeMap<u128, Vec<(usize, usize, u64, i64)>>,
+    }
+
+    impl Model {
+        fn verdict(&self, k: usize, now: u64, amount: u64) -> Verdict {
+            verdict(&kinds()[k], self.states[k], now, amount)
+        }
+
+        fn state(&self, k: usize, now: u64, v: Verdict, charged: bool) -> LimitState {
+            state(&kinds()[k], self.states[k], now, v, charged)
+        }
+
+        fn acquire(
+            &mut self,
+            id: u128,
+            req: &[(usize, u64, bool)],
+            now: u64,
+        ) -> (Outcome, Vec<LimitState>) {
+            let kinds = kinds();
+            let verdicts: Vec<Verdict> = req
+                .iter()
+                .map(|&(k, a, _)| self.verdict(k, now, a))
+                .collect();
+            let mut worst: Option<(usize, Option<u64>)> = None;
+            for (i, (&(_, _, shadow), v)) in req.iter().zip(&verdicts).enumerate() {
+                let wait = match (shadow, v) {
+                    (true, _) | (_, Verdict::Allowed) => continue,
+                    (_, Verdict::RetryAfter(d)) => Some(*d),
+                    (_, Verdict::ExceedsCapacity) => None,
+                };
+                worst = match worst {
+                    None => Some((i, wait)),
+                    Some((_, None)) => worst,
+                    Some((j, Some(w))) => match wait {
+                        None => Some((i, None)),
+                        Some(d) if d > w => Some((i, Some(d))),
+                        _ => Some((j, Some(w))),
+                    },
+                };
+            }
+            if let Some((charge, retry_after_ns)) = worst {
+                let st = req
+                    .iter()
+                    .zip(&verdicts)
+                    .map(|(&(k, _, _), &v)| self.state(k, now, v, false))
+                    .collect();
+                return (
+                    Outcome::Refused {
+                        charge,
+                        retry_after_ns,
+                    },
+                    st,
+                );
+            }
+            let mut st = vec![None; req.len()];
+            let mut held = vec![];
+            // Enforced first, then shadow, as the store does (keys are distinct per request).
+            for pass_shadow in [false, true] {
+                for (i, &(k, a, shadow)) in req.iter().enumerate() {
+                    if shadow != pass_shadow {
+                        continue;
+                    }
+                    let v = self.verdict(k, now, a);
+                    if v != Verdict::Allowed {
+                        st[i] = Some(self.state(k, now, v, false));
+                        continue;
+                    }
+                    let mut window = 0;
+                    self.states[k] = match &kinds[k] {
+                        LimitKind::Rate(g) => g.check_n(self.states[k], now, a).unwrap(),
+                        LimitKind::Budget(b) => {
+                            window = b.calendar().window_index(now);
+                            b.check_n(self.states[k], now, window, a).unwrap()
+                        }
+                        LimitKind::Concurrency { .. } => self.states[k] + a,
+                    };
+                    st[i] = Some(self.state(k, now, Verdict::Allowed, true));
+                    held.push((k, i, a, window));
+                }
+            }
+            if !held.is_empty() {
+                self.res.insert(id, held);
+            }
+            (
+                Outcome::Admitted,
+                st.into_iter().map(Option::unwrap).collect(),
+            )
+        }
+
+        fn settle(&mut self, id: u128, actual: &[u64], now: u64) -> Settled {
+            let Some(held) = self.res.remove(&id) else {
+                return Settled::Unknown;
+            };
+            for (k, i, reserved, window) in held {
+                let act = actual.get(i).copied().unwrap_or(reserved);
+                let s = self.states[k];
+                self.states[k] = match &kinds()[k] {
+                    LimitKind::Rate(g) => g.settle(s, now, reserved, act),
+                    LimitKind::Budget(b) => {
+                        Budget::settle(s, b.calendar().window_index(now), window, reserved, act)
+                    }
+                    LimitKind::Concurrency { .. } => s - reserved,
+                };
+            }
+            Settled::Settled
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Acquire(Vec<(usize, u64, bool)>),
+        Settle(usize, Vec<u64>),
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => proptest::sample::subsequence(vec![0usize, 1, 2, 3], 1..=4)
+                .prop_flat_map(|keys| {
+                    let n = keys.len();
+                    (Just(keys), proptest::collection::vec((1u64..20, proptest::bool::weighted(0.2)), n))
+                })
+                .prop_map(|(keys, xs)| {
+                    Op::Acquire(keys.into_iter().zip(xs).map(|(k, (a, sh))| (k, a, sh)).collect())
+                }),
+            2 => (0usize..64, proptest::collection::vec(0u64..30, 0..4)).prop_map(|(i, a)| Op::Settle(i, a)),
+            2 => (0u64..400_000_000).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn memory_store_matches_the_oracle(ops in proptest::collection::vec(op(), 1..80)) {
+            let store = MemoryStore::new(MemoryStoreConfig { shards: 2, ..Default::default() });
+            let mut model = Model::default();
+            let mut now = 1_764_000_000 * S;
+            let mut ids = vec![];
+            let mut st = vec![];
+            for (n, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Acquire(req) => {
+                        let id = n as u128;
+                        let charges: Vec<Charge> = req
+                            .iter()
+                            .map(|&(k, a, shadow)| Charge {
+                                key: Arc::from(format!("k{k}")),
+                                kind: kinds()[k],
+                                amount: if k == 3 { 1 } else { a },
+                                shadow,
+                            })
+                            .collect();
+                        let req: Vec<_> = charges.iter().zip(&req).map(|(c, &(k, _, sh))| (k, c.amount, sh)).collect();
+                        let got = store.acquire(ReservationId(id), &charges, now, 1 << 60, &mut st).unwrap();
+                        let (want, want_st) = model.acquire(id, &req, now);
+                        prop_assert_eq!(got, want);
+                        prop_assert_eq!(&st, &want_st);
+                        ids.push(id);
+                    }
+                    Op::Settle(i, actual) => {
+                        let id = ids.get(i).copied().unwrap_or(999_999);
+                        let got = store.settle(ReservationId(id), &actual, now).unwrap();
+                        prop_assert_eq!(got, model.settle(id, &actual, now));
+                    }
+                    Op::Advance(dt) => now += dt,
+                }
+                let probe: Vec<Charge> = (0..4).map(|k| Charge::new(format!("k{k}"), kinds()[k], 1)).collect();
+                store.peek(&probe, now, &mut st).unwrap();
+                let want: Vec<_> = (0..4).map(|k| model.state(k, now, model.verdict(k, now, 1), false)).collect();
+                prop_assert_eq!(&st, &want);
+            }
+        }
+    }
+}
