@@ -11,6 +11,16 @@
 //! all keys at once: between an apply and its undo another request can see the transient
 //! charge and be refused although it would have fitted. That errs on the safe side and only
 //! happens to requests racing a refusal on the same keys.
+//!
+//! Reservations live in a second sharded map: id to the entries charged, the amounts and
+//! budget windows (the first charge inline, so one-charge requests allocate nothing). A
+//! lease of 0 makes a reservation final at once and it is not kept at all. Expired leases
+//! release their concurrency lazily (when a concurrency charge refuses once a lease can have
+//! run out, when a reservation shard is full, at settle) and on [`MemoryStore::sweep`].
+//!
+//! Measured on the bench machine (2 shared cores, under load): the one-charge final acquire
+//! is about 300 instructions and 37-55 ns; with a reservation kept and settled later, the
+//! pair is about 800 instructions and 100-150 ns, most of it the reservation map.
 
 use std::collections::HashMap;
 use std::fmt;
