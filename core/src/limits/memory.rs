@@ -376,7 +376,9 @@ fn try_charge(entry: &Entry, kind: &LimitKind, now: u64, amount: u64) -> Tried {
         LimitKind::Budget(b) => {
             let w = b.calendar().window_index(now);
             let r = update(&entry.state, |s| b.check_n(s, now, w, amount)).map_err(Verdict::from);
-            (r, w)
+            // The window charged: `w`, or the next one if another caller already is there.
+            let charged = r.map_or(w, |s| super::window::Budget::current(s, w).0);
+            (r, charged)
         }
         LimitKind::Concurrency { max } => {
             let max = *max;
