@@ -454,6 +454,41 @@ pub fn zero_lease_is_final_at_once(make: MakeStore<'_>) {
     assert_eq!(remaining(&*s, &c, START), [1, 1]);
     assert_eq!(s.settle(id(0), &[0], START), Ok(Settled::Unknown));
     assert_eq!(remaining(&*s, &c, START), [1, 1]);
+    // One charge at a time, final: refusals, shadow and budgets behave the same.
+    let one = [Charge::new("final:rate", rate(10, S, 10), 3)];
+    let out = s
+        .acquire(id(20), &one, START, 0, &mut st)
+        .expect("store answers");
+    assert_eq!(
+        out,
+        Outcome::Refused {
+            charge: 0,
+            retry_after_ns: Some(2 * S / 10)
+        }
+    );
+    assert_eq!((st[0].remaining, st[0].charged), (1, false));
+    let shadow = [one[0].clone().shadow()];
+    let out = s
+        .acquire(id(21), &shadow, START, 0, &mut st)
+        .expect("store answers");
+    assert!(out.is_admitted());
+    assert_eq!(st[0].verdict, Verdict::RetryAfter(2 * S / 10));
+    let budget = LimitKind::budget(5, Calendar::utc(Period::Day)).expect("valid");
+    let b = [Charge::new("final:budget", budget, 3)];
+    let out = s
+        .acquire(id(22), &b, START, 0, &mut st)
+        .expect("store answers");
+    assert!(out.is_admitted());
+    let out = s
+        .acquire(id(23), &b, START, 0, &mut st)
+        .expect("store answers");
+    assert!(!out.is_admitted());
+    assert_eq!(st[0].remaining, 2);
+    let out = s
+        .acquire(id(24), &one, START + S, 0, &mut st)
+        .expect("store answers");
+    assert!(out.is_admitted());
+    assert_eq!(st[0].remaining, 7);
     // The concurrency limit is still checked.
     let full = [Charge::new(
         "final:inflight",

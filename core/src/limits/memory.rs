@@ -11,6 +11,16 @@
 //! all keys at once: between an apply and its undo another request can see the transient
 //! charge and be refused although it would have fitted. That errs on the safe side and only
 //! happens to requests racing a refusal on the same keys.
+//!
+//! Reservations live in a second sharded map: id to the entries charged, the amounts and
+//! budget windows (the first charge inline, so one-charge requests allocate nothing). A
+//! lease of 0 makes a reservation final at once and it is not kept at all. Expired leases
+//! release their concurrency lazily (when a concurrency charge refuses once a lease can have
+//! run out, when a reservation shard is full, at settle) and on [`MemoryStore::sweep`].
+//!
+//! Measured on the bench machine (2 shared cores, under load): the one-charge final acquire
+//! is about 300 instructions and 37-55 ns; with a reservation kept and settled later, the
+//! pair is about 800 instructions and 100-150 ns, most of it the reservation map.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -127,10 +137,12 @@ impl Eq for MapKey {}
 
 type KeyMap = HashMap<MapKey, Arc<Entry>, BuildHasherDefault<FastHasher>>;
 
+/// Aligned to two cache lines (what adjacent-line prefetching pairs up): every lookup writes
+/// its shard's lock word, and neighbouring shards must not share that line across threads.
+#[repr(align(128))]
 struct KeyShard {
     map: RwLock<KeyMap>,
-    /// After an eviction scan found nothing idle: no new scan before this instant, so a
-    /// full store costs one scan per shard per interval, not one per new key.
+    /// After an eviction scan found nothing idle: no new scan before this instant.
     no_scan_until: AtomicU64,
 }
 
@@ -201,13 +213,23 @@ impl Hasher for FastHasher {
 
 type ResMap = HashMap<u128, Reservation, BuildHasherDefault<FastHasher>>;
 
+#[derive(Default)]
+#[repr(align(128))]
+struct ResShard {
+    map: ResMap,
+    /// When the shard was full and nothing had expired: the earliest expiry then. A full
+    /// shard is not scanned again before it, so it costs one scan per expiry, not one per
+    /// acquire.
+    no_sweep_until: u64,
+}
+
 /// An in-process [`LimitStore`]: sharded, lock-free per key, bounded in memory.
 pub struct MemoryStore {
     shards: Box<[KeyShard]>,
     shard_mask: u64,
     hasher: foldhash::fast::FixedState,
     max_keys_per_shard: usize,
-    reservations: Box<[Mutex<ResMap>]>,
+    reservations: Box<[Mutex<ResShard>]>,
     max_reservations_per_shard: usize,
     /// The earliest expiry of a reservation holding concurrency (u64::MAX if none): a
     /// refused concurrency charge sweeps expired leases only once one can have expired.
@@ -326,8 +348,12 @@ fn is_idle(e: &Entry, now: u64) -> bool {
     }
 }
 
-/// When an entry will be idle, if that can be known (a count in flight cannot).
-fn idle_at(e: &Entry, now: u64) -> Option<u64> {
+/// When an entry will be idle, if that can be known (a count in flight or a key held by a
+/// reservation cannot).
+fn idle_at(e: &Arc<Entry>, now: u64) -> Option<u64> {
+    if Arc::strong_count(e) > 1 {
+        return None;
+    }
     let s = e.state.load(Ordering::Acquire);
     match &e.kind {
         LimitKind::Rate(_) => Some(s),
@@ -350,7 +376,9 @@ fn try_charge(entry: &Entry, kind: &LimitKind, now: u64, amount: u64) -> Tried {
         LimitKind::Budget(b) => {
             let w = b.calendar().window_index(now);
             let r = update(&entry.state, |s| b.check_n(s, now, w, amount)).map_err(Verdict::from);
-            (r, w)
+            // The window charged: `w`, or the next one if another caller already is there.
+            let charged = r.map_or(w, |s| super::window::Budget::current(s, w).0);
+            (r, charged)
         }
         LimitKind::Concurrency { max } => {
             let max = *max;
@@ -403,7 +431,7 @@ impl MemoryStore {
                 no_scan_until: AtomicU64::new(0),
             })
             .collect();
-        let reservations = (0..n).map(|_| Mutex::new(ResMap::default())).collect();
+        let reservations = (0..n).map(|_| Mutex::new(ResShard::default())).collect();
         MemoryStore {
             shards,
             shard_mask: n as u64 - 1,
@@ -424,7 +452,7 @@ impl MemoryStore {
 
     /// Reservations currently held (unsettled, possibly expired but not yet swept).
     pub fn reservation_count(&self) -> usize {
-        self.reservations.iter().map(|s| lock(s).len()).sum()
+        self.reservations.iter().map(|s| lock(s).map.len()).sum()
     }
 
     fn probe<'k>(&self, key: &'k str) -> (&KeyShard, Probe<'k>) {
@@ -434,7 +462,7 @@ impl MemoryStore {
         (shard, Probe { hash, key })
     }
 
-    fn res_shard(&self, id: ReservationId) -> &Mutex<ResMap> {
+    fn res_shard(&self, id: ReservationId) -> &Mutex<ResShard> {
         let h = ((id.0 as u64) ^ ((id.0 >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         &self.reservations[((h >> 40) & self.shard_mask) as usize]
     }
@@ -460,14 +488,15 @@ impl MemoryStore {
             }
             evict_idle(&mut map, now);
             if map.len() >= self.max_keys_per_shard {
-                // Nothing idle: wait until the first key can be idle (at most a second, since
-                // counts in flight and referenced keys give no time).
+                // Nothing idle: no new scan until the first key can be idle, and at most
+                // 100 ms, since counts in flight and keys held by reservations give no time.
+                // A full shard thus costs one scan per interval, not one per new key.
                 let next = map
                     .values()
                     .filter_map(|e| idle_at(e, now))
                     .min()
                     .unwrap_or(u64::MAX)
-                    .min(now.saturating_add(1_000_000_000));
+                    .min(now.saturating_add(100_000_000));
                 shard.no_scan_until.store(next, Ordering::Relaxed);
                 return Err(full_keys());
             }
@@ -499,8 +528,8 @@ impl MemoryStore {
         self.next_lease_expiry.store(u64::MAX, Ordering::Relaxed);
         let mut next = u64::MAX;
         for shard in self.reservations.iter() {
-            let mut map = lock(shard);
-            map.retain(|_, r| {
+            let mut shard = lock(shard);
+            shard.map.retain(|_, r| {
                 if r.expires < now {
                     release_concurrency(&r.held);
                     false
@@ -516,6 +545,123 @@ impl MemoryStore {
             });
         }
         self.next_lease_expiry.fetch_min(next, Ordering::Relaxed);
+    }
+
+    /// The common case: one rate or budget charge on a known key. The CAS runs under the
+    /// shard's read lock (the only lock held, so no lock order to keep); a final reservation
+    /// (lease 0) then needs neither the entry's `Arc` nor a record. `None` when the general
+    /// path is needed.
+    #[inline]
+    fn acquire_one(
+        &self,
+        id: ReservationId,
+        c: &Charge,
+        now: u64,
+        lease: u64,
+        states: &mut Vec<LimitState>,
+    ) -> Option<Result<Outcome, StoreError>> {
+        if matches!(c.kind, LimitKind::Concurrency { .. }) {
+            return None;
+        }
+        let (shard, probe) = self.probe(&c.key);
+        let map = read(&shard.map);
+        let entry = map.get(&probe as &dyn KeyRef)?;
+        states.clear();
+        let out = match try_charge(entry, &c.kind, now, c.amount) {
+            Tried::Charged {
+                reserved,
+                window,
+                stored,
+            } => {
+                states.push(state(&c.kind, stored, now, Verdict::Allowed, true));
+                if lease == 0 {
+                    return Some(Ok(Outcome::Admitted));
+                }
+                let held = Held {
+                    entry: Arc::clone(entry),
+                    kind: c.kind,
+                    index: 0,
+                    reserved,
+                    window,
+                };
+                drop(map);
+                let held = HeldList {
+                    first: Some(held),
+                    rest: Vec::new(),
+                };
+                return Some(self.remember(id, held, now, lease));
+            }
+            Tried::Refused(v) => {
+                let stored = entry.state.load(Ordering::Acquire);
+                states.push(state(&c.kind, stored, now, v, false));
+                if c.shadow {
+                    Outcome::Admitted
+                } else {
+                    Outcome::Refused {
+                        charge: 0,
+                        retry_after_ns: v.into_retry(),
+                    }
+                }
+            }
+        };
+        Some(Ok(out))
+    }
+
+    /// Keep a reservation for settle and for its lease; on failure every charge is undone.
+    fn remember(
+        &self,
+        id: ReservationId,
+        held: HeldList,
+        now: u64,
+        lease: u64,
+    ) -> Result<Outcome, StoreError> {
+        let rollback = |held: &HeldList| held.iter().for_each(undo);
+        let expires = now.saturating_add(lease);
+        let holds_concurrency = held
+            .iter()
+            .any(|h| matches!(h.kind, LimitKind::Concurrency { .. }));
+        let shard = self.res_shard(id);
+        let mut guard = lock(shard);
+        let shard = &mut *guard;
+        if shard.map.len() >= self.max_reservations_per_shard && now >= shard.no_sweep_until {
+            let mut first_expiry = u64::MAX;
+            shard.map.retain(|_, r| {
+                let keep = r.expires >= now;
+                if keep {
+                    first_expiry = first_expiry.min(r.expires);
+                } else {
+                    release_concurrency(&r.held);
+                }
+                keep
+            });
+            // Expired means `expires < now`: nothing goes before `first_expiry + 1`.
+            shard.no_sweep_until = first_expiry.saturating_add(1);
+        }
+        let err = if shard.map.len() >= self.max_reservations_per_shard {
+            StoreError::new(
+                StoreErrorKind::Capacity,
+                "memory store: too many reservations in flight",
+            )
+        } else {
+            match shard.map.entry(id.0) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Reservation { expires, held });
+                    // A shorter lease than those seen at the last scan expires sooner.
+                    shard.no_sweep_until = shard.no_sweep_until.min(expires.saturating_add(1));
+                    drop(guard);
+                    if holds_concurrency {
+                        self.next_lease_expiry.fetch_min(expires, Ordering::Relaxed);
+                    }
+                    return Ok(Outcome::Admitted);
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    StoreError::new(StoreErrorKind::Protocol, "reservation id already in use")
+                }
+            }
+        };
+        drop(guard);
+        rollback(&held);
+        Err(err)
     }
 
     fn refused(
@@ -608,6 +754,11 @@ impl LimitStore for MemoryStore {
         states: &mut Vec<LimitState>,
     ) -> Result<Outcome, StoreError> {
         let now = now_ns;
+        if let [c] = charges {
+            if let Some(out) = self.acquire_one(id, c, now, lease_ns, states) {
+                return out;
+            }
+        }
         states.clear();
         states.resize(
             charges.len(),
@@ -682,44 +833,7 @@ impl LimitStore for MemoryStore {
         if held.is_empty() {
             return Ok(Outcome::Admitted);
         }
-        let expires = now.saturating_add(lease_ns);
-        let holds_concurrency = held
-            .iter()
-            .any(|h| matches!(h.kind, LimitKind::Concurrency { .. }));
-        let shard = self.res_shard(id);
-        let mut map = lock(shard);
-        if map.len() >= self.max_reservations_per_shard {
-            map.retain(|_, r| {
-                let keep = r.expires >= now;
-                if !keep {
-                    release_concurrency(&r.held);
-                }
-                keep
-            });
-        }
-        let err = if map.len() >= self.max_reservations_per_shard {
-            StoreError::new(
-                StoreErrorKind::Capacity,
-                "memory store: too many reservations in flight",
-            )
-        } else {
-            match map.entry(id.0) {
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(Reservation { expires, held });
-                    drop(map);
-                    if holds_concurrency {
-                        self.next_lease_expiry.fetch_min(expires, Ordering::Relaxed);
-                    }
-                    return Ok(Outcome::Admitted);
-                }
-                std::collections::hash_map::Entry::Occupied(_) => {
-                    StoreError::new(StoreErrorKind::Protocol, "reservation id already in use")
-                }
-            }
-        };
-        drop(map);
-        rollback(&held);
-        Err(err)
+        self.remember(id, held, now, lease_ns)
     }
 
     fn settle(
@@ -728,7 +842,7 @@ impl LimitStore for MemoryStore {
         actual: &[u64],
         now_ns: u64,
     ) -> Result<Settled, StoreError> {
-        let Some(r) = lock(self.res_shard(id)).remove(&id.0) else {
+        let Some(r) = lock(self.res_shard(id)).map.remove(&id.0) else {
             return Ok(Settled::Unknown);
         };
         if r.expires < now_ns {
@@ -858,8 +972,18 @@ mod tests {
             s.settle(ReservationId(1), &[5], later),
             Ok(Settled::Settled)
         );
-        s.sweep(later + 2_000);
+        // "a" is idle now, but a held key gave no time: the next scan waits 100 ms.
+        let c = [Charge::new("b", rate, 1)];
+        let e = s.acquire(ReservationId(3), &c, later + 1_000, 10, &mut st);
+        assert_eq!(e.unwrap_err().code(), "store.capacity");
+        let at = later + 100_000_000;
+        assert_eq!(
+            s.acquire(ReservationId(3), &c, at, 10, &mut st),
+            Ok(Outcome::Admitted)
+        );
+        s.sweep(at + (1 << 40));
         assert_eq!(s.key_count(), 0);
+        assert_eq!(s.reservation_count(), 0);
     }
 
     #[test]
@@ -874,7 +998,9 @@ mod tests {
             .acquire(ReservationId(2), &c, 1_050, 100, &mut st)
             .unwrap_err();
         assert_eq!(e.code(), "store.capacity");
-        // The failed acquire charged nothing.
+        let e = s.acquire(ReservationId(2), &c, 1_100, 100, &mut st);
+        assert_eq!(e.unwrap_err().code(), "store.capacity");
+        // The failed acquires charged nothing.
         s.peek(&c, 1_050, &mut st).unwrap();
         assert_eq!(st[0].remaining, 999);
         // Once the first lease is over, it makes room.
@@ -944,5 +1070,205 @@ mod tests {
                 ..MemoryStoreConfig::default()
             }))
         });
+    }
+}
+
+/// The memory store against a naive oracle: check every charge first, then apply, with the
+/// pure functions and a plain map (single-threaded, so CAS and rollback must be invisible).
+#[cfg(test)]
+mod oracle {
+    use super::*;
+    use crate::limits::{Budget, Calendar, Period};
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    const S: u64 = 1_000_000_000;
+
+    fn kinds() -> [LimitKind; 4] {
+        [
+            LimitKind::rate(10, S, 15).unwrap(),
+            LimitKind::rate(3, S, 3).unwrap(),
+            LimitKind::budget(50, Calendar::utc(Period::Seconds(1))).unwrap(),
+            LimitKind::Concurrency { max: 2 },
+        ]
+    }
+
+    #[derive(Default)]
+    struct Model {
+        states: [u64; 4],
+        /// id -> (key index, charge index, reserved, window)
+        res: BTreeMap<u128, Vec<(usize, usize, u64, i64)>>,
+    }
+
+    impl Model {
+        fn verdict(&self, k: usize, now: u64, amount: u64) -> Verdict {
+            verdict(&kinds()[k], self.states[k], now, amount)
+        }
+
+        fn state(&self, k: usize, now: u64, v: Verdict, charged: bool) -> LimitState {
+            state(&kinds()[k], self.states[k], now, v, charged)
+        }
+
+        fn acquire(
+            &mut self,
+            id: u128,
+            req: &[(usize, u64, bool)],
+            now: u64,
+        ) -> (Outcome, Vec<LimitState>) {
+            let kinds = kinds();
+            let verdicts: Vec<Verdict> = req
+                .iter()
+                .map(|&(k, a, _)| self.verdict(k, now, a))
+                .collect();
+            let mut worst: Option<(usize, Option<u64>)> = None;
+            for (i, (&(_, _, shadow), v)) in req.iter().zip(&verdicts).enumerate() {
+                let wait = match (shadow, v) {
+                    (true, _) | (_, Verdict::Allowed) => continue,
+                    (_, Verdict::RetryAfter(d)) => Some(*d),
+                    (_, Verdict::ExceedsCapacity) => None,
+                };
+                worst = match worst {
+                    None => Some((i, wait)),
+                    Some((_, None)) => worst,
+                    Some((j, Some(w))) => match wait {
+                        None => Some((i, None)),
+                        Some(d) if d > w => Some((i, Some(d))),
+                        _ => Some((j, Some(w))),
+                    },
+                };
+            }
+            if let Some((charge, retry_after_ns)) = worst {
+                let st = req
+                    .iter()
+                    .zip(&verdicts)
+                    .map(|(&(k, _, _), &v)| self.state(k, now, v, false))
+                    .collect();
+                return (
+                    Outcome::Refused {
+                        charge,
+                        retry_after_ns,
+                    },
+                    st,
+                );
+            }
+            let mut st = vec![None; req.len()];
+            let mut held = vec![];
+            // Enforced first, then shadow, as the store does (keys are distinct per request).
+            for pass_shadow in [false, true] {
+                for (i, &(k, a, shadow)) in req.iter().enumerate() {
+                    if shadow != pass_shadow {
+                        continue;
+                    }
+                    let v = self.verdict(k, now, a);
+                    if v != Verdict::Allowed {
+                        st[i] = Some(self.state(k, now, v, false));
+                        continue;
+                    }
+                    let mut window = 0;
+                    self.states[k] = match &kinds[k] {
+                        LimitKind::Rate(g) => g.check_n(self.states[k], now, a).unwrap(),
+                        LimitKind::Budget(b) => {
+                            window = b.calendar().window_index(now);
+                            b.check_n(self.states[k], now, window, a).unwrap()
+                        }
+                        LimitKind::Concurrency { .. } => self.states[k] + a,
+                    };
+                    st[i] = Some(self.state(k, now, Verdict::Allowed, true));
+                    held.push((k, i, a, window));
+                }
+            }
+            if !held.is_empty() {
+                self.res.insert(id, held);
+            }
+            (
+                Outcome::Admitted,
+                st.into_iter().map(Option::unwrap).collect(),
+            )
+        }
+
+        fn settle(&mut self, id: u128, actual: &[u64], now: u64) -> Settled {
+            let Some(held) = self.res.remove(&id) else {
+                return Settled::Unknown;
+            };
+            for (k, i, reserved, window) in held {
+                let act = actual.get(i).copied().unwrap_or(reserved);
+                let s = self.states[k];
+                self.states[k] = match &kinds()[k] {
+                    LimitKind::Rate(g) => g.settle(s, now, reserved, act),
+                    LimitKind::Budget(b) => {
+                        Budget::settle(s, b.calendar().window_index(now), window, reserved, act)
+                    }
+                    LimitKind::Concurrency { .. } => s - reserved,
+                };
+            }
+            Settled::Settled
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Acquire(Vec<(usize, u64, bool)>),
+        Settle(usize, Vec<u64>),
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => proptest::sample::subsequence(vec![0usize, 1, 2, 3], 1..=4)
+                .prop_flat_map(|keys| {
+                    let n = keys.len();
+                    (Just(keys), proptest::collection::vec((1u64..20, proptest::bool::weighted(0.2)), n))
+                })
+                .prop_map(|(keys, xs)| {
+                    Op::Acquire(keys.into_iter().zip(xs).map(|(k, (a, sh))| (k, a, sh)).collect())
+                }),
+            2 => (0usize..64, proptest::collection::vec(0u64..30, 0..4)).prop_map(|(i, a)| Op::Settle(i, a)),
+            2 => (0u64..400_000_000).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn memory_store_matches_the_oracle(ops in proptest::collection::vec(op(), 1..80)) {
+            let store = MemoryStore::new(MemoryStoreConfig { shards: 2, ..Default::default() });
+            let mut model = Model::default();
+            let mut now = 1_764_000_000 * S;
+            let mut ids = vec![];
+            let mut st = vec![];
+            for (n, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Acquire(req) => {
+                        let id = n as u128;
+                        let charges: Vec<Charge> = req
+                            .iter()
+                            .map(|&(k, a, shadow)| Charge {
+                                key: Arc::from(format!("k{k}")),
+                                kind: kinds()[k],
+                                amount: if k == 3 { 1 } else { a },
+                                shadow,
+                            })
+                            .collect();
+                        let req: Vec<_> = charges.iter().zip(&req).map(|(c, &(k, _, sh))| (k, c.amount, sh)).collect();
+                        let got = store.acquire(ReservationId(id), &charges, now, 1 << 60, &mut st).unwrap();
+                        let (want, want_st) = model.acquire(id, &req, now);
+                        prop_assert_eq!(got, want);
+                        prop_assert_eq!(&st, &want_st);
+                        ids.push(id);
+                    }
+                    Op::Settle(i, actual) => {
+                        let id = ids.get(i).copied().unwrap_or(999_999);
+                        let got = store.settle(ReservationId(id), &actual, now).unwrap();
+                        prop_assert_eq!(got, model.settle(id, &actual, now));
+                    }
+                    Op::Advance(dt) => now += dt,
+                }
+                let probe: Vec<Charge> = (0..4).map(|k| Charge::new(format!("k{k}"), kinds()[k], 1)).collect();
+                store.peek(&probe, now, &mut st).unwrap();
+                let want: Vec<_> = (0..4).map(|k| model.state(k, now, model.verdict(k, now, 1), false)).collect();
+                prop_assert_eq!(&st, &want);
+            }
+        }
     }
 }

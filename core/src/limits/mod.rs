@@ -14,6 +14,25 @@
 //! - Shadow charges are evaluated and reported but never refuse a request.
 //! - Stores never read a clock: `now_ns` (Unix time in nanoseconds, since budgets follow the
 //!   calendar) is always an argument, so tests drive time with a `FakeClock` (feature `test-util`).
+//!
+//! # For a store over Redis
+//!
+//! The math is split so that a Lua script (whose numbers are doubles, exact below 2^53) only
+//! repeats the atomic step and Rust keeps everything that needs more bits:
+//!
+//! - Rates: nanoseconds since 1970 pass 2^53 in 104 days, so a Redis store runs the same
+//!   [`Gcra`] in microseconds (`Gcra::new(limit, period_ns / 1000, burst)`, exact until
+//!   2255). Rust computes [`Gcra::increment`] and [`Gcra::tau`]; the script does
+//!   [`Gcra::apply`] (a max, an add, a compare) and returns the TAT, from which Rust derives
+//!   [`Gcra::snapshot`]. Settlement passes the difference of two increments the same way.
+//! - Budgets: the memory store packs (window, used) into one `u64`; a Redis store keeps the
+//!   window index in the key (or a second field) and `used` apart, both below 2^53, and
+//!   Rust passes the window index and its end from [`Calendar`].
+//! - On Redis Cluster one script only sees keys of one slot, so the keys of a request need
+//!   one hash tag (e.g. the subject's). Charges spread over slots take one script per slot
+//!   and compensating updates on refusal, as the memory store does across keys.
+//! - A reservation is a hash holding the keys, the reserved amounts and windows, with the
+//!   lease as its expiry.
 
 use std::fmt;
 use std::sync::Arc;

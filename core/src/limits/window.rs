@@ -15,10 +15,11 @@
 //!
 //! 44 bits of amount hold 17.6 T tokens or 17.6 M dollars in micro-dollars per window, far
 //! above any budget; larger limits are refused by [`Budget::new`] and usage saturates rather
-//! than wrapping. 20 bits of window index tell a stale window from the current one unless a
-//! key stayed untouched for exactly a multiple of 2^20 windows (12 days of one-second
-//! windows, 2 years of minutes, 2,870 years of days); the memory store's sweep drops idle
-//! budget keys long before that. A Redis store keeps the two numbers apart (both below 2^53).
+//! than wrapping. 20 bits of window index tell a stale window from the current one (and from
+//! the next, see [`Budget::current`]) unless a key stayed untouched for almost exactly a
+//! multiple of 2^20 windows (12 days of one-second windows, 2 years of minutes, 2,870 years
+//! of days); the memory store's eviction and sweep drop idle budget keys long before that.
+//! A Redis store keeps the two numbers apart (both below 2^53).
 
 use super::gcra::{Refusal, Snapshot};
 
@@ -202,13 +203,16 @@ impl Budget {
         self.calendar
     }
 
-    /// The units used in `window` according to a stored state (0 if it is another window's).
-    pub fn used_in(state: u64, window: i64) -> u64 {
+    /// The window a stored state counts for, seen from `window`, and its usage. That is
+    /// `window` itself; or the next window, when a caller whose clock is a little behind
+    /// another's meets a state already charged past the boundary (counting it as empty would
+    /// overwrite the new window's usage); or an older window, which counts as empty.
+    pub fn current(state: u64, window: i64) -> (i64, u64) {
         let (w, used) = unpack(state);
-        if w == window.rem_euclid(1 << WINDOW_BITS) as u64 {
-            used
-        } else {
-            0
+        match (w as i64 - window).rem_euclid(1 << WINDOW_BITS) {
+            0 => (window, used),
+            1 => (window + 1, used),
+            _ => (window, 0),
         }
     }
 
@@ -224,42 +228,43 @@ impl Budget {
         if amount > self.limit {
             return Err(Refusal::ExceedsCapacity);
         }
-        let used = Budget::used_in(state, window);
+        let (win, used) = Budget::current(state, window);
         if amount <= self.limit - used.min(self.limit) {
-            Ok(pack(window, used + amount))
+            Ok(pack(win, used + amount))
         } else {
-            let end = self.calendar.window_end(now_ns);
+            let mut end = self.calendar.window_end(now_ns);
+            if win != window {
+                end = self.calendar.window_end(end);
+            }
             Err(Refusal::RetryAfter(end.saturating_sub(now_ns).max(1)))
         }
     }
 
     /// Units left in the current window and the nanoseconds until it ends.
     pub fn snapshot(&self, state: u64, now_ns: u64) -> Snapshot {
-        let used = Budget::used_in(state, self.calendar.window_index(now_ns));
+        let (_, used) = Budget::current(state, self.calendar.window_index(now_ns));
         Snapshot {
             remaining: self.limit.saturating_sub(used),
             reset_after: self.calendar.window_end(now_ns).saturating_sub(now_ns),
         }
     }
 
-    /// Replace `reserved` by `actual` units in the window the reservation was made in. Once
-    /// that window is over nothing changes: the next window starts from zero either way.
+    /// Replace `reserved` by `actual` units in `window`, the window the reservation was
+    /// charged in, seen at window `current`. Once that window is over (or the state has
+    /// moved on to another) nothing changes: the next window starts from zero either way.
     /// Top-ups may push usage past the limit (the units were used); it saturates at
     /// [`MAX_BUDGET`].
     pub fn settle(state: u64, current: i64, window: i64, reserved: u64, actual: u64) -> u64 {
-        if current != window {
+        let (w, used) = unpack(state);
+        if current > window || w != window.rem_euclid(1 << WINDOW_BITS) as u64 {
             return state;
         }
-        let used = Budget::used_in(state, window);
-        pack(
-            window,
-            (used.saturating_sub(reserved)).saturating_add(actual),
-        )
+        pack(window, used.saturating_sub(reserved).saturating_add(actual))
     }
 
     /// Whether a stored state holds no usage for the current window (evictable).
     pub fn is_idle(&self, state: u64, now_ns: u64) -> bool {
-        Budget::used_in(state, self.calendar.window_index(now_ns)) == 0
+        Budget::current(state, self.calendar.window_index(now_ns)).1 == 0
     }
 }
 
@@ -392,6 +397,30 @@ mod tests {
             unpack(Budget::settle(s2, w2, w2, 10, 1 << 50)).1,
             MAX_BUDGET
         );
+    }
+
+    #[test]
+    fn a_clock_behind_does_not_reset_the_next_window() {
+        let b = Budget::new(100, Calendar::utc(Period::Minute)).unwrap();
+        let t = unix(2026, 11, 27, 7, 59, 59) + NS - 1;
+        let w = b.calendar().window_index(t);
+        // One thread is already in the next minute and charged 30 there.
+        let s = b.check_n(pack(w, 90), t + 1, w + 1, 30).unwrap();
+        assert_eq!(Budget::current(s, w + 1), (w + 1, 30));
+        // A thread one nanosecond behind counts against that minute, not its own.
+        assert_eq!(Budget::current(s, w), (w + 1, 30));
+        assert_eq!(
+            b.check_n(s, t, w, 71),
+            Err(Refusal::RetryAfter(60 * NS + 1))
+        );
+        let s2 = b.check_n(s, t, w, 70).unwrap();
+        assert_eq!(unpack(s2).1, 100);
+        // Settling the old minute's reservation, or undoing it, leaves the new one alone.
+        assert_eq!(Budget::settle(s2, w, w, 90, 0), s2);
+        assert_eq!(unpack(Budget::settle(s2, w, w + 1, 70, 10)).1, 40);
+        assert!(!b.is_idle(s2, t));
+        // Two windows or more behind is an old window: empty.
+        assert_eq!(Budget::current(s2, w + 3), (w + 3, 0));
     }
 
     #[test]
