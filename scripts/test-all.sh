@@ -19,6 +19,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 step "cargo test (workspace, incl. doctests)"
 cargo test --workspace
 
+step "core feature matrix (type-check each combination; core/test runs them in full)"
+core/test --check
+
 step "benches in Criterion test mode (one iteration each)"
 cargo test -p edgeward-benches --benches
 

@@ -341,5 +341,6 @@ pub fn all_error_codes() -> Vec<&'static str> {
         .map(|k| k.code())
         .chain(b.iter().map(|k| k.code()))
         .chain(u.iter().map(|k| k.code()))
+        .chain(crate::limits::StoreErrorKind::ALL.iter().map(|k| k.code()))
         .collect()
 }
