@@ -372,9 +372,9 @@ pub struct Reservation {
     /// The unit of each charge, in acquire order.
     #[serde(skip)]
     pub(crate) units: Vec<crate::limits::Unit>,
-    /// The model-table row the cost was priced with.
+    /// The model-table row the cost was priced with (its name).
     #[serde(skip)]
-    pub(crate) model: Option<usize>,
+    pub(crate) model: Option<Arc<str>>,
 }
 
 impl Reservation {

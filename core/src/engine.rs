@@ -452,9 +452,18 @@ impl Engine {
                 .unwrap_or_default();
             // Anonymous callers: the route's word, then the identity section's, then refused
             // on inference routes of a policy that authenticates callers itself.
-            let anonymous = match access.anonymous.or(identity.anonymous) {
+            // Anonymous callers: the route's own word; then refused where the route lists
+            // who may use it (an allow list must not be passed by dropping one's key); then
+            // the identity section's word; then refused on every route (the fallback
+            // `default` route included, so an unmatched path variant is no way around) of a
+            // policy that authenticates callers itself.
+            let anonymous = match access.anonymous {
                 Some(a) => a == crate::identity::Anonymous::Allow,
-                None => !(identity.authenticates && route_params.enabled),
+                None if !access.allow.is_empty() => false,
+                None => match identity.anonymous {
+                    Some(a) => a == crate::identity::Anonymous::Allow,
+                    None => !identity.authenticates,
+                },
             };
             routes.push(CompiledRoute {
                 name,
@@ -641,28 +650,20 @@ impl Engine {
                 store_error: None,
             };
         if let (Some((status, reason, stage)), Mode::Enforce) = (&id_deny, route.mode) {
-            return early(reason.clone(), *status, *stage, principal);
+            let mut d = early(reason.clone(), *status, *stage, principal);
+            if *status == 401 {
+                // RFC 6750 §3: a 401 names the scheme, and says when a token was refused.
+                let v = match reason {
+                    Reason::InvalidCredentials { .. } => "Bearer error=\"invalid_token\"",
+                    _ => "Bearer",
+                };
+                d.headers.push(("www-authenticate", v.to_string()));
+            }
+            return d;
         }
         let limits = &route.limits;
-        let deny_size = |reason: Reason, status: u16| Decision {
-            principal: principal.clone(),
-            action: Action::Deny { status, reason },
-            stage: Stage::Size,
-            route: route.name.clone(),
-            mode: route.mode,
-            would_deny: None,
-            score: 0,
-            scores: Scores::default(),
-            threshold: route.threshold,
-            matches: Vec::new(),
-            matches_truncated: false,
-            cost: None,
-            rewrites: Vec::new(),
-            limits: Vec::new(),
-            headers: Vec::new(),
-            reservation: None,
-            store_error: None,
-        };
+        let deny_size =
+            |reason: Reason, status: u16| early(reason, status, Stage::Size, principal.clone());
         // Size limits come before any parsing: they bound everything that follows. They are
         // enforced in monitor mode too, because they protect the host, not just the model.
         if (req.path.len() + req.query.len()) as u64 > limits.max_uri_bytes as u64 {
@@ -838,8 +839,10 @@ impl Engine {
         }
         // Limits come last: only a request every other stage admits is charged.
         if !self.inner.limits.is_empty() && d.is_allowed() {
-            let model =
-                (chat && !cost.params.model_lc.is_empty()).then_some(cost.params.model_lc.as_str());
+            // The model-table row, not the client's string: a key part must not take
+            // unbounded client-chosen values.
+            let model = d.cost.as_ref().and_then(|c| c.model.clone());
+            let model = model.as_deref();
             let max_exact = self.inner.config.max_exact_count_bytes;
             let mut exact = |c: &crate::cost::stage::Recount| {
                 c.count(params, body, route.parse_limits, parse_scratch, max_exact)
@@ -903,22 +906,43 @@ impl Engine {
                 principal: d.principal.as_ref(),
                 model,
             };
-            ls::charges(limits, &subject, &amounts, monitor, key, charges);
+            ls::charges(limits, &subject, &amounts, key, charges);
             if charges.is_empty() {
                 return;
             }
             charge_list.clear();
             charge_list.extend(charges.iter().map(|(_, c)| c.clone()));
             let id = ls::reservation_id();
-            let lease = if ls::final_at_admission(limits, charges) {
+            let lease = if monitor || ls::final_at_admission(limits, charges) {
                 0
             } else {
                 self.inner.lease_ns.max(1)
             };
-            let result = self
-                .inner
-                .store
-                .acquire(id, charge_list, now_ns, lease, states);
+            // Monitor routes only look: charging them would refuse enforcing routes that
+            // share the keys.
+            let result = if monitor {
+                self.inner
+                    .store
+                    .peek(charge_list, now_ns, states)
+                    .map(|()| crate::limits::Outcome::Admitted)
+            } else {
+                self.inner
+                    .store
+                    .acquire(id, charge_list, now_ns, lease, states)
+            };
+            // A store (possibly the host's own) that answers out of shape is a failure, not
+            // a panic.
+            let result = result.and_then(|o| {
+                let bad_index = matches!(o, crate::limits::Outcome::Refused { charge, .. } if charge >= charges.len());
+                if states.len() != charges.len() || bad_index {
+                    Err(StoreError::new(
+                        crate::limits::StoreErrorKind::Protocol,
+                        "the store's answer does not match the charges",
+                    ))
+                } else {
+                    Ok(o)
+                }
+            });
             if let Ok(crate::limits::Outcome::Refused { charge, .. }) = result {
                 let by_tokens = matches!(
                     limits[charges[charge].0].unit,
@@ -952,7 +976,7 @@ impl Engine {
                 let retry_after = refused
                     .and_then(|(_, r)| r)
                     .map(|ns| ns.div_ceil(1_000_000_000));
-                d.headers = ls::headers(limits, &outcomes, retry_after);
+                d.headers = ls::headers(limits, &outcomes, refused.map(|(c, _)| c), retry_after);
                 if let Some((charge, retry_after_ns)) = refused {
                     let name = limits[charges[charge].0].name.clone();
                     d.action = Action::Deny {
@@ -966,7 +990,12 @@ impl Engine {
                     d.stage = Stage::Limits;
                 } else {
                     if monitor && d.would_deny.is_none() {
-                        if let Some((_, o)) = outcomes.iter().find(|(_, o)| o.exceeded) {
+                        // What enforce mode would refuse: a limit of the policy's own shadow
+                        // limits never would.
+                        if let Some((_, o)) = outcomes
+                            .iter()
+                            .find(|(i, o)| o.exceeded && !limits[*i].shadow)
+                        {
                             d.would_deny = Some(Reason::RateLimited {
                                 limit: o.name.clone(),
                                 retry_after_seconds: o.retry_after_seconds,
@@ -974,15 +1003,10 @@ impl Engine {
                         }
                     }
                     if lease > 0 {
-                        let model_row = d
-                            .cost
-                            .as_ref()
-                            .and_then(|c| c.model.as_ref())
-                            .and_then(|m| self.inner.models.iter().position(|r| r.name == *m));
                         d.reservation = Some(crate::decision::Reservation {
                             id,
                             units: charges.iter().map(|(i, _)| limits[*i].unit).collect(),
-                            model: model_row,
+                            model: d.cost.as_ref().and_then(|c| c.model.clone()),
                         });
                     }
                 }
@@ -1033,7 +1057,12 @@ impl Engine {
     /// changes nothing ([`Settled::Unknown`]). A request that never reached the model is
     /// settled with [`Usage::default`] (all zero), which refunds its reservation.
     pub fn settle(&self, reservation: &Reservation, usage: &Usage) -> Result<Settled, StoreError> {
-        let price = reservation.model.and_then(|i| self.inner.models.get(i));
+        // By name: an engine rebuilt from another policy (sharing the store) prices with the
+        // row of the same name, not whatever row now has the same index.
+        let price = reservation
+            .model
+            .as_ref()
+            .and_then(|m| self.inner.models.iter().find(|r| r.name == *m));
         let actual: Vec<u64> = reservation
             .units
             .iter()

@@ -211,8 +211,8 @@ pub struct JwtIssuer {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct JwtKey {
-    /// The key id a token's header names (`kid`); a key without one is tried for tokens
-    /// without a `kid`.
+    /// The key id a token's header names (`kid`). A token with a `kid` is checked against
+    /// the keys with that id; a token without one against every key of its algorithm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kid: Option<String>,
     /// The key's algorithm.
@@ -338,8 +338,9 @@ impl IdentityPolicy {
     /// Whether the policy authenticates callers itself (keys or JWT issuers), which makes
     /// anonymous requests to inference routes a refusal unless the policy says otherwise.
     pub fn authenticates(&self) -> bool {
-        self.api_keys.as_ref().is_some_and(|k| !k.keys.is_empty())
-            || self.jwt.as_ref().is_some_and(|j| !j.issuers.is_empty())
+        // A key section whose files hold no key still means "callers need keys": failing
+        // closed beats opening every route because a key file came out empty.
+        self.api_keys.is_some() || self.jwt.as_ref().is_some_and(|j| !j.issuers.is_empty())
     }
 
     /// Reads the files the section references (key files, JWKS files, key files of JWT
@@ -478,7 +479,10 @@ pub(crate) enum Identified {
 #[derive(Debug)]
 struct CompiledIssuer {
     issuer: String,
-    validation: jsonwebtoken::Validation,
+    /// One validation per accepted algorithm: jsonwebtoken refuses a key when the
+    /// validation lists algorithms of another key family, so an issuer accepting RS256 and
+    /// ES256 needs one for each.
+    validations: Vec<(jsonwebtoken::Algorithm, jsonwebtoken::Validation)>,
     /// (kid, algorithm, key).
     keys: Vec<(
         Option<String>,
@@ -570,7 +574,11 @@ impl CompiledIdentity {
                 let at = format!("spec.identity.apiKeys.keys[{i}].sha256");
                 let d = hex32(&e.sha256)
                     .ok_or_else(|| ("not a SHA-256 in hex (64 digits)".to_string(), at.clone()))?;
-                if c.keys.iter().any(|(k, _)| *k == d) {
+                let same = c
+                    .key_index
+                    .get(&prefix(&d))
+                    .is_some_and(|cands| cands.iter().any(|&i| c.keys[i as usize].0 == d));
+                if same {
                     return Err(("the same key is listed twice".into(), at));
                 }
                 c.key_index
@@ -593,6 +601,12 @@ impl CompiledIdentity {
             c.jwt_headers = lower(&j.headers, &["authorization"]);
             c.leeway = j.leeway_seconds.unwrap_or(60);
             for (i, iss) in j.issuers.iter().enumerate() {
+                if c.issuers.iter().any(|x| x.issuer == iss.issuer) {
+                    return Err((
+                        "the issuer is listed twice".into(),
+                        format!("spec.identity.jwt.issuers[{i}].issuer"),
+                    ));
+                }
                 c.issuers.push(compile_issuer(iss, i)?);
             }
         }
@@ -645,7 +659,23 @@ impl CompiledIdentity {
                 .peer
                 .is_some_and(|ip| nets.iter().any(|n| n.contains(ip)))
             {
-                if let Some(id) = header(req, t.principal.as_bytes()) {
+                // Several values of a trusted header mean a proxy that appends instead of
+                // replacing: the client could have sent the first one.
+                let names = [
+                    Some(&t.principal),
+                    t.tenant.as_ref(),
+                    t.tier.as_ref(),
+                    t.tags.as_ref(),
+                ];
+                if names
+                    .iter()
+                    .flatten()
+                    .any(|n| header_count(req, n.as_bytes()) > 1)
+                {
+                    return Identified::Invalid("ambiguous_header");
+                }
+                // An empty value is no identity (proxies send it empty for anonymous users).
+                if let Some(id) = header(req, t.principal.as_bytes()).filter(|v| !v.is_empty()) {
                     return Identified::Principal(self.trusted_principal(req, t, id));
                 }
             }
@@ -653,6 +683,9 @@ impl CompiledIdentity {
         if !self.issuers.is_empty() {
             for h in &self.jwt_headers {
                 if let Some(tok) = header(req, h).map(|v| bearer(h, v)) {
+                    if tok.len() > MAX_TOKEN_BYTES {
+                        return Identified::Invalid("malformed_token");
+                    }
                     if looks_like_jwt(tok) {
                         if let Some(hit) = cache.get(tok, now, self.leeway) {
                             return Identified::Principal(hit);
@@ -700,13 +733,19 @@ impl CompiledIdentity {
         let get = |name: &Option<String>| {
             name.as_ref()
                 .and_then(|n| header(req, n.as_bytes()))
+                .filter(|v| !v.is_empty())
                 .map(|v| Arc::<str>::from(text(v)))
         };
-        if let Some(v) = get(&t.tenant) {
-            p.tenant = Some(v);
+        // What the policy's directory says about a principal wins: a proxy that only sets
+        // the principal header may pass the client's own tenant or tier header through.
+        if p.tenant.is_none() {
+            p.tenant = get(&t.tenant);
         }
-        if let Some(v) = get(&t.tier) {
-            p.tier = Some(v);
+        if p.tier.is_none() {
+            p.tier = get(&t.tier);
+        }
+        if !p.tags.is_empty() {
+            return p;
         }
         if let Some(v) = get(&t.tags) {
             p.tags = v
@@ -750,9 +789,10 @@ impl CompiledIdentity {
         let Some(issuer) = self.issuers.iter().find(|i| i.issuer == iss) else {
             return invalid("wrong_issuer");
         };
-        if !issuer.validation.algorithms.contains(&header.alg) {
+        let Some((_, validation)) = issuer.validations.iter().find(|(a, _)| *a == header.alg)
+        else {
             return invalid("algorithm_not_allowed");
-        }
+        };
         let mut keys = issuer
             .keys
             .iter()
@@ -766,9 +806,7 @@ impl CompiledIdentity {
         let mut last = "bad_signature";
         for (_, _, key) in keys {
             match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-                tok,
-                key,
-                &issuer.validation,
+                tok, key, validation,
             ) {
                 Ok(data) => return self.claims(issuer, &data.claims, now),
                 Err(e) => {
@@ -789,7 +827,13 @@ impl CompiledIdentity {
         now: u64,
     ) -> (Identified, Option<(u64, u64)>) {
         let invalid = |why| (Identified::Invalid(why), None);
-        let num = |k: &str| c.get(k).and_then(serde_json::Value::as_u64);
+        // NumericDate may be fractional (RFC 7519 §2); negative values count as 0.
+        let num = |k: &str| {
+            c.get(k)
+                .and_then(serde_json::Value::as_f64)
+                .filter(|v| v.is_finite())
+                .map(|v| v.max(0.0) as u64)
+        };
         // `exp` is required: a token that never expires is a credential that cannot be
         // revoked.
         let Some(exp) = num("exp") else {
@@ -892,7 +936,9 @@ impl JwtCache {
 
     fn insert(&mut self, tok: &[u8], p: &Principal, nbf: u64, exp: u64) {
         let Some(set) = self.set(tok) else { return };
-        let slot = if self.slots[set].is_none() {
+        // An empty way, else the one whose token expires first.
+        let expiry = |i: usize| self.slots[i].as_ref().map_or(0, |e| e.exp);
+        let slot = if expiry(set) <= expiry(set + 1) {
             set
         } else {
             set + 1
@@ -918,15 +964,21 @@ fn compile_issuer(iss: &JwtIssuer, i: usize) -> Result<CompiledIssuer, (String, 
         ));
     }
     let algs: Vec<jsonwebtoken::Algorithm> = iss.algorithms.iter().map(|a| a.to_jwt()).collect();
-    let mut v = jsonwebtoken::Validation::new(algs[0]);
-    v.algorithms = algs.clone();
-    v.set_issuer(&[&iss.issuer]);
-    v.set_audience(&iss.audiences);
-    // Time claims are checked by the engine against its own clock (testable, and the same
-    // clock the limits use); the crate checks signature, algorithm, issuer and audience.
-    v.validate_exp = false;
-    v.validate_nbf = false;
-    v.set_required_spec_claims(&["iss", "aud"]);
+    let validations = algs
+        .iter()
+        .map(|&alg| {
+            let mut v = jsonwebtoken::Validation::new(alg);
+            v.set_issuer(&[&iss.issuer]);
+            v.set_audience(&iss.audiences);
+            // Time claims are checked by the engine against its own clock (testable, and
+            // the same clock the limits use); the crate checks signature, algorithm, issuer
+            // and audience.
+            v.validate_exp = false;
+            v.validate_nbf = false;
+            v.set_required_spec_claims(&["iss", "aud"]);
+            (alg, v)
+        })
+        .collect();
     let mut keys = Vec::new();
     for (k, key) in iss.keys.iter().enumerate() {
         let at = at(&format!("keys[{k}]"));
@@ -989,9 +1041,14 @@ fn compile_issuer(iss: &JwtIssuer, i: usize) -> Result<CompiledIssuer, (String, 
             let Some(alg) = alg.filter(|a| algs.contains(a)) else {
                 continue;
             };
+            // Encryption keys are not for signatures, and a shared secret has no place in a
+            // key set (HS256 secrets go in `keys`, where their length is checked).
             if matches!(
                 jwk.common.public_key_use,
                 Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+            ) || matches!(
+                jwk.algorithm,
+                jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)
             ) {
                 continue;
             }
@@ -1005,10 +1062,22 @@ fn compile_issuer(iss: &JwtIssuer, i: usize) -> Result<CompiledIssuer, (String, 
     }
     Ok(CompiledIssuer {
         issuer: iss.issuer.clone(),
-        validation: v,
+        validations,
         keys,
         claims: iss.claims.clone(),
     })
+}
+
+/// The longest token looked at: real JWTs are well under 2 KiB, and a longer one is not
+/// base64-decoded and parsed (twice) before the size limits could refuse it.
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// How many headers named `name` the request has.
+fn header_count(req: &Request<'_>, name: &[u8]) -> usize {
+    req.headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .count()
 }
 
 /// The first value of header `name` (lowercase).

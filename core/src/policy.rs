@@ -653,6 +653,16 @@ impl Policy {
                 "spec.response.status".into(),
             ));
         }
+        if spec.reservations.lease_seconds == 0 {
+            // A lease of 0 would release concurrency at once and make every estimate final.
+            return Err((
+                CompileError::new(
+                    CompileErrorKind::InvalidValue,
+                    "a reservation must live at least a second",
+                ),
+                "spec.reservations.leaseSeconds".into(),
+            ));
+        }
         let mut route_names: Vec<&str> = spec.routes.iter().map(|r| r.name.as_str()).collect();
         route_names.push("default");
         crate::limits::stage::compile_limits(&spec.limits, &route_names)

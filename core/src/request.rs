@@ -27,6 +27,11 @@ pub struct Request<'a> {
     /// An identity the host has already verified (mTLS subject, gateway auth). Edgeward never
     /// takes this from a request header; only the host can set it.
     pub identity: Option<&'a str>,
+    /// The end client's address when the host knows it to differ from `peer`: behind a
+    /// load balancer, the address the host resolved from `X-Forwarded-For` with its own
+    /// list of trusted proxies. `client_ip` limit keys use it (else `peer`);
+    /// `trustedHeaders.from` always checks `peer`, the socket the request came from.
+    pub client: Option<IpAddr>,
 }
 
 impl<'a> Request<'a> {
@@ -48,6 +53,7 @@ impl<'a> Request<'a> {
             body: &[],
             peer: None,
             identity: None,
+            client: None,
         }
     }
 
@@ -73,6 +79,17 @@ impl<'a> Request<'a> {
     pub fn with_identity(mut self, identity: &'a str) -> Self {
         self.identity = Some(identity);
         self
+    }
+
+    /// Sets the end client's address (see [`Request::client`]).
+    pub fn with_client_ip(mut self, client: IpAddr) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// The address limits key on: the end client if the host set it, else the peer.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client.or(self.peer)
     }
 
     /// The first header with this name (ASCII case-insensitive).

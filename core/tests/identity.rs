@@ -96,7 +96,7 @@ spec:
           - {{tenants: [acme], tags: [internal, service]}}
           - {{principals: [carol]}}
     - name: public
-      match: {{paths: ["/public/*"]}}
+      match: {{paths: ["/public/**"]}}
       schema: openai-chat
       access: {{anonymous: allow}}
     - name: watch
@@ -105,6 +105,7 @@ spec:
       mode: monitor
     - name: health
       match: {{paths: ["/health"]}}
+      access: {{anonymous: allow}}
 "#,
         alice = sha("sk-alice-0123456789"),
         bob = sha("sk-bob-9876543210"),
@@ -229,6 +230,22 @@ fn anonymous_callers() {
     assert!(d.principal.is_none());
     let d = post(&e, "/health", &[], None);
     assert!(d.is_allowed(), "{}", d.to_json());
+    // A path no route matches falls to `default`, which refuses anonymous callers too:
+    // variants of an inference path are no way around the keys.
+    for path in [
+        "/v1/chat/completions/",
+        "/v1//chat/completions",
+        "/v1/chat/completions;a",
+        "/nothing",
+    ] {
+        let d = post(&e, path, &[], None);
+        assert_eq!(denied(&d).1, Reason::Unauthenticated, "{path}");
+        assert_eq!(
+            d.headers,
+            vec![("www-authenticate", "Bearer".to_string())],
+            "{path}"
+        );
+    }
     // Wrong credentials are refused even where anonymous callers are welcome.
     let d = post(&e, "/public/x", &[("x-api-key", "nope")], None);
     assert_eq!(
@@ -791,4 +808,163 @@ fn the_token_cache_changes_speed_not_decisions() {
             }
         }
     }
+}
+
+/// Review findings: an allow list is not passed by dropping one's key; issuers accepting
+/// two key families verify both; trusted headers that are empty, repeated or contradict
+/// the directory; cached tokens expire on the engine's clock.
+#[test]
+fn anonymous_callers_cannot_pass_an_allow_list() {
+    let text = policy_text().replace("    principals:", "    anonymous: allow\n    principals:");
+    let e = Engine::new(&Policy::from_text(&text).unwrap()).unwrap();
+    // Anonymous callers are welcome in general now...
+    assert!(post(&e, "/v1/chat/completions", &[], None).is_allowed());
+    // ...but not on a route that lists who may use it.
+    let d = post(&e, "/admin/x", &[], None);
+    assert_eq!(denied(&d).1, Reason::Unauthenticated);
+}
+
+#[test]
+fn an_issuer_can_accept_two_key_families() {
+    let indent = |pem: String| pem.trim_end().replace('\n', "\n                ");
+    let text = format!(
+        r#"
+apiVersion: edgeward.dev/v1
+kind: Policy
+metadata: {{name: mixed}}
+spec:
+  identity:
+    jwt:
+      issuers:
+        - issuer: mixed
+          audiences: [a]
+          algorithms: [RS256, ES256, HS256]
+          keys:
+            - algorithm: RS256
+              pem: |
+                {rsa}
+            - algorithm: ES256
+              pem: |
+                {ec}
+            - {{algorithm: HS256, secret: "{HS_SECRET}"}}
+  routes:
+    - {{name: chat, match: {{paths: ["/v1/chat/completions"]}}, schema: openai-chat}}
+"#,
+        rsa = indent(data("rsa_public.pem")),
+        ec = indent(data("ec_public.pem")),
+    );
+    let e = Engine::new(&Policy::from_text(&text).unwrap()).unwrap();
+    let claims = json!({"iss": "mixed", "aud": "a", "sub": "m", "exp": now() + 60});
+    for (alg, key) in [
+        (
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(data("rsa_private.pem").as_bytes()).unwrap(),
+        ),
+        (
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(data("ec_private.pem").as_bytes()).unwrap(),
+        ),
+        (
+            Algorithm::HS256,
+            EncodingKey::from_secret(HS_SECRET.as_bytes()),
+        ),
+    ] {
+        let t = encode(&Header::new(alg), &claims, &key).unwrap();
+        let d = post(
+            &e,
+            "/v1/chat/completions",
+            &[("authorization", &bearer(&t))],
+            None,
+        );
+        assert!(d.is_allowed(), "{alg:?}: {}", d.to_json());
+    }
+    // Still no algorithm confusion: an HS256 token keyed with the RSA public key.
+    let t = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(data("rsa_public.pem").as_bytes()),
+    )
+    .unwrap();
+    let d = post(
+        &e,
+        "/v1/chat/completions",
+        &[("authorization", &bearer(&t))],
+        None,
+    );
+    assert_eq!(
+        denied(&d).1,
+        Reason::InvalidCredentials {
+            why: "bad_signature"
+        }
+    );
+}
+
+#[test]
+fn trusted_headers_that_are_empty_repeated_or_contradict_the_directory() {
+    let e = engine();
+    // Empty: no identity.
+    let d = post(
+        &e,
+        "/v1/chat/completions",
+        &[("x-auth-user", "")],
+        Some("10.0.0.2"),
+    );
+    assert_eq!(denied(&d).1, Reason::Unauthenticated);
+    // Repeated: the client may have sent one of them.
+    let d = post(
+        &e,
+        "/v1/chat/completions",
+        &[("x-auth-user", "admin"), ("x-auth-user", "bob")],
+        Some("10.0.0.2"),
+    );
+    assert_eq!(
+        denied(&d).1,
+        Reason::InvalidCredentials {
+            why: "ambiguous_header"
+        }
+    );
+    let d = post(
+        &e,
+        "/v1/chat/completions",
+        &[
+            ("x-auth-user", "erin"),
+            ("x-auth-tenant", "a"),
+            ("x-auth-tenant", "b"),
+        ],
+        Some("10.0.0.2"),
+    );
+    assert_eq!(denied(&d).0, 401);
+    // The directory's tenant wins over a tenant header.
+    let d = post(
+        &e,
+        "/v1/chat/completions",
+        &[("x-auth-user", "svc-batch"), ("x-auth-tenant", "evil")],
+        Some("10.0.0.2"),
+    );
+    assert_eq!(d.principal.unwrap().tenant.as_deref(), Some("acme"));
+}
+
+#[test]
+fn cached_tokens_expire_on_the_engine_clock() {
+    let start = now() * 1_000_000_000;
+    let clock = edgeward::limits::FakeClock::new(start);
+    let e = Engine::builder()
+        .clock(std::sync::Arc::new(clock.clone()))
+        .build(&Policy::from_text(&policy_text()).unwrap())
+        .unwrap();
+    let t = hs_token(
+        json!({"iss": "https://hs.example.com", "aud": "edgeward", "sub": "c", "exp": now() + 100}),
+    );
+    let auth = bearer(&t);
+    let hs: Vec<(&[u8], &[u8])> = vec![(b"authorization", auth.as_bytes())];
+    let req = Request::new(b"POST", b"/v1/chat/completions")
+        .with_headers(&hs)
+        .with_body(BODY.as_bytes());
+    let mut scratch = e.new_scratch();
+    assert!(e.inspect_with(&mut scratch, &req).is_allowed());
+    assert!(e.inspect_with(&mut scratch, &req).is_allowed(), "cached");
+    // Past exp + leeway (60 s): refused although the token is in the cache.
+    clock.advance(161 * 1_000_000_000);
+    let d = e.inspect_with(&mut scratch, &req);
+    assert_eq!(denied(&d).1, Reason::InvalidCredentials { why: "expired" });
 }

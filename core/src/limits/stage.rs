@@ -350,18 +350,29 @@ impl CompiledLimit {
     /// principal part on an anonymous request, a client address the host did not pass).
     fn key(&self, s: &Subject<'_>, out: &mut String) -> Option<()> {
         out.clear();
-        push_value(out, &self.name);
+        push_value(out, self.name.as_bytes());
         for p in &self.parts {
             out.push('|');
             match p {
-                KeyPart::Principal => push_value(out, &s.principal?.id),
-                KeyPart::Tenant => push_value(out, s.principal?.tenant.as_deref()?),
-                KeyPart::Tier => push_value(out, s.principal?.tier.as_deref()?),
-                KeyPart::Route => push_value(out, s.route),
-                KeyPart::Model => push_value(out, s.model.unwrap_or("-")),
+                KeyPart::Principal => push_value(out, s.principal?.id.as_bytes()),
+                // A principal without a tenant or tier shares the `%` bucket rather than
+                // escaping the limit.
+                KeyPart::Tenant => match s.principal?.tenant.as_deref() {
+                    Some(t) => push_value(out, t.as_bytes()),
+                    None => out.push_str(ABSENT),
+                },
+                KeyPart::Tier => match s.principal?.tier.as_deref() {
+                    Some(t) => push_value(out, t.as_bytes()),
+                    None => out.push_str(ABSENT),
+                },
+                KeyPart::Route => push_value(out, s.route.as_bytes()),
+                KeyPart::Model => match s.model {
+                    Some(m) => push_value(out, m.as_bytes()),
+                    None => out.push_str(ABSENT),
+                },
                 KeyPart::ClientIp { v4, v6 } => {
-                    let ip = s.req.peer?;
-                    push_value(out, &network(ip, *v4, *v6));
+                    let ip = s.req.client_ip()?;
+                    push_value(out, network(ip, *v4, *v6).as_bytes());
                 }
                 KeyPart::Header(h) => {
                     let v = s
@@ -371,11 +382,11 @@ impl CompiledLimit {
                         .find(|(n, _)| n.eq_ignore_ascii_case(h))
                         .map(|(_, v)| v.trim_ascii());
                     match v {
-                        Some(v) => push_value(out, &String::from_utf8_lossy(v)),
-                        None => out.push('-'),
+                        Some(v) => push_value(out, v),
+                        None => out.push_str(ABSENT),
                     }
                 }
-                KeyPart::Label(l) => push_value(out, l),
+                KeyPart::Label(l) => push_value(out, l.as_bytes()),
             }
         }
         Some(())
@@ -400,18 +411,25 @@ fn network(ip: IpAddr, v4: u8, v6: u8) -> String {
     }
 }
 
-/// Appends a key value: printable ASCII except the separators as is, other bytes escaped;
-/// values longer than 96 bytes (client-chosen header values) as a hash, so keys stay short.
-fn push_value(out: &mut String, v: &str) {
+/// A key part the request does not have. A lone `%` is never the escape of a value (every
+/// `%` of a value is escaped), so it cannot collide with one.
+const ABSENT: &str = "%";
+
+/// Appends a key value: printable ASCII except the separators as is, every other byte
+/// escaped (raw bytes, so two invalid UTF-8 values never share a key); values longer than
+/// 96 bytes (client-chosen header values) as a hash behind `%#`, which no escaped value can
+/// start with.
+fn push_value(out: &mut String, v: &[u8]) {
     if v.len() > 96 {
-        out.push_str("sha256:");
-        for b in &Sha256::digest(v.as_bytes())[..16] {
+        out.push_str("%#");
+        for b in &Sha256::digest(v)[..16] {
             let _ = write!(out, "{b:02x}");
         }
         return;
     }
-    for b in v.bytes() {
-        if b.is_ascii_graphic() && !matches!(b, b'|' | b'%' | b'{' | b'}') {
+    for &b in v {
+        // `{}` are escaped so a value cannot name a Redis Cluster hash tag.
+        if b.is_ascii_graphic() && !matches!(b, b'|' | b'%' | b'{' | b'}' | b'#') {
             out.push(char::from(b));
         } else {
             let _ = write!(out, "%{b:02X}");
@@ -444,7 +462,6 @@ pub(crate) fn charges(
     limits: &[CompiledLimit],
     s: &Subject<'_>,
     amounts: &Amounts,
-    monitor: bool,
     key: &mut String,
     out: &mut Vec<(usize, Charge)>,
 ) {
@@ -454,8 +471,7 @@ pub(crate) fn charges(
             continue;
         }
         let mut c = Charge::new(key.as_str(), l.kind, amounts.of(l.unit));
-        // Monitor mode reports what enforce mode would do and never refuses.
-        if l.shadow || monitor {
+        if l.shadow {
             c = c.shadow();
         }
         out.push((i, c));
@@ -533,20 +549,28 @@ pub(crate) fn outcome(l: &CompiledLimit, c: &Charge, st: &LimitState) -> LimitOu
 pub(crate) fn headers(
     limits: &[CompiledLimit],
     outcomes: &[(usize, LimitOutcome)],
+    refusing: Option<usize>,
     retry_after: Option<u64>,
 ) -> Vec<(&'static str, String)> {
     let mut h = Vec::new();
     if let Some(s) = retry_after {
         h.push(("retry-after", s.max(1).to_string()));
     }
-    // The enforced limit with the least left relative to its size; concurrency limits have
-    // no window and are left out of the rate headers.
-    let pick = outcomes
-        .iter()
-        .filter(|(i, o)| !o.shadow && !matches!(limits[*i].kind, LimitKind::Concurrency { .. }))
-        .min_by(|(_, a), (_, b)| {
-            (u128::from(a.remaining) * u128::from(b.limit.max(1)))
-                .cmp(&(u128::from(b.remaining) * u128::from(a.limit.max(1))))
+    let windowed = |i: usize| !matches!(limits[i].kind, LimitKind::Concurrency { .. });
+    // The refusing limit when there is one (if it has a window); else the enforced limit
+    // with the least left relative to its size. Concurrency limits have no window and are
+    // left out of the rate headers.
+    let pick = refusing
+        .and_then(|c| outcomes.get(c))
+        .filter(|(i, _)| windowed(*i))
+        .or_else(|| {
+            outcomes
+                .iter()
+                .filter(|(i, o)| !o.shadow && windowed(*i))
+                .min_by(|(_, a), (_, b)| {
+                    (u128::from(a.remaining) * u128::from(b.limit.max(1)))
+                        .cmp(&(u128::from(b.remaining) * u128::from(a.limit.max(1))))
+                })
         });
     if let Some((i, o)) = pick {
         let w = ceil_s(limits[*i].kind.window_ns());
@@ -649,11 +673,16 @@ mod tests {
     #[test]
     fn values_are_escaped_and_bounded() {
         let mut s = String::new();
-        push_value(&mut s, "a|b c%{x}");
-        assert_eq!(s, "a%7Cb%20c%25%7Bx%7D");
+        push_value(&mut s, b"a|b c%{x}#");
+        assert_eq!(s, "a%7Cb%20c%25%7Bx%7D%23");
         s.clear();
-        push_value(&mut s, &"x".repeat(200));
-        assert!(s.starts_with("sha256:") && s.len() == 7 + 32, "{s}");
+        push_value(&mut s, "x".repeat(200).as_bytes());
+        assert!(s.starts_with("%#") && s.len() == 2 + 32, "{s}");
+        // Distinct invalid UTF-8 stays distinct.
+        let (mut a, mut b) = (String::new(), String::new());
+        push_value(&mut a, b"\xff");
+        push_value(&mut b, b"\xfe");
+        assert_ne!(a, b);
         assert_eq!(sf_string("a\"b\\c\u{e9}"), "\"a\\\"b\\\\c?\"");
     }
 }
