@@ -611,24 +611,6 @@ impl Engine {
         // unadmitted caller costs one header lookup (and a cached signature check).
         let now_ns = self.inner.clock.now_ns();
         let now = now_ns / 1_000_000_000;
-        let (principal, id_deny) = match self.inner.identity.identify(req, now, jwt) {
-            Identified::Anonymous => (
-                None,
-                (!route.anonymous).then_some((401, Reason::Unauthenticated, Stage::Identity)),
-            ),
-            Identified::Principal(p) => {
-                let deny = (!route.access.admits(&p)).then_some((
-                    403,
-                    Reason::AccessDenied,
-                    Stage::Access,
-                ));
-                (Some(p), deny)
-            }
-            Identified::Invalid(why) => (
-                None,
-                Some((401, Reason::InvalidCredentials { why }, Stage::Identity)),
-            ),
-        };
         let early =
             |reason: Reason, status: u16, stage: Stage, principal: Option<Principal>| Decision {
                 action: Action::Deny { status, reason },
@@ -649,6 +631,82 @@ impl Engine {
                 reservation: None,
                 store_error: None,
             };
+        // Failed authentications count as anonymous requests (the limits anonymous callers
+        // get); a caller already over them has its next token refused before the signature
+        // check, so made-up tokens cannot buy hundreds of microseconds each.
+        let mut throttle = None;
+        let mut gate = || match self.failed_auth_limits(
+            req,
+            route,
+            now_ns,
+            false,
+            key,
+            charges,
+            charge_list,
+            states,
+        ) {
+            Some(t) => {
+                throttle = Some(t);
+                false
+            }
+            None => true,
+        };
+        let identified = self.inner.identity.identify(req, now, jwt, &mut gate);
+        if matches!(identified, Identified::Invalid(_)) {
+            throttle = self.failed_auth_limits(
+                req,
+                route,
+                now_ns,
+                true,
+                key,
+                charges,
+                charge_list,
+                states,
+            );
+        }
+        if let Some((limit, retry_after_seconds)) = throttle {
+            if route.mode == Mode::Enforce {
+                let mut d = early(
+                    Reason::RateLimited {
+                        limit,
+                        retry_after_seconds,
+                    },
+                    429,
+                    Stage::Limits,
+                    None,
+                );
+                if let Some(s) = retry_after_seconds {
+                    d.headers.push(("retry-after", s.max(1).to_string()));
+                }
+                return d;
+            }
+        }
+        let (principal, id_deny) = match identified {
+            Identified::Throttled => (
+                None,
+                Some((
+                    401,
+                    Reason::InvalidCredentials { why: "not_checked" },
+                    Stage::Identity,
+                )),
+            ),
+            Identified::Anonymous => (
+                None,
+                (!route.anonymous).then_some((401, Reason::Unauthenticated, Stage::Identity)),
+            ),
+            Identified::Principal(p) => {
+                let deny = (!route.access.admits(&p)).then_some((
+                    403,
+                    Reason::AccessDenied,
+                    Stage::Access,
+                ));
+                (Some(p), deny)
+            }
+            Identified::Invalid(why) => (
+                None,
+                Some((401, Reason::InvalidCredentials { why }, Stage::Identity)),
+            ),
+        };
         if let (Some((status, reason, stage)), Mode::Enforce) = (&id_deny, route.mode) {
             let mut d = early(reason.clone(), *status, *stage, principal);
             if *status == 401 {
@@ -1033,6 +1091,69 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// The anonymous request limits of `req` (requests units only: a failed attempt uses no
+    /// tokens and holds nothing in flight): peeked (`charge` false) or charged. Returns the
+    /// refusing limit and its retry delay in seconds, if one refuses.
+    #[allow(clippy::too_many_arguments)]
+    fn failed_auth_limits(
+        &self,
+        req: &Request<'_>,
+        route: &CompiledRoute,
+        now_ns: u64,
+        charge: bool,
+        key: &mut String,
+        charges: &mut Vec<(usize, Charge)>,
+        charge_list: &mut Vec<Charge>,
+        states: &mut Vec<LimitState>,
+    ) -> Option<(Arc<str>, Option<u64>)> {
+        use crate::limits::stage::{self as ls, Amounts, Subject};
+        let limits = &self.inner.limits;
+        if limits.is_empty() {
+            return None;
+        }
+        let subject = Subject {
+            req,
+            route: &route.name,
+            principal: None,
+            model: None,
+        };
+        ls::charges(limits, &subject, &Amounts::default(), key, charges);
+        charges.retain(|(i, c)| limits[*i].unit == Unit::Requests && !c.shadow);
+        if charges.is_empty() {
+            return None;
+        }
+        charge_list.clear();
+        charge_list.extend(charges.iter().map(|(_, c)| c.clone()));
+        let result = if charge {
+            self.inner
+                .store
+                .acquire(ls::reservation_id(), charge_list, now_ns, 0, states)
+        } else {
+            self.inner
+                .store
+                .peek(charge_list, now_ns, states)
+                .map(|()| crate::limits::Outcome::Admitted)
+        };
+        // A store failure here lets the attempt through: the request's own limits stage
+        // applies the policy's `onStoreError` to what it charges.
+        let refusing = match result {
+            Ok(crate::limits::Outcome::Refused { charge, .. }) => charges.get(charge).map(|c| c.0),
+            Ok(crate::limits::Outcome::Admitted) if !charge => states
+                .iter()
+                .zip(charges.iter())
+                .find(|(st, _)| st.verdict != crate::limits::Verdict::Allowed)
+                .map(|(_, c)| c.0),
+            _ => None,
+        }?;
+        let retry = states
+            .iter()
+            .zip(charges.iter())
+            .find(|(_, c)| c.0 == refusing)
+            .and_then(|(st, _)| st.retry_after_ns())
+            .map(|ns| ns.div_ceil(1_000_000_000));
+        Some((limits[refusing].name.clone(), retry))
     }
 
     /// Replaces the decision's estimated prompt tokens by an exact count, repricing it.

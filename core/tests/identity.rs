@@ -964,7 +964,7 @@ fn cached_tokens_expire_on_the_engine_clock() {
     assert!(e.inspect_with(&mut scratch, &req).is_allowed());
     assert!(e.inspect_with(&mut scratch, &req).is_allowed(), "cached");
     // Past exp + leeway (60 s): refused although the token is in the cache.
-    clock.advance(161 * 1_000_000_000);
+    clock.advance(200 * 1_000_000_000);
     let d = e.inspect_with(&mut scratch, &req);
     assert_eq!(denied(&d).1, Reason::InvalidCredentials { why: "expired" });
 }

@@ -686,3 +686,62 @@ fn missing_parts_separators_and_client_addresses() {
     .expect_err("lease 0");
     assert_eq!(err.code(), "policy.invalid_value");
 }
+
+/// Failed authentications count as anonymous requests: a caller guessing keys or sending
+/// made-up tokens is limited like any anonymous caller, and once over the limit its tokens
+/// are refused before the signature check.
+#[test]
+fn failed_authentications_count_against_anonymous_limits() {
+    let clock = FakeClock::new(NOON);
+    let secret = "a-shared-secret-of-at-least-32-bytes!!";
+    let text = format!(
+        r#"
+apiVersion: edgeward.dev/v1
+kind: Policy
+metadata: {{name: x}}
+spec:
+  identity:
+    apiKeys:
+      keys: [{{sha256: "{a}", id: alice}}]
+    jwt:
+      issuers:
+        - {{issuer: i, audiences: [a], algorithms: [HS256], keys: [{{algorithm: HS256, secret: "{secret}"}}]}}
+  routes:
+    - {{name: chat, match: {{paths: ["/v1/chat/completions"]}}, schema: openai-chat}}
+  limits:
+    - {{name: anon, match: {{anonymous: true}}, key: [client_ip], unit: requests, rate: {{limit: 2, per: 1h}}}}
+"#,
+        a = sha("key-alice")
+    );
+    let e = Engine::builder()
+        .clock(Arc::new(clock.clone()))
+        .build(&Policy::from_text(&text).unwrap())
+        .unwrap();
+    let guess = |header: &str, value: &str, peer: &str| {
+        let hs: Vec<(&[u8], &[u8])> = vec![(header.as_bytes(), value.as_bytes())];
+        e.inspect(
+            &Request::new(b"POST", b"/v1/chat/completions")
+                .with_headers(&hs)
+                .with_body(BODY.as_bytes())
+                .with_peer(peer.parse().unwrap()),
+        )
+    };
+    // Two wrong keys: 401 each, and each counts.
+    for k in ["key-x", "key-y"] {
+        assert_eq!(guess("x-api-key", k, "198.51.100.9").status(), Some(401));
+    }
+    // The third attempt is over the limit: 429, with Retry-After.
+    let d = guess("x-api-key", "key-z", "198.51.100.9");
+    assert_eq!(rate_limited(&d).0, "anon");
+    assert_eq!(header(&d, "retry-after"), Some("1800"));
+    // A made-up token from that address is refused before its signature is checked.
+    let forged = "eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJpIiwiYXVkIjoiYSIsInN1YiI6InMiLCJleHAiOjk5OTk5OTk5OTl9.c2ln";
+    let d = guess("authorization", &format!("Bearer {forged}"), "198.51.100.9");
+    assert_eq!(rate_limited(&d).0, "anon");
+    // Another address is unaffected, and a valid key still works from the first one.
+    assert_eq!(
+        guess("x-api-key", "key-x", "198.51.100.10").status(),
+        Some(401)
+    );
+    assert!(guess("x-api-key", "key-alice", "198.51.100.9").is_allowed());
+}
