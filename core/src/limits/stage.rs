@@ -349,6 +349,18 @@ impl CompiledLimit {
     /// The limit's key for `s`, or `None` when the request lacks a part the key needs (a
     /// principal part on an anonymous request, a client address the host did not pass).
     fn key(&self, s: &Subject<'_>, out: &mut String) -> Option<()> {
+        // Parts the request lacks first, before any of the key is written: most requests
+        // skip most limits (anonymous-only limits for identified callers, no address).
+        for p in &self.parts {
+            let present = match p {
+                KeyPart::Principal | KeyPart::Tenant | KeyPart::Tier => s.principal.is_some(),
+                KeyPart::ClientIp { .. } => s.req.client_ip().is_some(),
+                _ => true,
+            };
+            if !present {
+                return None;
+            }
+        }
         out.clear();
         push_value(out, self.name.as_bytes());
         for p in &self.parts {
