@@ -288,8 +288,8 @@ pub struct Scratch {
     scored: Vec<u64>,
     cost: CostScratch,
     jwt: crate::identity::JwtCache,
-    /// The request's charges (limit index, charge) and their states.
-    charges: Vec<(usize, Charge)>,
+    /// The request's charges, the index of each one's limit, and their states.
+    limit_of: Vec<usize>,
     charge_list: Vec<Charge>,
     states: Vec<LimitState>,
     /// The limit key being built.
@@ -549,7 +549,7 @@ impl Engine {
             path: Vec::new(),
             scored: vec![0; max_rules.div_ceil(64) + 1],
             cost: CostScratch::default(),
-            charges: Vec::new(),
+            limit_of: Vec::new(),
             charge_list: Vec::new(),
             states: Vec::new(),
             key: String::new(),
@@ -593,7 +593,7 @@ impl Engine {
             scored,
             cost,
             jwt,
-            charges,
+            limit_of,
             charge_list,
             states,
             key,
@@ -641,7 +641,7 @@ impl Engine {
             now_ns,
             false,
             key,
-            charges,
+            limit_of,
             charge_list,
             states,
         ) {
@@ -659,7 +659,7 @@ impl Engine {
                 now_ns,
                 true,
                 key,
-                charges,
+                limit_of,
                 charge_list,
                 states,
             );
@@ -675,9 +675,12 @@ impl Engine {
                     Stage::Limits,
                     None,
                 );
-                if let Some(s) = retry_after_seconds {
-                    d.headers.push(("retry-after", s.max(1).to_string()));
-                }
+                d.headers = crate::limits::stage::headers(
+                    &self.inner.limits,
+                    &[],
+                    None,
+                    retry_after_seconds,
+                );
                 return d;
             }
         }
@@ -917,7 +920,7 @@ impl Engine {
                 route,
                 model,
                 now_ns,
-                (charges, charge_list, states, key),
+                (limit_of, charge_list, states, key),
                 recount,
             );
         }
@@ -938,8 +941,8 @@ impl Engine {
         route: &CompiledRoute,
         model: Option<&str>,
         now_ns: u64,
-        (charges, charge_list, states, key): (
-            &mut Vec<(usize, Charge)>,
+        (limit_of, charge_list, states, key): (
+            &mut Vec<usize>,
             &mut Vec<Charge>,
             &mut Vec<LimitState>,
             &mut String,
@@ -964,14 +967,20 @@ impl Engine {
                 principal: d.principal.as_ref(),
                 model,
             };
-            ls::charges(limits, &subject, &amounts, key, charges);
-            if charges.is_empty() {
+            ls::charges(
+                limits,
+                &subject,
+                &amounts,
+                |_| true,
+                key,
+                limit_of,
+                charge_list,
+            );
+            if charge_list.is_empty() {
                 return;
             }
-            charge_list.clear();
-            charge_list.extend(charges.iter().map(|(_, c)| c.clone()));
             let id = ls::reservation_id();
-            let lease = if monitor || ls::final_at_admission(limits, charges) {
+            let lease = if monitor || ls::final_at_admission(limits, limit_of) {
                 0
             } else {
                 self.inner.lease_ns.max(1)
@@ -991,8 +1000,8 @@ impl Engine {
             // A store (possibly the host's own) that answers out of shape is a failure, not
             // a panic.
             let result = result.and_then(|o| {
-                let bad_index = matches!(o, crate::limits::Outcome::Refused { charge, .. } if charge >= charges.len());
-                if states.len() != charges.len() || bad_index {
+                let bad_index = matches!(o, crate::limits::Outcome::Refused { charge, .. } if charge >= charge_list.len());
+                if states.len() != charge_list.len() || bad_index {
                     Err(StoreError::new(
                         crate::limits::StoreErrorKind::Protocol,
                         "the store's answer does not match the charges",
@@ -1003,7 +1012,7 @@ impl Engine {
             });
             if let Ok(crate::limits::Outcome::Refused { charge, .. }) = result {
                 let by_tokens = matches!(
-                    limits[charges[charge].0].unit,
+                    limits[limit_of[charge]].unit,
                     Unit::PromptTokens | Unit::TotalTokens | Unit::MicroUsd
                 );
                 if by_tokens {
@@ -1019,8 +1028,9 @@ impl Engine {
         };
         match result {
             Ok(outcome) => {
-                let outcomes: Vec<(usize, ls::LimitOutcome)> = charges
+                let outcomes: Vec<(usize, ls::LimitOutcome)> = limit_of
                     .iter()
+                    .zip(charge_list.iter())
                     .zip(states.iter())
                     .map(|((i, c), st)| (*i, ls::outcome(&limits[*i], c, st)))
                     .collect();
@@ -1036,7 +1046,7 @@ impl Engine {
                     .map(|ns| ns.div_ceil(1_000_000_000));
                 d.headers = ls::headers(limits, &outcomes, refused.map(|(c, _)| c), retry_after);
                 if let Some((charge, retry_after_ns)) = refused {
-                    let name = limits[charges[charge].0].name.clone();
+                    let name = limits[limit_of[charge]].name.clone();
                     d.action = Action::Deny {
                         status: 429,
                         reason: Reason::RateLimited {
@@ -1063,7 +1073,7 @@ impl Engine {
                     if lease > 0 {
                         d.reservation = Some(crate::decision::Reservation {
                             id,
-                            units: charges.iter().map(|(i, _)| limits[*i].unit).collect(),
+                            units: limit_of.iter().map(|&i| limits[i].unit).collect(),
                             model: d.cost.as_ref().and_then(|c| c.model.clone()),
                         });
                     }
@@ -1072,9 +1082,9 @@ impl Engine {
             }
             Err(e) => {
                 // The request fails closed if any enforced limit it matched says so.
-                let closed = charges.iter().find(|(i, c)| {
+                let closed = limit_of.iter().zip(charge_list.iter()).find(|(&i, c)| {
                     !c.shadow
-                        && limits[*i].on_store_error == crate::limits::stage::OnStoreError::Closed
+                        && limits[i].on_store_error == crate::limits::stage::OnStoreError::Closed
                 });
                 d.store_error = Some(crate::decision::StoreFailure {
                     code: e.code(),
@@ -1104,7 +1114,7 @@ impl Engine {
         now_ns: u64,
         charge: bool,
         key: &mut String,
-        charges: &mut Vec<(usize, Charge)>,
+        limit_of: &mut Vec<usize>,
         charge_list: &mut Vec<Charge>,
         states: &mut Vec<LimitState>,
     ) -> Option<(Arc<str>, Option<u64>)> {
@@ -1119,13 +1129,19 @@ impl Engine {
             principal: None,
             model: None,
         };
-        ls::charges(limits, &subject, &Amounts::default(), key, charges);
-        charges.retain(|(i, c)| limits[*i].unit == Unit::Requests && !c.shadow);
-        if charges.is_empty() {
+        let enforced_requests = |l: &CompiledLimit| l.unit == Unit::Requests && !l.shadow;
+        ls::charges(
+            limits,
+            &subject,
+            &Amounts::default(),
+            enforced_requests,
+            key,
+            limit_of,
+            charge_list,
+        );
+        if charge_list.is_empty() {
             return None;
         }
-        charge_list.clear();
-        charge_list.extend(charges.iter().map(|(_, c)| c.clone()));
         let result = if charge {
             self.inner
                 .store
@@ -1139,18 +1155,18 @@ impl Engine {
         // A store failure here lets the attempt through: the request's own limits stage
         // applies the policy's `onStoreError` to what it charges.
         let refusing = match result {
-            Ok(crate::limits::Outcome::Refused { charge, .. }) => charges.get(charge).map(|c| c.0),
+            Ok(crate::limits::Outcome::Refused { charge, .. }) => limit_of.get(charge).copied(),
             Ok(crate::limits::Outcome::Admitted) if !charge => states
                 .iter()
-                .zip(charges.iter())
+                .zip(limit_of.iter())
                 .find(|(st, _)| st.verdict != crate::limits::Verdict::Allowed)
-                .map(|(_, c)| c.0),
+                .map(|(_, &i)| i),
             _ => None,
         }?;
         let retry = states
             .iter()
-            .zip(charges.iter())
-            .find(|(_, c)| c.0 == refusing)
+            .zip(limit_of.iter())
+            .find(|(_, &i)| i == refusing)
             .and_then(|(st, _)| st.retry_after_ns())
             .map(|ns| ns.div_ceil(1_000_000_000));
         Some((limits[refusing].name.clone(), retry))

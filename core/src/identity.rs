@@ -346,31 +346,15 @@ impl IdentityPolicy {
     /// Reads the files the section references (key files, JWKS files, key files of JWT
     /// keys) into it, relative to `base`, so that the policy and its bundle carry them.
     pub(crate) fn load_files(&mut self, base: Option<&Path>) -> Result<(), (CompileError, String)> {
-        let read = |f: &str, at: String| -> Result<String, (CompileError, String)> {
-            let Some(base) = base else {
-                return Err((
-                    CompileError::new(
-                        CompileErrorKind::UnknownReference,
-                        "files cannot be referenced from this policy source",
-                    ),
-                    at,
-                ));
-            };
-            let p = base.join(f);
-            std::fs::read_to_string(&p).map_err(|e| {
-                (
-                    CompileError::new(
-                        CompileErrorKind::Io,
-                        format!("cannot read {}: {e}", p.display()),
-                    ),
-                    at,
-                )
-            })
+        let read = |f: &str, what: &str, at: String| {
+            crate::policy::read_referenced(base, f, what)
+                .map(|(_, text)| text)
+                .map_err(|e| (e, at))
         };
         if let Some(keys) = &mut self.api_keys {
             for (i, f) in std::mem::take(&mut keys.files).into_iter().enumerate() {
                 let at = format!("spec.identity.apiKeys.files[{i}]");
-                let text = read(&f, at.clone())?;
+                let text = read(&f, "key file", at.clone())?;
                 let parsed: KeyFile = serde_saphyr::from_str(&text).map_err(|e| {
                     (
                         CompileError::new(CompileErrorKind::Syntax, format!("key file {f}: {e}")),
@@ -384,12 +368,12 @@ impl IdentityPolicy {
             for (i, iss) in jwt.issuers.iter_mut().enumerate() {
                 if let Some(f) = iss.jwks_file.take() {
                     let at = format!("spec.identity.jwt.issuers[{i}].jwksFile");
-                    iss.jwks = Some(read(&f, at)?);
+                    iss.jwks = Some(read(&f, "JWKS file", at)?);
                 }
                 for (k, key) in iss.keys.iter_mut().enumerate() {
                     if let Some(f) = key.file.take() {
                         let at = format!("spec.identity.jwt.issuers[{i}].keys[{k}].file");
-                        let text = read(&f, at)?;
+                        let text = read(&f, "key file", at)?;
                         if key.algorithm == Some(JwtAlgorithm::HS256) {
                             key.secret = Some(text.trim_end_matches(['\n', '\r']).to_string());
                         } else {
@@ -443,25 +427,11 @@ impl Cidr {
 
     /// Whether `ip` is in the network (an IPv4-mapped IPv6 address counts as IPv4).
     pub(crate) fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
+        let (net, _) = crate::request::network(self.net, self.prefix, self.prefix);
+        let (ip, _) = crate::request::network(ip, self.prefix, self.prefix);
+        // A network written as IPv4-mapped IPv6 matches nothing, as no address is compared
+        // in that form.
+        net.is_ipv4() == self.net.is_ipv4() && net == ip
     }
 }
 
@@ -499,13 +469,14 @@ struct CompiledIssuer {
 /// parsed.
 #[derive(Debug, Default)]
 pub(crate) struct CompiledIdentity {
-    key_headers: Vec<Vec<u8>>,
+    /// Header names, lowercase (`bearer` tells `authorization` by its name).
+    key_headers: Vec<String>,
     /// Key digests and their principals.
     keys: Vec<([u8; 32], Principal)>,
     /// Digest prefix → indices into `keys`. The prefix only narrows the candidates; the
     /// full digests are compared in constant time.
     key_index: HashMap<u64, Vec<u32>>,
-    jwt_headers: Vec<Vec<u8>>,
+    jwt_headers: Vec<String>,
     issuers: Vec<CompiledIssuer>,
     leeway: u64,
     trusted: Option<(TrustedHeaders, Vec<Cidr>)>,
@@ -552,13 +523,11 @@ fn prefix(d: &[u8; 32]) -> u64 {
     u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
-fn lower(v: &[String], default: &[&str]) -> Vec<Vec<u8>> {
+fn lower(v: &[String], default: &[&str]) -> Vec<String> {
     if v.is_empty() {
-        default.iter().map(|h| h.as_bytes().to_vec()).collect()
+        default.iter().map(|h| h.to_string()).collect()
     } else {
-        v.iter()
-            .map(|h| h.to_ascii_lowercase().into_bytes())
-            .collect()
+        v.iter().map(|h| h.to_ascii_lowercase()).collect()
     }
 }
 
@@ -629,12 +598,7 @@ impl CompiledIdentity {
                     "spec.identity.trustedHeaders.from".into(),
                 ));
             }
-            let mut t = t.clone();
-            t.principal = t.principal.to_ascii_lowercase();
-            t.tenant = t.tenant.map(|h| h.to_ascii_lowercase());
-            t.tier = t.tier.map(|h| h.to_ascii_lowercase());
-            t.tags = t.tags.map(|h| h.to_ascii_lowercase());
-            c.trusted = Some((t, nets));
+            c.trusted = Some((t.clone(), nets));
         }
         for e in &p.principals {
             c.directory.insert(
@@ -678,15 +642,11 @@ impl CompiledIdentity {
                     t.tier.as_ref(),
                     t.tags.as_ref(),
                 ];
-                if names
-                    .iter()
-                    .flatten()
-                    .any(|n| header_count(req, n.as_bytes()) > 1)
-                {
+                if names.iter().flatten().any(|n| req.header_count(n) > 1) {
                     return Identified::Invalid("ambiguous_header");
                 }
                 // An empty value is no identity (proxies send it empty for anonymous users).
-                if let Some(id) = header(req, t.principal.as_bytes()).filter(|v| !v.is_empty()) {
+                if let Some(id) = header(req, &t.principal).filter(|v| !v.is_empty()) {
                     return Identified::Principal(self.trusted_principal(req, t, id));
                 }
             }
@@ -746,7 +706,7 @@ impl CompiledIdentity {
         let mut p = self.lookup(&text(id), PrincipalSource::TrustedHeader);
         let get = |name: &Option<String>| {
             name.as_ref()
-                .and_then(|n| header(req, n.as_bytes()))
+                .and_then(|n| header(req, n))
                 .filter(|v| !v.is_empty())
                 .map(|v| Arc::<str>::from(text(v)))
         };
@@ -1086,25 +1046,14 @@ fn compile_issuer(iss: &JwtIssuer, i: usize) -> Result<CompiledIssuer, (String, 
 /// base64-decoded and parsed (twice) before the size limits could refuse it.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
-/// How many headers named `name` the request has.
-fn header_count(req: &Request<'_>, name: &[u8]) -> usize {
-    req.headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .count()
-}
-
-/// The first value of header `name` (lowercase).
-fn header<'a>(req: &Request<'a>, name: &[u8]) -> Option<&'a [u8]> {
-    req.headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim_ascii())
+/// The first value of header `name`, trimmed.
+fn header<'a>(req: &Request<'a>, name: &str) -> Option<&'a [u8]> {
+    req.header(name).map(<[u8]>::trim_ascii)
 }
 
 /// The credential in a header value: `Bearer <x>` in `authorization`, the value elsewhere.
-fn bearer<'a>(name: &[u8], v: &'a [u8]) -> &'a [u8] {
-    if name == b"authorization" {
+fn bearer<'a>(name: &str, v: &'a [u8]) -> &'a [u8] {
+    if name == "authorization" {
         if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
             return v[7..].trim_ascii();
         }
@@ -1169,10 +1118,10 @@ mod tests {
 
     #[test]
     fn bearer_and_jwt_shape() {
-        assert_eq!(bearer(b"authorization", b"Bearer abc"), b"abc");
-        assert_eq!(bearer(b"authorization", b"bearer   abc "), b"abc");
-        assert_eq!(bearer(b"authorization", b"Basic abc"), b"");
-        assert_eq!(bearer(b"x-api-key", b"abc"), b"abc");
+        assert_eq!(bearer("authorization", b"Bearer abc"), b"abc");
+        assert_eq!(bearer("authorization", b"bearer   abc "), b"abc");
+        assert_eq!(bearer("authorization", b"Basic abc"), b"");
+        assert_eq!(bearer("x-api-key", b"abc"), b"abc");
         assert!(looks_like_jwt(b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig"));
         assert!(!looks_like_jwt(b"sk-live-123"));
     }

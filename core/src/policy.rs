@@ -469,6 +469,29 @@ impl Default for BlockResponse {
     }
 }
 
+/// Reads a file a policy references (`what`: "rule file", "key file", ...), relative to
+/// `base`; `None` forbids references (policy text with no file behind it).
+pub(crate) fn read_referenced(
+    base: Option<&Path>,
+    file: &str,
+    what: &str,
+) -> Result<(PathBuf, String), CompileError> {
+    let Some(base) = base else {
+        return Err(CompileError::new(
+            CompileErrorKind::UnknownReference,
+            format!("{what}s cannot be referenced from this policy source"),
+        ));
+    };
+    let p = base.join(file);
+    let text = std::fs::read_to_string(&p).map_err(|e| {
+        CompileError::new(
+            CompileErrorKind::Io,
+            format!("cannot read {what} {}: {e}", p.display()),
+        )
+    })?;
+    Ok((p, text))
+}
+
 /// A policy with all its rule sources loaded: what [`crate::Engine::new`] compiles.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -544,21 +567,8 @@ impl Policy {
             }
         }
         for (i, f) in document.spec.rules.files.iter().enumerate() {
-            let Some(base) = base else {
-                return Err(CompileError::new(
-                    CompileErrorKind::UnknownReference,
-                    "rule files cannot be referenced from this policy source",
-                )
-                .at(loc(&format!("spec.rules.files[{i}]"))));
-            };
-            let p: PathBuf = base.join(f);
-            let t = std::fs::read_to_string(&p).map_err(|e| {
-                CompileError::new(
-                    CompileErrorKind::Io,
-                    format!("cannot read rule file {}: {e}", p.display()),
-                )
-                .at(loc(&format!("spec.rules.files[{i}]")))
-            })?;
+            let (p, t) = read_referenced(base, f, "rule file")
+                .map_err(|e| e.at(loc(&format!("spec.rules.files[{i}]"))))?;
             rules.extend(RuleFile::parse(&t, &p.display().to_string())?.rules);
         }
         rules.extend(document.spec.rules.inline.iter().cloned());

@@ -100,6 +100,14 @@ impl<'a> Request<'a> {
             .map(|(_, v)| *v)
     }
 
+    /// How many headers have this name (ASCII case-insensitive).
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .count()
+    }
+
     /// The `Host` header (or `:authority`), without a port.
     pub fn host(&self) -> Option<&'a [u8]> {
         let h = self.header("host").or_else(|| self.header(":authority"))?;
@@ -114,6 +122,27 @@ impl<'a> Request<'a> {
             return false;
         };
         referer_host(referer).is_some_and(|r| !r.is_empty() && r.eq_ignore_ascii_case(host))
+    }
+}
+
+/// `ip` cut to its network: `v4` prefix bits for IPv4 (an IPv4-mapped IPv6 address counts
+/// as IPv4), `v6` for IPv6; prefixes above the family's width keep the whole address.
+pub(crate) fn network(ip: IpAddr, v4: u8, v6: u8) -> (IpAddr, u8) {
+    let ip = match ip {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        a => a,
+    };
+    match ip {
+        IpAddr::V4(a) => {
+            let bits = v4.min(32);
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            (IpAddr::V4((u32::from(a) & mask).into()), bits)
+        }
+        IpAddr::V6(a) => {
+            let bits = v6.min(128);
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            (IpAddr::V6((u128::from(a) & mask).into()), bits)
+        }
     }
 }
 

@@ -3,7 +3,6 @@
 //! headers). The store ([`super::LimitStore`]) does the counting.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -175,7 +174,7 @@ enum KeyPart {
     Route,
     Model,
     ClientIp { v4: u8, v6: u8 },
-    Header(Vec<u8>),
+    Header(String),
     Label(String),
 }
 
@@ -184,7 +183,7 @@ impl KeyPart {
         let s = s.trim();
         if let Some(h) = s.strip_prefix("header:") {
             let h = h.trim();
-            return (!h.is_empty()).then(|| KeyPart::Header(h.to_ascii_lowercase().into_bytes()));
+            return (!h.is_empty()).then(|| KeyPart::Header(h.to_ascii_lowercase()));
         }
         if let Some(l) = s.strip_prefix("label:") {
             return Some(KeyPart::Label(l.to_string()));
@@ -330,7 +329,7 @@ pub(crate) struct Subject<'a> {
     pub req: &'a Request<'a>,
     pub route: &'a str,
     pub principal: Option<&'a Principal>,
-    /// The model the request names (lowercased), if any.
+    /// The model-table row the request's model matched (its name), if any.
     pub model: Option<&'a str>,
 }
 
@@ -383,43 +382,18 @@ impl CompiledLimit {
                     None => out.push_str(ABSENT),
                 },
                 KeyPart::ClientIp { v4, v6 } => {
-                    let ip = s.req.client_ip()?;
-                    push_value(out, network(ip, *v4, *v6).as_bytes());
+                    // Digits, dots, colons and a slash: nothing to escape, so written as is.
+                    let (net, bits) = crate::request::network(s.req.client_ip()?, *v4, *v6);
+                    let _ = write!(out, "{net}/{bits}");
                 }
-                KeyPart::Header(h) => {
-                    let v = s
-                        .req
-                        .headers
-                        .iter()
-                        .find(|(n, _)| n.eq_ignore_ascii_case(h))
-                        .map(|(_, v)| v.trim_ascii());
-                    match v {
-                        Some(v) => push_value(out, v),
-                        None => out.push_str(ABSENT),
-                    }
-                }
+                KeyPart::Header(h) => match s.req.header(h).map(<[u8]>::trim_ascii) {
+                    Some(v) => push_value(out, v),
+                    None => out.push_str(ABSENT),
+                },
                 KeyPart::Label(l) => push_value(out, l.as_bytes()),
             }
         }
         Some(())
-    }
-}
-
-/// The network of `ip` at the given prefix, as text (`203.0.113.0/24`).
-fn network(ip: IpAddr, v4: u8, v6: u8) -> String {
-    let ip = match ip {
-        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        a => a,
-    };
-    match ip {
-        IpAddr::V4(a) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(v4)).unwrap_or(0);
-            format!("{}/{v4}", std::net::Ipv4Addr::from(u32::from(a) & mask))
-        }
-        IpAddr::V6(a) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(v6)).unwrap_or(0);
-            format!("{}/{v6}", std::net::Ipv6Addr::from(u128::from(a) & mask))
-        }
     }
 }
 
@@ -469,33 +443,36 @@ impl Amounts {
     }
 }
 
-/// The charges for a request, with the index of each charge's limit.
+/// The charges for a request (of the limits `keep` selects) into `out`, and the index of
+/// each charge's limit into `limit_of`: two lists, so `out` is what the store takes.
 pub(crate) fn charges(
     limits: &[CompiledLimit],
     s: &Subject<'_>,
     amounts: &Amounts,
+    keep: impl Fn(&CompiledLimit) -> bool,
     key: &mut String,
-    out: &mut Vec<(usize, Charge)>,
+    limit_of: &mut Vec<usize>,
+    out: &mut Vec<Charge>,
 ) {
+    limit_of.clear();
     out.clear();
     for (i, l) in limits.iter().enumerate() {
-        if !l.applies_to(s) || l.key(s, key).is_none() {
+        if !keep(l) || !l.applies_to(s) || l.key(s, key).is_none() {
             continue;
         }
         let mut c = Charge::new(key.as_str(), l.kind, amounts.of(l.unit));
         if l.shadow {
             c = c.shadow();
         }
-        out.push((i, c));
+        limit_of.push(i);
+        out.push(c);
     }
 }
 
 /// Whether every charge is final at admission (request counters without concurrency), so
 /// the reservation needs no bookkeeping.
-pub(crate) fn final_at_admission(limits: &[CompiledLimit], charges: &[(usize, Charge)]) -> bool {
-    charges
-        .iter()
-        .all(|(i, _)| limits[*i].unit == Unit::Requests)
+pub(crate) fn final_at_admission(limits: &[CompiledLimit], limit_of: &[usize]) -> bool {
+    limit_of.iter().all(|&i| limits[i].unit == Unit::Requests)
 }
 
 /// A fresh reservation id: a per-process random half and a counter, so ids never repeat in
@@ -640,6 +617,11 @@ mod tests {
         }
     }
 
+    fn net(ip: &str, v4: u8, v6: u8) -> String {
+        let (n, bits) = crate::request::network(ip.parse().unwrap(), v4, v6);
+        format!("{n}/{bits}")
+    }
+
     #[test]
     fn key_parts() {
         assert_eq!(
@@ -656,7 +638,7 @@ mod tests {
         );
         assert_eq!(
             KeyPart::parse("header:X-Team"),
-            Some(KeyPart::Header(b"x-team".to_vec()))
+            Some(KeyPart::Header("x-team".into()))
         );
         for bad in [
             "client_ip/33",
@@ -668,18 +650,9 @@ mod tests {
         ] {
             assert_eq!(KeyPart::parse(bad), None, "{bad}");
         }
-        assert_eq!(
-            network("203.0.113.77".parse().unwrap(), 24, 64),
-            "203.0.113.0/24"
-        );
-        assert_eq!(
-            network("::ffff:203.0.113.77".parse().unwrap(), 24, 64),
-            "203.0.113.0/24"
-        );
-        assert_eq!(
-            network("2001:db8:1:2:3::9".parse().unwrap(), 24, 64),
-            "2001:db8:1:2::/64"
-        );
+        assert_eq!(net("203.0.113.77", 24, 64), "203.0.113.0/24");
+        assert_eq!(net("::ffff:203.0.113.77", 24, 64), "203.0.113.0/24");
+        assert_eq!(net("2001:db8:1:2:3::9", 24, 64), "2001:db8:1:2::/64");
     }
 
     #[test]
