@@ -128,8 +128,9 @@ impl Gcra {
         self.tau
     }
 
-    /// `ceil(amount * period / limit)`, saturating at `u64::MAX`.
-    fn ticks(&self, amount: u64) -> u64 {
+    /// `ceil(amount * period / limit)`, saturating at `u64::MAX`: what `amount` units cost
+    /// in ticks, also above the burst (a settlement may charge more than a burst).
+    pub fn ticks(&self, amount: u64) -> u64 {
         if self.t_exact != 0 {
             return amount.saturating_mul(self.t_exact);
         }

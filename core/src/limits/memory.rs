@@ -292,7 +292,7 @@ fn update_always(a: &AtomicU64, mut f: impl FnMut(u64) -> u64) {
 }
 
 /// Whether this limit alone admits `amount` on a stored state (no update).
-fn verdict(kind: &LimitKind, stored: u64, now: u64, amount: u64) -> Verdict {
+pub(super) fn verdict(kind: &LimitKind, stored: u64, now: u64, amount: u64) -> Verdict {
     let r = match kind {
         LimitKind::Rate(g) => g.check_n(stored, now, amount).map(drop),
         LimitKind::Budget(b) => b
@@ -306,7 +306,7 @@ fn verdict(kind: &LimitKind, stored: u64, now: u64, amount: u64) -> Verdict {
     }
 }
 
-fn concurrency_verdict(max: u64, count: u64, amount: u64) -> Verdict {
+pub(super) fn concurrency_verdict(max: u64, count: u64, amount: u64) -> Verdict {
     if amount > max {
         Verdict::ExceedsCapacity
     } else if count.saturating_add(amount) <= max {
@@ -328,7 +328,13 @@ fn snapshot(kind: &LimitKind, stored: u64, now: u64) -> Snapshot {
     }
 }
 
-fn state(kind: &LimitKind, stored: u64, now: u64, verdict: Verdict, charged: bool) -> LimitState {
+pub(super) fn state(
+    kind: &LimitKind,
+    stored: u64,
+    now: u64,
+    verdict: Verdict,
+    charged: bool,
+) -> LimitState {
     let s = snapshot(kind, stored, now);
     LimitState {
         limit: kind.limit(),
@@ -672,7 +678,6 @@ impl MemoryStore {
         states: &mut Vec<LimitState>,
     ) -> Outcome {
         states.clear();
-        let mut worst: Option<(usize, Option<u64>)> = None;
         for (i, c) in charges.iter().enumerate() {
             let stored = self
                 .find(&c.key)
@@ -684,25 +689,9 @@ impl MemoryStore {
                 verdict(&c.kind, stored, now, c.amount)
             };
             states.push(state(&c.kind, stored, now, v, false));
-            if c.shadow {
-                continue;
-            }
-            let wait = match v {
-                Verdict::Allowed => continue,
-                Verdict::RetryAfter(d) => Some(d),
-                Verdict::ExceedsCapacity => None,
-            };
-            worst = match worst {
-                None => Some((i, wait)),
-                Some((_, None)) => worst,
-                Some((j, Some(w))) => match wait {
-                    None => Some((i, None)),
-                    Some(d) if d > w => Some((i, Some(d))),
-                    _ => Some((j, Some(w))),
-                },
-            };
         }
-        let (charge, retry_after_ns) = worst.unwrap_or((first.0, first.1.into_retry()));
+        let (charge, retry_after_ns) =
+            super::worst_refusal(charges, states).unwrap_or((first.0, first.1.into_retry()));
         Outcome::Refused {
             charge,
             retry_after_ns,

@@ -43,9 +43,15 @@ use serde::{Deserialize, Serialize};
 pub mod conformance;
 pub mod gcra;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(all(feature = "redis", any(test, feature = "test-util")))]
+pub mod redis_server;
 pub mod stage;
 pub mod window;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, RedisStoreConfig};
 pub use gcra::{Gcra, GcraParamError, Refusal, Snapshot};
 pub use memory::{MemoryStore, MemoryStoreConfig};
 pub use window::{Budget, BudgetParamError, Calendar, Period, MAX_BUDGET};
@@ -226,6 +232,35 @@ impl Outcome {
     }
 }
 
+/// Of the enforced charges the states refuse, the one with the longest wait (one that can
+/// never pass first) and that wait: the `Outcome::Refused` every store reports.
+pub(crate) fn worst_refusal(
+    charges: &[Charge],
+    states: &[LimitState],
+) -> Option<(usize, Option<u64>)> {
+    let mut worst: Option<(usize, Option<u64>)> = None;
+    for (i, (c, s)) in charges.iter().zip(states).enumerate() {
+        if c.shadow {
+            continue;
+        }
+        let wait = match s.verdict {
+            Verdict::Allowed => continue,
+            Verdict::RetryAfter(d) => Some(d),
+            Verdict::ExceedsCapacity => None,
+        };
+        worst = match worst {
+            None => Some((i, wait)),
+            Some((_, None)) => worst,
+            Some((j, Some(w))) => match wait {
+                None => Some((i, None)),
+                Some(d) if d > w => Some((i, Some(d))),
+                _ => Some((j, Some(w))),
+            },
+        };
+    }
+    worst
+}
+
 /// The result of [`LimitStore::settle`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Settled {
@@ -289,15 +324,19 @@ pub enum StoreErrorKind {
     Capacity,
     /// The backend answered something this version does not understand.
     Protocol,
+    /// The store's configuration is invalid (an unparsable URL, a limit too long for the
+    /// backend's arithmetic).
+    Config,
 }
 
 impl StoreErrorKind {
     /// Every kind, for bindings that list the codes.
-    pub const ALL: [StoreErrorKind; 4] = [
+    pub const ALL: [StoreErrorKind; 5] = [
         StoreErrorKind::Unavailable,
         StoreErrorKind::Timeout,
         StoreErrorKind::Capacity,
         StoreErrorKind::Protocol,
+        StoreErrorKind::Config,
     ];
 
     /// The stable code of this kind.
@@ -307,6 +346,7 @@ impl StoreErrorKind {
             StoreErrorKind::Timeout => "store.timeout",
             StoreErrorKind::Capacity => "store.capacity",
             StoreErrorKind::Protocol => "store.protocol",
+            StoreErrorKind::Config => "store.config",
         }
     }
 }

@@ -1,0 +1,120 @@
+//! A real `redis-server` on a free loopback port, for tests and benchmarks (features
+//! `redis` and `test-util`).
+//!
+//! The server runs without persistence in a temporary directory and is killed when the
+//! value is dropped. Where `redis-server` is not installed, [`RedisServer::start`] returns
+//! `None` after saying so on stderr, except under CI (`CI` set), where a missing server is a
+//! failure: CI installs it, so its absence there means the tests would silently not run.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child process on 127.0.0.1.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Start a server on a free port, or `None` (outside CI) when `redis-server` is missing.
+    ///
+    /// # Panics
+    /// When the server cannot be started, or is missing under CI.
+    pub fn start() -> Option<RedisServer> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not installed, and CI must run the Redis tests (.ci/run installs it)"
+            );
+            eprintln!("SKIPPED: redis-server is not installed; the Redis tests did not run");
+            return None;
+        }
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("edgeward-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let mut s = RedisServer {
+            port,
+            dir,
+            child: None,
+        };
+        s.restart();
+        Some(s)
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kill the server (abruptly, as a crash would) and wait until it is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start the server again on the same port (empty: nothing is persisted), waiting until
+    /// it answers.
+    ///
+    /// # Panics
+    /// When it does not answer within 10 seconds.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--loglevel", "warning", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.answers() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn answers(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
