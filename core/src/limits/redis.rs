@@ -42,7 +42,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -63,8 +63,9 @@ pub struct RedisStoreConfig {
     pub url: String,
     /// The hash tag every key carries (without braces).
     pub hash_tag: String,
-    /// Connections kept open for reuse; more callers at once open more, closed after use.
-    pub max_idle: usize,
+    /// Connections to Redis. Callers share them: concurrent calls on one connection go out
+    /// together as one pipeline, so a few connections serve many threads.
+    pub connections: usize,
     /// How long a new connection may take.
     pub connect_timeout: Duration,
     /// How long one command may take to be written and answered.
@@ -76,13 +77,13 @@ pub struct RedisStoreConfig {
 }
 
 impl RedisStoreConfig {
-    /// Defaults for `url`: tag `edgeward`, 16 idle connections, 250 ms to connect, 100 ms
+    /// Defaults for `url`: tag `edgeward`, 2 connections, 250 ms to connect, 100 ms
     /// per command, 250 ms back-off, a million reservations.
     pub fn new(url: impl Into<String>) -> RedisStoreConfig {
         RedisStoreConfig {
             url: url.into(),
             hash_tag: "edgeward".into(),
-            max_idle: 16,
+            connections: 2,
             connect_timeout: Duration::from_millis(250),
             command_timeout: Duration::from_millis(100),
             retry_backoff: Duration::from_millis(250),
@@ -91,60 +92,77 @@ impl RedisStoreConfig {
     }
 }
 
-/// `ARGV`: now (µs), the lease's end (µs, 0 for a final reservation), the reservation's
-/// member name, now rounded up (µs, what expires leases), the TTL slack (ms); then per
-/// charge: type, a, b, c, shadow. Check every charge, then charge all (enforced and fitting shadow) or none. Returns
-/// `{admitted, state_1, …, state_n}` with each state as it was before this call.
+/// Decide several requests in order, each all-or-nothing. `ARGV[1]` is the TTL slack (ms);
+/// then per decision: now (µs), the lease's end (µs, 0 for a final reservation), the
+/// reservation's member name, now rounded up (µs, what expires leases), its number of
+/// charges `n`; then per charge: type, a, b, c, shadow. `KEYS` holds the decisions' keys in
+/// the same order. Per decision the reply holds `admitted` and each key's state as it was
+/// before the decision, all decisions flat in one array.
+///
+/// Concurrent callers' decisions travel in one call (all keys share the hash tag, so they
+/// share a slot): Redis then pays the fixed cost of a script call once per batch.
 const ACQUIRE: &str = r#"
-local now = tonumber(ARGV[1])
-local lease_end = tonumber(ARGV[2])
-local member = ARGV[3]
-local slack = tonumber(ARGV[5])
-local n = #KEYS
-local out = {1}
-local fits = {}
-for i = 1, n do
-  local o = 5 + 5 * (i - 1)
-  local t, a, b = ARGV[o + 1], tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3])
-  local v, ok
-  if t == 'r' then
-    v = tonumber(redis.call('GET', KEYS[i]) or '0')
-    ok = a >= 0 and math.max(v, now) + a - b <= now
-  elseif t == 'b' then
-    v = tonumber(redis.call('GET', KEYS[i]) or '0')
-    ok = a <= b - math.min(v, b)
-  else
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[4])
-    v = redis.call('ZCARD', KEYS[i])
-    ok = a <= b and v + a <= b
-  end
-  out[i + 1] = v
-  fits[i] = ok
-  if not ok and ARGV[o + 5] == '0' then out[1] = 0 end
-end
-if out[1] == 1 then
+local slack = tonumber(ARGV[1])
+local out = {}
+local k0 = 0
+local o = 1
+while o < #ARGV do
+  local now = tonumber(ARGV[o + 1])
+  local lease_s = ARGV[o + 2]
+  local lease_end = tonumber(lease_s)
+  local member = ARGV[o + 3]
+  local now_ceil = ARGV[o + 4]
+  local n = tonumber(ARGV[o + 5])
+  o = o + 5
+  local head = #out + 1
+  out[head] = 1
+  local fits = {}
   for i = 1, n do
-    if fits[i] then
-      local o = 5 + 5 * (i - 1)
-      local t, a = ARGV[o + 1], tonumber(ARGV[o + 2])
-      if t == 'r' then
-        local tat = math.max(out[i + 1], now) + a
-        redis.call('SET', KEYS[i], string.format('%.0f', tat),
-          'PX', string.format('%.0f', math.floor((tat - now) / 1000) + slack))
-      elseif t == 'b' then
-        redis.call('INCRBY', KEYS[i], ARGV[o + 2])
-        redis.call('PEXPIRE', KEYS[i], ARGV[o + 4])
-      elseif lease_end > 0 then
-        for k = 1, a do
-          redis.call('ZADD', KEYS[i], ARGV[2], member .. ':' .. k)
-        end
-        local ttl = math.floor((lease_end - now) / 1000) + slack
-        if redis.call('PTTL', KEYS[i]) < ttl then
-          redis.call('PEXPIRE', KEYS[i], ttl)
+    local p = o + 5 * (i - 1)
+    local key = KEYS[k0 + i]
+    local t, a, b = ARGV[p + 1], tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
+    local v, ok
+    if t == 'r' then
+      v = tonumber(redis.call('GET', key) or '0')
+      ok = a >= 0 and math.max(v, now) + a - b <= now
+    elseif t == 'b' then
+      v = tonumber(redis.call('GET', key) or '0')
+      ok = a <= b - math.min(v, b)
+    else
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. now_ceil)
+      v = redis.call('ZCARD', key)
+      ok = a <= b and v + a <= b
+    end
+    out[head + i] = v
+    fits[i] = ok
+    if not ok and ARGV[p + 5] == '0' then out[head] = 0 end
+  end
+  if out[head] == 1 then
+    for i = 1, n do
+      if fits[i] then
+        local p = o + 5 * (i - 1)
+        local key = KEYS[k0 + i]
+        local t, a = ARGV[p + 1], tonumber(ARGV[p + 2])
+        if t == 'r' then
+          local tat = math.max(out[head + i], now) + a
+          redis.call('SET', key, string.format('%.0f', tat),
+            'PX', string.format('%.0f', math.floor((tat - now) / 1000) + slack))
+        elseif t == 'b' then
+          redis.call('SET', key, string.format('%.0f', out[head + i] + a), 'PX', ARGV[p + 4])
+        elseif lease_end > 0 then
+          for m = 1, a do
+            redis.call('ZADD', key, lease_s, member .. ':' .. m)
+          end
+          local ttl = math.floor((lease_end - now) / 1000) + slack
+          if redis.call('PTTL', key) < ttl then
+            redis.call('PEXPIRE', key, ttl)
+          end
         end
       end
     end
   end
+  o = o + 5 * n
+  k0 = k0 + n
 end
 return out
 "#;
@@ -236,7 +254,6 @@ const RES_SHARDS: usize = 16;
 pub struct RedisStore {
     pool: Pool,
     tag: String,
-    acquire: Script,
     settle: Script,
     peek: Script,
     reservations: Box<[Mutex<HashMap<u128, Res>>]>,
@@ -288,19 +305,23 @@ impl RedisStore {
                 "redis hash tag must be non-empty and without braces",
             ));
         }
+        let lanes = config.connections.max(1);
         Ok(RedisStore {
             pool: Pool {
                 client,
-                idle: Mutex::new(Vec::new()),
-                max_idle: config.max_idle,
+                lanes: (0..lanes).map(|_| Lane::default()).collect(),
+                next_lane: AtomicUsize::new(0),
                 connect_timeout: config.connect_timeout,
                 command_timeout: config.command_timeout,
                 backoff: config.retry_backoff,
                 base: Instant::now(),
                 down_until: AtomicU64::new(0),
+                scripts: [ACQUIRE, SETTLE, PEEK],
+                acquire: Script::new(ACQUIRE),
+                round_trips: AtomicU64::new(0),
+                commands: AtomicU64::new(0),
             },
             tag: config.hash_tag,
-            acquire: Script::new(ACQUIRE),
             settle: Script::new(SETTLE),
             peek: Script::new(PEEK),
             reservations: (0..RES_SHARDS).map(|_| Mutex::default()).collect(),
@@ -311,13 +332,19 @@ impl RedisStore {
     /// Connect, check that Redis answers and load the scripts, so that a misconfigured
     /// store fails at startup rather than on the first request.
     pub fn check(&self) -> Result<(), StoreError> {
-        self.pool.run(|con| {
-            redis::cmd("PING").query::<String>(con)?;
-            for s in [&self.acquire, &self.settle, &self.peek] {
-                s.prepare_invoke().load(con)?;
-            }
-            Ok(())
-        })
+        match self.pool.query(Job::Cmd(redis::cmd("PING")))? {
+            redis::Value::SimpleString(s) if s == "PONG" => Ok(()),
+            v => Err(protocol(&format!("PING answered {v:?}"))),
+        }
+    }
+
+    /// Round trips to Redis so far, and the calls they carried: with concurrent callers a
+    /// round trip carries several (decisions, settles, peeks).
+    pub fn round_trips(&self) -> (u64, u64) {
+        (
+            self.pool.round_trips.load(Ordering::Relaxed),
+            self.pool.commands.load(Ordering::Relaxed),
+        )
     }
 
     /// Reservations kept for settle (unsettled; some may have expired and not been swept).
@@ -460,27 +487,26 @@ impl LimitStore for RedisStore {
         } else {
             0
         };
-        let mut inv = self.acquire.prepare_invoke();
-        inv.arg(now_us)
-            .arg(lease_end_us)
-            .arg(member(id))
-            .arg(now_ns.div_ceil(1_000))
-            .arg(TTL_SLACK_MS);
+        let mut args = Vec::with_capacity(5 + 5 * charges.len());
+        args.extend([
+            Arg::Num(now_us as i64),
+            Arg::Num(lease_end_us as i64),
+            Arg::Text(member(id)),
+            Arg::Num(now_ns.div_ceil(1_000) as i64),
+            Arg::Num(charges.len() as i64),
+        ]);
         let mut keys = Vec::with_capacity(charges.len());
+        let mut windows = Vec::with_capacity(charges.len());
         for c in charges {
             let (key, window) = self.key(c, now_ns);
-            inv.key(&key);
-            inv.arg(match c.kind {
-                LimitKind::Rate(_) => "r",
-                LimitKind::Budget(_) => "b",
-                LimitKind::Concurrency { .. } => "c",
-            });
-            match &c.kind {
+            keys.push(key);
+            windows.push(window);
+            let (t, a, b, x) = match &c.kind {
                 LimitKind::Rate(g) => {
                     let g = rate_in_micros(g)?;
                     // -1: above the burst, never fits.
                     let inc = g.increment(c.amount).map_or(-1, |i| i as i64);
-                    inv.arg(inc).arg(g.tau()).arg(0);
+                    ("r", inc, g.tau() as i64, 0)
                 }
                 LimitKind::Budget(b) => {
                     let ttl_ms = b
@@ -489,16 +515,23 @@ impl LimitStore for RedisStore {
                         .saturating_sub(now_ns)
                         .div_ceil(1_000_000)
                         .saturating_add(BUDGET_GRACE_MS);
-                    inv.arg(c.amount.min(LUA_EXACT)).arg(b.limit()).arg(ttl_ms);
+                    let amount = c.amount.min(LUA_EXACT) as i64;
+                    ("b", amount, b.limit() as i64, ttl_ms.min(LUA_EXACT) as i64)
                 }
                 LimitKind::Concurrency { max } => {
-                    inv.arg(c.amount.min(*max + 1)).arg(*max).arg(0);
+                    let max = (*max).min(LUA_EXACT - 1);
+                    ("c", c.amount.min(max + 1) as i64, max as i64, 0)
                 }
-            }
-            inv.arg(if c.shadow { "1" } else { "0" });
-            keys.push((key, window));
+            };
+            args.extend([
+                Arg::Str(t),
+                Arg::Num(a),
+                Arg::Num(b),
+                Arg::Num(x),
+                Arg::Str(if c.shadow { "1" } else { "0" }),
+            ]);
         }
-        let reply: Vec<u64> = self.pool.run(|con| inv.invoke(con))?;
+        let reply = numbers(self.pool.query(Job::Decide { keys, args })?)?;
         if reply.len() != charges.len() + 1 || reply[0] > 1 {
             return Err(protocol("unexpected acquire reply"));
         }
@@ -506,17 +539,17 @@ impl LimitStore for RedisStore {
         let mut held = Vec::new();
         for (i, c) in charges.iter().enumerate() {
             let pre = reply[i + 1];
-            let fits = charge_state(c, pre, now_ns, keys[i].1, false, lease_ns)?.verdict
+            let fits = charge_state(c, pre, now_ns, windows[i], false, lease_ns)?.verdict
                 == Verdict::Allowed;
             let charged = admitted && fits;
-            states.push(charge_state(c, pre, now_ns, keys[i].1, charged, lease_ns)?);
+            states.push(charge_state(c, pre, now_ns, windows[i], charged, lease_ns)?);
             if charged && lease_ns > 0 {
                 held.push(Held {
-                    key: std::mem::take(&mut keys[i].0),
+                    key: self.key(c, now_ns).0,
                     kind: c.kind,
                     index: i,
                     reserved: c.amount,
-                    window: keys[i].1,
+                    window: windows[i],
                 });
             }
         }
@@ -555,41 +588,39 @@ impl LimitStore for RedisStore {
             return Ok(Settled::Unknown);
         }
         let now_us = now_ns / 1_000;
-        let mut inv = self.settle.prepare_invoke();
-        inv.arg(now_us).arg(member(id)).arg(TTL_SLACK_MS);
-        let mut any = false;
-        for h in &r.held {
+        let mut keys = Vec::with_capacity(r.held.len());
+        let mut args = Vec::with_capacity(3 + 3 * r.held.len());
+        args.extend([
+            Arg::Num(now_us as i64),
+            Arg::Text(member(id)),
+            Arg::Num(TTL_SLACK_MS as i64),
+        ]);
+        for h in r.held {
             let act = actual.get(h.index).copied().unwrap_or(h.reserved);
-            match &h.kind {
+            let (t, a, b) = match &h.kind {
                 LimitKind::Rate(g) => {
                     let g = rate_in_micros(g)?;
-                    let due = g.ticks(act).min(LUA_EXACT);
-                    let charged = g.ticks(h.reserved);
+                    let due = g.ticks(act).min(LUA_EXACT) as i64;
+                    let charged = g.ticks(h.reserved) as i64;
                     if due == charged {
                         continue;
                     }
-                    inv.key(&h.key)
-                        .arg("r")
-                        .arg(due as i64 - charged as i64)
-                        .arg(0);
+                    ("r", due - charged, 0)
                 }
                 LimitKind::Budget(b) => {
                     if act == h.reserved || b.calendar().window_index(now_ns) > h.window {
                         continue;
                     }
-                    inv.key(&h.key)
-                        .arg("b")
-                        .arg(h.reserved)
-                        .arg(act.min(LUA_EXACT));
+                    ("b", h.reserved as i64, act.min(LUA_EXACT) as i64)
                 }
-                LimitKind::Concurrency { .. } => {
-                    inv.key(&h.key).arg("c").arg(h.reserved).arg(0);
-                }
-            }
-            any = true;
+                LimitKind::Concurrency { .. } => ("c", h.reserved as i64, 0),
+            };
+            keys.push(h.key);
+            args.extend([Arg::Str(t), Arg::Num(a), Arg::Num(b)]);
         }
-        if any {
-            let _: i64 = self.pool.run(|con| inv.invoke(con))?;
+        if !keys.is_empty() {
+            self.pool
+                .query(Job::Cmd(evalsha(&self.settle, &keys, &args)))?;
         }
         Ok(Settled::Settled)
     }
@@ -604,18 +635,23 @@ impl LimitStore for RedisStore {
         if charges.is_empty() {
             return Ok(());
         }
-        let mut inv = self.peek.prepare_invoke();
-        inv.arg(now_ns.div_ceil(1_000));
+        let mut keys = Vec::with_capacity(charges.len());
         let mut windows = Vec::with_capacity(charges.len());
+        let mut args = Vec::with_capacity(1 + charges.len());
+        args.push(Arg::Num(now_ns.div_ceil(1_000) as i64));
         for c in charges {
             let (key, window) = self.key(c, now_ns);
-            inv.key(key).arg(match c.kind {
+            keys.push(key);
+            windows.push(window);
+            args.push(Arg::Str(match c.kind {
                 LimitKind::Concurrency { .. } => "c",
                 _ => "v",
-            });
-            windows.push(window);
+            }));
         }
-        let reply: Vec<u64> = self.pool.run(|con| inv.invoke(con))?;
+        let reply = numbers(
+            self.pool
+                .query(Job::Cmd(evalsha(&self.peek, &keys, &args)))?,
+        )?;
         if reply.len() != charges.len() {
             return Err(protocol("unexpected peek reply"));
         }
@@ -626,20 +662,68 @@ impl LimitStore for RedisStore {
     }
 }
 
-/// Synchronous connections, reused one caller at a time.
+/// A few connections, each shared by every caller that picks it: callers queue their
+/// command, and whoever finds the connection idle sends everything queued as one pipeline
+/// and hands each caller its reply (group commit). One caller alone pays one round trip;
+/// many callers at once share round trips instead of each blocking a connection of its own.
 struct Pool {
     client: redis::Client,
-    idle: Mutex<Vec<redis::Connection>>,
-    max_idle: usize,
+    lanes: Box<[Lane]>,
+    next_lane: AtomicUsize,
     connect_timeout: Duration,
     command_timeout: Duration,
     backoff: Duration,
     base: Instant,
     /// Nanoseconds after `base` before which a connect is not tried again.
     down_until: AtomicU64,
+    /// Loaded on every new connection, so the common case is a plain `EVALSHA`.
+    scripts: [&'static str; 3],
+    /// The acquire script, which the pool calls for merged decisions.
+    acquire: Script,
+    /// Pipelines sent and commands in them (merged decisions count once each).
+    round_trips: AtomicU64,
+    commands: AtomicU64,
 }
 
-/// What a failed call says about its connection.
+/// One connection and the callers queued on it.
+#[derive(Default)]
+struct Lane {
+    state: Mutex<LaneState>,
+}
+
+/// A queued command: its ticket, the command, and the caller to wake when it is answered
+/// (callers park instead of sharing a condition variable, so a batch wakes exactly its own
+/// callers and the one that leads the next batch, not every waiter).
+type Queued = (u64, Job, std::thread::Thread);
+
+/// A caller's reply, by ticket.
+type Reply = (u64, Result<redis::Value, StoreError>);
+
+/// What a caller sends.
+enum Job {
+    /// A command of its own.
+    Cmd(redis::Cmd),
+    /// One decision for the acquire script (its arguments without the leading slack):
+    /// consecutive decisions in a batch go out as one script call.
+    Decide { keys: Vec<String>, args: Vec<Arg> },
+}
+
+/// The most decisions merged into one script call, which bounds how long one call runs.
+const MAX_MERGED: usize = 64;
+
+#[derive(Default)]
+struct LaneState {
+    con: Option<redis::Connection>,
+    /// Commands waiting for the next batch.
+    queue: Vec<Queued>,
+    /// Replies of finished batches not yet picked up by their callers.
+    replies: HashMap<u64, Result<redis::Value, StoreError>>,
+    /// A batch is in flight (its leader holds the connection).
+    busy: bool,
+    next_ticket: u64,
+}
+
+/// What a failed call says about its connection: dead (Redis went away or restarted).
 fn is_stale(e: &RedisError) -> bool {
     !e.is_timeout() && (e.is_connection_dropped() || e.is_io_error())
 }
@@ -653,6 +737,10 @@ fn map_err(e: &RedisError) -> StoreError {
         StoreErrorKind::Protocol
     };
     StoreError::new(kind, format!("redis: {e}"))
+}
+
+fn is_noscript(v: &redis::Value) -> bool {
+    matches!(v, redis::Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript))
 }
 
 impl Pool {
@@ -670,62 +758,242 @@ impl Pool {
         let con = self
             .client
             .get_connection_with_timeout(self.connect_timeout)
-            .and_then(|con| {
+            .and_then(|mut con| {
                 con.set_read_timeout(Some(self.command_timeout))?;
                 con.set_write_timeout(Some(self.command_timeout))?;
+                self.load_scripts(&mut con)?;
                 Ok(con)
             });
         con.map_err(|e| {
-            let until = self
-                .elapsed()
-                .saturating_add(u64::try_from(self.backoff.as_nanos()).unwrap_or(u64::MAX));
-            self.down_until.store(until, Ordering::Relaxed);
+            if is_stale(&e) || e.is_connection_refusal() || e.is_timeout() {
+                let until = self
+                    .elapsed()
+                    .saturating_add(u64::try_from(self.backoff.as_nanos()).unwrap_or(u64::MAX));
+                self.down_until.store(until, Ordering::Relaxed);
+            }
             map_err(&e)
         })
     }
 
-    fn put(&self, con: redis::Connection) {
-        let mut idle = lock(&self.idle);
-        if idle.len() < self.max_idle {
-            idle.push(con);
+    fn load_scripts(&self, con: &mut redis::Connection) -> RedisResult<()> {
+        let mut pipe = redis::Pipeline::with_capacity(self.scripts.len());
+        for s in &self.scripts {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(*s);
+        }
+        pipe.query::<Vec<String>>(con).map(drop)
+    }
+
+    /// Send `cmd` (on a connection shared with other callers) and wait for its reply.
+    fn query(&self, job: Job) -> Result<redis::Value, StoreError> {
+        let n = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        let lane = &self.lanes[n];
+        let mut st = lock(&lane.state);
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.queue.push((ticket, job, std::thread::current()));
+        loop {
+            if let Some(r) = st.replies.remove(&ticket) {
+                return r;
+            }
+            if st.busy {
+                drop(st);
+                // Woken when the batch with this command is answered, or to lead the next
+                // one; a spurious wake-up only goes round the loop once more.
+                std::thread::park();
+                st = lock(&lane.state);
+                continue;
+            }
+            // Not answered and no batch in flight: the command is still queued. Lead.
+            st.busy = true;
+            let batch = std::mem::take(&mut st.queue);
+            let con = st.con.take();
+            drop(st);
+            let mut callers = Vec::with_capacity(batch.len());
+            let batch: Vec<(u64, Job)> = batch
+                .into_iter()
+                .map(|(t, j, th)| {
+                    callers.push(th);
+                    (t, j)
+                })
+                .collect();
+            let (con, replies) = self.send(con, batch);
+            st = lock(&lane.state);
+            st.con = con;
+            st.busy = false;
+            st.replies.extend(replies);
+            for th in callers {
+                if th.id() != std::thread::current().id() {
+                    th.unpark();
+                }
+            }
+            // Whoever queued meanwhile waits for a leader: the first of them leads.
+            if let Some((_, _, th)) = st.queue.first() {
+                th.unpark();
+            }
         }
     }
 
-    /// Run `f` on a connection: a pooled one, or a new one when none is idle or the pooled
-    /// one turned out dead (which empties the pool: after a restart they all are). A
-    /// connection that timed out is dropped, since its late reply would answer the next call.
-    fn run<T>(
+    /// Send a batch as one pipeline: on the lane's connection, or a new one when there is
+    /// none or it turns out dead (once). A connection that timed out is dropped, since its
+    /// late replies would answer the next batch.
+    fn send(
         &self,
-        mut f: impl FnMut(&mut redis::Connection) -> RedisResult<T>,
-    ) -> Result<T, StoreError> {
-        let pooled = lock(&self.idle).pop();
-        if let Some(mut con) = pooled {
-            match f(&mut con) {
-                Ok(v) => {
-                    self.put(con);
-                    return Ok(v);
+        con: Option<redis::Connection>,
+        batch: Vec<(u64, Job)>,
+    ) -> (Option<redis::Connection>, Vec<Reply>) {
+        let mut pipe = redis::Pipeline::with_capacity(batch.len());
+        pipe.ignore_errors();
+        // Per pipeline command: its callers, and for merged decisions each one's number of
+        // reply entries (`None`: the whole reply is the caller's).
+        let mut owners: Vec<Vec<(u64, Option<usize>)>> = Vec::with_capacity(batch.len());
+        let mut merged: Option<(Vec<String>, Vec<Arg>)> = None;
+        let flush = |merged: &mut Option<(Vec<String>, Vec<Arg>)>, pipe: &mut redis::Pipeline| {
+            if let Some((keys, args)) = merged.take() {
+                pipe.add_command(evalsha(&self.acquire, &keys, &args));
+            }
+        };
+        for (t, job) in batch {
+            match job {
+                Job::Cmd(c) => {
+                    flush(&mut merged, &mut pipe);
+                    pipe.add_command(c);
+                    owners.push(vec![(t, None)]);
                 }
-                Err(e) if is_stale(&e) => lock(&self.idle).clear(),
-                Err(e) => {
-                    if !e.is_timeout() {
-                        self.put(con);
+                Job::Decide { keys, args } => {
+                    let n = keys.len() + 1;
+                    let full = owners.last().is_some_and(|o| o.len() >= MAX_MERGED);
+                    match &mut merged {
+                        Some((k, a)) if !full => {
+                            k.extend(keys);
+                            a.extend(args);
+                            owners.last_mut().expect("merging").push((t, Some(n)));
+                        }
+                        _ => {
+                            flush(&mut merged, &mut pipe);
+                            let mut a = Vec::with_capacity(1 + args.len());
+                            a.push(Arg::Num(TTL_SLACK_MS as i64));
+                            a.extend(args);
+                            merged = Some((keys, a));
+                            owners.push(vec![(t, Some(n))]);
+                        }
                     }
-                    return Err(map_err(&e));
                 }
             }
         }
-        let mut con = self.connect()?;
-        match f(&mut con) {
-            Ok(v) => {
-                self.put(con);
-                Ok(v)
+        flush(&mut merged, &mut pipe);
+        let tickets: Vec<u64> = owners.iter().flatten().map(|(t, _)| *t).collect();
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.commands
+            .fetch_add(tickets.len() as u64, Ordering::Relaxed);
+        let fail = |tickets: Vec<u64>, e: StoreError| {
+            tickets.into_iter().map(|t| (t, Err(e.clone()))).collect()
+        };
+        let (mut con, fresh) = match con {
+            Some(c) => (c, false),
+            None => match self.connect() {
+                Ok(c) => (c, true),
+                Err(e) => return (None, fail(tickets, e)),
+            },
+        };
+        let mut result = pipe.query::<Vec<redis::Value>>(&mut con);
+        if let (Err(e), false) = (&result, fresh) {
+            if is_stale(e) {
+                // Dead before anything was answered (Redis restarted): once more, anew.
+                con = match self.connect() {
+                    Ok(c) => c,
+                    Err(e) => return (None, fail(tickets, e)),
+                };
+                result = pipe.query::<Vec<redis::Value>>(&mut con);
             }
+        }
+        let mut values = match result {
+            Ok(v) if v.len() == owners.len() => v,
+            Ok(_) => return (None, fail(tickets, protocol("pipeline reply count"))),
             Err(e) => {
-                if !e.is_timeout() && !is_stale(&e) {
-                    self.put(con);
+                let keep = !e.is_timeout() && !is_stale(&e);
+                return (keep.then_some(con), fail(tickets, map_err(&e)));
+            }
+        };
+        if values.iter().any(is_noscript) {
+            // The script cache was flushed: those commands did not run. Load and resend them.
+            let again: Vec<usize> = (0..values.len())
+                .filter(|&i| is_noscript(&values[i]))
+                .collect();
+            let mut retry = redis::Pipeline::with_capacity(again.len());
+            retry.ignore_errors();
+            for &i in &again {
+                retry.add_command(
+                    pipe.cmd_iter()
+                        .nth(i)
+                        .cloned()
+                        .unwrap_or_else(|| redis::cmd("PING")),
+                );
+            }
+            match self
+                .load_scripts(&mut con)
+                .and_then(|()| retry.query::<Vec<redis::Value>>(&mut con))
+            {
+                Ok(v) if v.len() == again.len() => {
+                    for (i, v) in again.into_iter().zip(v) {
+                        values[i] = v;
+                    }
                 }
-                Err(map_err(&e))
+                Ok(_) => return (None, fail(tickets, protocol("pipeline reply count"))),
+                Err(e) => return (None, fail(tickets, map_err(&e))),
             }
         }
+        let mut replies = Vec::with_capacity(tickets.len());
+        for (owners, v) in owners.into_iter().zip(values) {
+            let v = match v {
+                redis::Value::ServerError(e) => Err(StoreError::new(
+                    StoreErrorKind::Protocol,
+                    format!("redis: {}", RedisError::from(e)),
+                )),
+                v => Ok(v),
+            };
+            match (v, owners.as_slice()) {
+                (v, [(t, None)]) => replies.push((*t, v)),
+                (Ok(redis::Value::Array(items)), _) => {
+                    let mut items = items.into_iter();
+                    for &(t, n) in &owners {
+                        let mine: Vec<redis::Value> = items.by_ref().take(n.unwrap_or(0)).collect();
+                        replies.push((t, Ok(redis::Value::Array(mine))));
+                    }
+                }
+                (Ok(_), _) => {
+                    let e = protocol("unexpected acquire reply");
+                    replies.extend(owners.iter().map(|&(t, _)| (t, Err(e.clone()))));
+                }
+                (Err(e), _) => replies.extend(owners.iter().map(|&(t, _)| (t, Err(e.clone())))),
+            }
+        }
+        (Some(con), replies)
     }
+}
+
+/// The script's reply as numbers.
+fn numbers(v: redis::Value) -> Result<Vec<u64>, StoreError> {
+    redis::FromRedisValue::from_redis_value(v)
+        .map_err(|e| protocol(&format!("unexpected script reply: {e}")))
+}
+
+/// An `EVALSHA` of `script` over `keys` and `args`.
+fn evalsha(script: &Script, keys: &[String], args: &[Arg]) -> redis::Cmd {
+    let mut c = redis::cmd("EVALSHA");
+    c.arg(script.get_hash()).arg(keys.len()).arg(keys);
+    for a in args {
+        match a {
+            Arg::Num(n) => c.arg(*n),
+            Arg::Str(s) => c.arg(*s),
+            Arg::Text(s) => c.arg(s.as_str()),
+        };
+    }
+    c
+}
+
+/// A script argument, collected beside the keys (`EVALSHA` wants all keys first).
+enum Arg {
+    Num(i64),
+    Str(&'static str),
+    Text(String),
 }
