@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use edgeward::limits::redis_server::RedisServer;
 use edgeward::limits::{
-    conformance, Calendar, Charge, LimitKind, LimitStore, Period, RedisStore, RedisStoreConfig,
-    ReservationId,
+    conformance, Calendar, Charge, LimitKind, LimitStore, LocalFirstConfig, LocalFirstStore,
+    Period, RedisStore, RedisStoreConfig, ReservationId, Settled,
 };
 use edgeward::{Engine, Policy, Request, Usage};
 
@@ -282,10 +282,7 @@ fn replicas_share_limits_through_redis() {
             output_tokens: 5,
             ..Usage::default()
         };
-        assert_eq!(
-            e.settle(r, &usage).unwrap(),
-            edgeward::limits::Settled::Settled
-        );
+        assert_eq!(e.settle(r, &usage).unwrap(), Settled::Settled);
     }
     let d = chat(&b, "198.51.100.7");
     assert_eq!(d.status(), Some(429), "{}", d.to_json());
@@ -374,4 +371,173 @@ fn a_paused_server_times_out() {
     // 1 before the pause, perhaps 1 by the timed-out call (Redis ran it after the pause),
     // and this one.
     assert!(st[0].remaining == 8 || st[0].remaining == 7, "{:?}", st[0]);
+}
+
+fn local_first(url: &str, tag: &str) -> LocalFirstStore {
+    let mut cfg = RedisStoreConfig::new(url);
+    cfg.hash_tag = tag.into();
+    cfg.retry_backoff = Duration::from_millis(20);
+    LocalFirstStore::new(
+        RedisStore::new(cfg).unwrap(),
+        LocalFirstConfig {
+            interval: None,
+            ..LocalFirstConfig::default()
+        },
+    )
+}
+
+fn shared(url: &str, tag: &str, charges: &[Charge], now: u64) -> Vec<u64> {
+    let mut cfg = RedisStoreConfig::new(url);
+    cfg.hash_tag = tag.into();
+    let mut st = vec![];
+    RedisStore::new(cfg)
+        .unwrap()
+        .peek(charges, now, &mut st)
+        .unwrap();
+    st.iter().map(|s| s.remaining).collect()
+}
+
+/// Admit `amount` on `store` until it refuses; the units admitted.
+fn drain(store: &dyn LimitStore, c: &[Charge], now: u64, base: u128) -> u64 {
+    let mut st = vec![];
+    let mut n = 0;
+    for i in 0..10_000u128 {
+        if !store
+            .acquire(ReservationId(base + i), c, now, 0, &mut st)
+            .unwrap()
+            .is_admitted()
+        {
+            return n;
+        }
+        n += c[0].amount;
+    }
+    panic!("never refused")
+}
+
+#[test]
+fn local_first_keeps_the_store_contract() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let make = || -> Box<dyn LimitStore> {
+        let tag = format!("lf-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        Box::new(local_first(&server.url(), &tag))
+    };
+    conformance::run_all(&make);
+    conformance::concurrent_never_exceeds(&make);
+}
+
+/// Two replicas: each decides alone until it syncs, so the first interval on a fresh key
+/// admits one burst per replica (the documented `(R - 1) x burst`); after a sync both see
+/// everything, and later overshoot is bounded by what one replica admits in an interval.
+#[test]
+fn local_first_replicas_overshoot_within_the_bound_then_converge() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (
+        local_first(&server.url(), "lf-pair"),
+        local_first(&server.url(), "lf-pair"),
+    );
+    let rate = [Charge::new(
+        "k",
+        LimitKind::rate(100, 60 * S, 100).unwrap(),
+        1,
+    )];
+    assert_eq!(drain(&a, &rate, NOON, 0), 100);
+    assert_eq!(
+        drain(&b, &rate, NOON, 1 << 20),
+        100,
+        "b has not heard of a yet"
+    );
+    a.sync_now(NOON).unwrap();
+    b.sync_now(NOON).unwrap();
+    a.sync_now(NOON).unwrap();
+    assert_eq!(shared(&server.url(), "lf-pair", &rate, NOON), [0]);
+    assert_eq!(drain(&a, &rate, NOON, 2 << 20), 0, "a now sees b's burst");
+    assert_eq!(drain(&b, &rate, NOON, 3 << 20), 0);
+    // The shared TAT is 200 units (120 s) ahead with a tolerance of 100 units (60 s): after
+    // 90 s, 50 units fit, and each replica admits them before hearing of the other.
+    let later = NOON + 90 * S;
+    let got = drain(&a, &rate, later, 4 << 20) + drain(&b, &rate, later, 5 << 20);
+    assert_eq!(got, 100, "50 each: the bound (R - 1) x what dripped in, 50");
+    for s in [&a, &b, &a] {
+        s.sync_now(later).unwrap();
+    }
+    assert_eq!(drain(&a, &rate, later, 6 << 20), 0);
+    assert_eq!(drain(&b, &rate, later, 7 << 20), 0);
+
+    // A daily budget: 600 + 600 of 1,000 locally, then both refuse once synced.
+    let budget = [Charge::new(
+        "tokens",
+        LimitKind::budget(1_000, Calendar::utc(Period::Day)).unwrap(),
+        600,
+    )];
+    let mut st = vec![];
+    for s in [&a, &b] {
+        assert!(s
+            .acquire(ReservationId(9 << 20), &budget, NOON, 0, &mut st)
+            .unwrap()
+            .is_admitted());
+    }
+    for s in [&a, &b, &a] {
+        s.sync_now(NOON).unwrap();
+    }
+    let small = [Charge::new("tokens", budget[0].kind, 1)];
+    for s in [&a, &b] {
+        s.peek(&small, NOON, &mut st).unwrap();
+        assert_eq!(st[0].remaining, 0, "1,200 used of 1,000");
+    }
+}
+
+#[test]
+fn local_first_settles_and_survives_an_outage() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let s = local_first(&server.url(), "lf-outage");
+    let tokens = LimitKind::budget(100_000, Calendar::utc(Period::Day)).unwrap();
+    let c = [Charge::new("t", tokens, 5_000)];
+    let probe = [Charge::new("t", tokens, 1)];
+    let mut st = vec![];
+    assert!(s
+        .acquire(ReservationId(1), &c, NOON, 60 * S, &mut st)
+        .unwrap()
+        .is_admitted());
+    assert_eq!(
+        s.settle(ReservationId(1), &[1_200], NOON).unwrap(),
+        Settled::Settled
+    );
+    s.sync_now(NOON).unwrap();
+    assert_eq!(
+        shared(&server.url(), "lf-outage", &probe, NOON),
+        [100_000 - 1_200]
+    );
+
+    server.stop();
+    // Decisions go on locally; the sync fails and keeps its deltas.
+    for i in 0..3 {
+        assert!(s
+            .acquire(ReservationId(10 + i), &c, NOON, 0, &mut st)
+            .unwrap()
+            .is_admitted());
+    }
+    assert_eq!(s.sync_now(NOON).unwrap_err().code(), "store.unavailable");
+    let stats = s.stats();
+    assert_eq!((stats.syncs, stats.failed_syncs), (1, 1));
+    assert!(stats.last_error.is_some());
+
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.sync_now(NOON).is_err() {
+        assert!(Instant::now() < deadline, "no recovery");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    // Redis restarted empty; what was charged during the outage arrived (15,000).
+    assert_eq!(
+        shared(&server.url(), "lf-outage", &probe, NOON),
+        [100_000 - 15_000]
+    );
+    assert!(s.stats().last_error.is_none());
 }

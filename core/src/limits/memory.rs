@@ -519,6 +519,19 @@ impl MemoryStore {
         Ok(e)
     }
 
+    /// Replace the stored state of `charge`'s key (created empty if new) with `f(state)`:
+    /// how the local-first store folds the shared state into the local one.
+    pub(crate) fn merge(
+        &self,
+        charge: &Charge,
+        now: u64,
+        f: impl FnMut(u64) -> u64,
+    ) -> Result<(), StoreError> {
+        let e = self.entry(charge, now)?;
+        update_always(&e.state, f);
+        Ok(())
+    }
+
     /// Expire reservations whose lease is over (releasing their concurrency; their token
     /// charges stand) and evict idle keys. The store also does this lazily when it is full or
     /// a concurrency limit refuses; hosts may call it periodically to return memory early.

@@ -42,6 +42,8 @@ use serde::{Deserialize, Serialize};
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 pub mod gcra;
+#[cfg(feature = "redis")]
+pub mod local_first;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -50,6 +52,8 @@ pub mod redis_server;
 pub mod stage;
 pub mod window;
 
+#[cfg(feature = "redis")]
+pub use self::local_first::{LocalFirstConfig, LocalFirstStats, LocalFirstStore};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreConfig};
 pub use gcra::{Gcra, GcraParamError, Refusal, Snapshot};

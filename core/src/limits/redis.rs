@@ -43,7 +43,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::{RedisError, RedisResult, Script};
@@ -219,6 +219,36 @@ end
 return out
 "#;
 
+/// `ARGV`: now (µs), the TTL slack (ms); then per key: type, a signed delta (rate: ticks,
+/// budget: units), the budget key's TTL (ms). Adds each delta to the shared state (a rate
+/// refund never moves the TAT below now, usage never goes below 0) and returns the states.
+const SYNC: &str = r#"
+local now = tonumber(ARGV[1])
+local slack = tonumber(ARGV[2])
+local out = {}
+for i = 1, #KEYS do
+  local o = 2 + 3 * (i - 1)
+  local t, d = ARGV[o + 1], tonumber(ARGV[o + 2])
+  local v = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if t == 'r' then
+    if d > 0 then
+      v = math.max(v, now) + d
+    elseif d < 0 then
+      v = math.max(v + d, math.min(now, v))
+    end
+    if d ~= 0 and v > now then
+      redis.call('SET', KEYS[i], string.format('%.0f', v),
+        'PX', string.format('%.0f', math.floor((v - now) / 1000) + slack))
+    end
+  elseif d ~= 0 then
+    v = math.max(v + d, 0)
+    redis.call('SET', KEYS[i], string.format('%.0f', v), 'PX', ARGV[o + 3])
+  end
+  out[i] = v
+end
+return out
+"#;
+
 /// Lua's doubles are exact below this.
 const LUA_EXACT: u64 = 1 << 53;
 
@@ -256,6 +286,7 @@ pub struct RedisStore {
     tag: String,
     settle: Script,
     peek: Script,
+    sync: Script,
     reservations: Box<[Mutex<HashMap<u128, Res>>]>,
     max_reservations_per_shard: usize,
 }
@@ -316,7 +347,7 @@ impl RedisStore {
                 backoff: config.retry_backoff,
                 base: Instant::now(),
                 down_until: AtomicU64::new(0),
-                scripts: [ACQUIRE, SETTLE, PEEK],
+                scripts: [ACQUIRE, SETTLE, PEEK, SYNC],
                 acquire: Script::new(ACQUIRE),
                 round_trips: AtomicU64::new(0),
                 commands: AtomicU64::new(0),
@@ -324,6 +355,7 @@ impl RedisStore {
             tag: config.hash_tag,
             settle: Script::new(SETTLE),
             peek: Script::new(PEEK),
+            sync: Script::new(SYNC),
             reservations: (0..RES_SHARDS).map(|_| Mutex::default()).collect(),
             max_reservations_per_shard: config.max_reservations.div_ceil(RES_SHARDS).max(1),
         })
@@ -354,23 +386,84 @@ impl RedisStore {
 
     /// The Redis key of a charge (with the budget window it falls in at `now_ns`).
     fn key(&self, c: &Charge, now_ns: u64) -> (String, i64) {
-        let (letter, window) = match &c.kind {
-            LimitKind::Rate(_) => ('r', None),
-            LimitKind::Budget(b) => ('b', Some(b.calendar().window_index(now_ns))),
-            LimitKind::Concurrency { .. } => ('c', None),
+        let window = match &c.kind {
+            LimitKind::Budget(b) => b.calendar().window_index(now_ns),
+            _ => 0,
         };
-        let mut k = String::with_capacity(self.tag.len() + c.key.len() + 24);
+        (self.key_in(&c.key, &c.kind, window), window)
+    }
+
+    /// The Redis key of a limit key of `kind` (in budget window `window`).
+    fn key_in(&self, key: &str, kind: &LimitKind, window: i64) -> String {
+        let letter = match kind {
+            LimitKind::Rate(_) => 'r',
+            LimitKind::Budget(_) => 'b',
+            LimitKind::Concurrency { .. } => 'c',
+        };
+        let mut k = String::with_capacity(self.tag.len() + key.len() + 24);
         k.push('{');
         k.push_str(&self.tag);
         k.push_str("}:");
         k.push(letter);
         k.push(':');
-        k.push_str(&c.key);
-        if let Some(w) = window {
+        k.push_str(key);
+        if let LimitKind::Budget(_) = kind {
             use std::fmt::Write;
-            let _ = write!(k, ":w{w}");
+            let _ = write!(k, ":w{window}");
         }
-        (k, window.unwrap_or(0))
+        k
+    }
+
+    /// Add what a local-first store charged (or refunded) since its last sync to the shared
+    /// state, all in one round trip, and return the shared state of each: a rate's TAT in
+    /// microseconds, a budget window's usage. `deltas` are `(key, kind, budget window, units)`
+    /// (rates and budgets only).
+    pub(crate) fn sync(
+        &self,
+        deltas: &[(Arc<str>, LimitKind, i64, i128)],
+        now_ns: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut keys = Vec::with_capacity(deltas.len());
+        let mut args = Vec::with_capacity(2 + 3 * deltas.len());
+        args.extend([
+            Arg::Num((now_ns / 1_000) as i64),
+            Arg::Num(TTL_SLACK_MS as i64),
+        ]);
+        for (key, kind, window, units) in deltas {
+            keys.push(self.key_in(key, kind, *window));
+            let mag = units.unsigned_abs().min(u128::from(u64::MAX)) as u64;
+            let (t, d, ttl) = match kind {
+                LimitKind::Rate(g) => {
+                    let ticks = rate_in_micros(g)?.ticks(mag).min(LUA_EXACT) as i64;
+                    ("r", if *units < 0 { -ticks } else { ticks }, 0)
+                }
+                LimitKind::Budget(b) => {
+                    let end = b.calendar().window_end(now_ns).saturating_sub(now_ns);
+                    let ttl = end.div_ceil(1_000_000).saturating_add(BUDGET_GRACE_MS);
+                    let d = mag.min(LUA_EXACT) as i64;
+                    (
+                        "b",
+                        if *units < 0 { -d } else { d },
+                        ttl.min(LUA_EXACT) as i64,
+                    )
+                }
+                LimitKind::Concurrency { .. } => {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Config,
+                        "concurrency is not synced",
+                    ))
+                }
+            };
+            args.extend([Arg::Str(t), Arg::Num(d), Arg::Num(ttl)]);
+        }
+        let reply = numbers(
+            self.pool
+                .query(Job::Cmd(evalsha(&self.sync, &keys, &args)))?,
+        )?;
+        if reply.len() != deltas.len() {
+            return Err(protocol("unexpected sync reply"));
+        }
+        Ok(reply)
     }
 
     fn res_shard(&self, id: ReservationId) -> &Mutex<HashMap<u128, Res>> {
@@ -677,7 +770,7 @@ struct Pool {
     /// Nanoseconds after `base` before which a connect is not tried again.
     down_until: AtomicU64,
     /// Loaded on every new connection, so the common case is a plain `EVALSHA`.
-    scripts: [&'static str; 3],
+    scripts: [&'static str; 4],
     /// The acquire script, which the pool calls for merged decisions.
     acquire: Script,
     /// Pipelines sent and commands in them (merged decisions count once each).
