@@ -29,7 +29,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -102,13 +102,16 @@ struct Tracked {
     window: i64,
 }
 
+type TrackedMap = HashMap<u128, (u64, Vec<Tracked>)>;
+
 const SHARDS: usize = 16;
 
 struct Inner {
     local: MemoryStore,
     remote: RedisStore,
     pending: Box<[Mutex<HashMap<PendingKey, Pending>>]>,
-    tracked: Box<[Mutex<HashMap<u128, (u64, Vec<Tracked>)>>]>,
+    /// Unsettled reservations: id to (lease end, charges).
+    tracked: Box<[Mutex<TrackedMap>]>,
     max_tracked_per_shard: usize,
     hasher: foldhash::fast::FixedState,
     keep_rounds: u32,
@@ -225,9 +228,7 @@ fn window_of(kind: &LimitKind, now: u64) -> i64 {
 
 impl Inner {
     fn shard_of<K: Hash>(&self, k: &K) -> usize {
-        let mut h = self.hasher.build_hasher();
-        k.hash(&mut h);
-        (h.finish() >> 32) as usize % SHARDS
+        (self.hasher.hash_one(k) >> 32) as usize % SHARDS
     }
 
     fn add(&self, key: &Arc<str>, kind: LimitKind, window: i64, units: i128) {
