@@ -3,6 +3,8 @@
 //! decisions per second from 1 to 16 concurrent callers (one connection each from the
 //! pool). Each decision is one rate charge on one of 1,000 keys, always admitted.
 //!
+//! `local_first/*` compares a `LocalFirstStore` decision with the `MemoryStore` it wraps.
+//!
 //! The throughput cases report the wall time per decision across all callers (criterion's
 //! time per iteration, with `iter_custom` splitting each batch over the threads), so
 //! decisions per second = 1 / that time.
@@ -12,7 +14,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use edgeward::limits::redis_server::RedisServer;
 use edgeward::limits::{
-    Calendar, Charge, LimitKind, LimitStore, Period, RedisStore, RedisStoreConfig, ReservationId,
+    Calendar, Charge, LimitKind, LimitStore, LocalFirstConfig, LocalFirstStore, MemoryStore,
+    Period, RedisStore, RedisStoreConfig, ReservationId,
 };
 
 const S: u64 = 1_000_000_000;
@@ -85,6 +88,33 @@ fn redis(c: &mut Criterion) {
     for callers in [1u64, 2, 4, 8, 16] {
         g.bench_function(format!("decisions_{callers}_callers"), |b| {
             b.iter_custom(|iters| decide(&store, &keys, callers, iters))
+        });
+    }
+    g.finish();
+
+    // Local-first against the memory store it wraps, in the same run: the overhead of
+    // recording each charge for the next sync (syncs run in the background every 20 ms).
+    let mut g = c.benchmark_group("local_first");
+    let mut cfg = RedisStoreConfig::new(server.url());
+    cfg.hash_tag = "bench-lf".into();
+    let lf = LocalFirstStore::new(RedisStore::new(cfg).unwrap(), LocalFirstConfig::default());
+    let mem = MemoryStore::default();
+    for (name, store) in [
+        ("memory_acquire", &mem as &dyn LimitStore),
+        ("local_first_acquire", &lf as &dyn LimitStore),
+    ] {
+        let mut st = Vec::with_capacity(1);
+        let mut i = 0u64;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                i += 1;
+                let k = &keys[(i % 1_000) as usize];
+                let id = ReservationId(u128::from(i));
+                assert!(store
+                    .acquire(id, k, NOON + i, 0, &mut st)
+                    .unwrap()
+                    .is_admitted());
+            })
         });
     }
     g.finish();
