@@ -1,6 +1,6 @@
 //! `RedisStore` against a real `redis-server` on loopback (started by the bench): one
 //! decision's round trip from one caller, a three-limit decision with its settle, and
-//! decisions per second from 1 to 16 concurrent callers (one connection each from the
+//! decisions per second from 1 to 32 concurrent callers (one connection each from the
 //! pool). Each decision is one rate charge on one of 1,000 keys, always admitted.
 //!
 //! `local_first/*` compares a `LocalFirstStore` decision with the `MemoryStore` it wraps.
@@ -85,7 +85,7 @@ fn redis(c: &mut Criterion) {
             store.settle(id, &[1, 420, 0], NOON).unwrap();
         })
     });
-    for callers in [1u64, 2, 4, 8, 16] {
+    for callers in [1u64, 2, 4, 8, 16, 32] {
         g.bench_function(format!("decisions_{callers}_callers"), |b| {
             b.iter_custom(|iters| decide(&store, &keys, callers, iters))
         });

@@ -784,10 +784,17 @@ struct Lane {
     state: Mutex<LaneState>,
 }
 
-/// A queued command: its ticket, the command, and the caller to wake when it is answered
-/// (callers park instead of sharing a condition variable, so a batch wakes exactly its own
-/// callers and the one that leads the next batch, not every waiter).
-type Queued = (u64, Job, std::thread::Thread);
+/// A caller waiting on a lane: the leader of its batch puts the reply here and wakes it,
+/// or tells it to lead the next batch. Callers park on their own slot, so a batch wakes
+/// exactly its own callers and the next leader, and a woken caller takes no lock.
+struct Slot {
+    reply: Mutex<Option<Result<redis::Value, StoreError>>>,
+    lead: std::sync::atomic::AtomicBool,
+    thread: std::thread::Thread,
+}
+
+/// A queued command and its caller.
+type Queued = (Job, Arc<Slot>);
 
 /// A caller's reply, by ticket.
 type Reply = (u64, Result<redis::Value, StoreError>);
@@ -809,11 +816,8 @@ struct LaneState {
     con: Option<redis::Connection>,
     /// Commands waiting for the next batch.
     queue: Vec<Queued>,
-    /// Replies of finished batches not yet picked up by their callers.
-    replies: HashMap<u64, Result<redis::Value, StoreError>>,
-    /// A batch is in flight (its leader holds the connection).
+    /// A caller leads (a batch is in flight, or its next leader is being woken).
     busy: bool,
-    next_ticket: u64,
 }
 
 /// What a failed call says about its connection: dead (Redis went away or restarted).
@@ -880,50 +884,78 @@ impl Pool {
     fn query(&self, job: Job) -> Result<redis::Value, StoreError> {
         let n = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
         let lane = &self.lanes[n];
+        let me = Arc::new(Slot {
+            reply: Mutex::new(None),
+            lead: std::sync::atomic::AtomicBool::new(false),
+            thread: std::thread::current(),
+        });
         let mut st = lock(&lane.state);
-        let ticket = st.next_ticket;
-        st.next_ticket += 1;
-        st.queue.push((ticket, job, std::thread::current()));
-        loop {
-            if let Some(r) = st.replies.remove(&ticket) {
-                return r;
-            }
-            if st.busy {
-                drop(st);
-                // Woken when the batch with this command is answered, or to lead the next
-                // one; a spurious wake-up only goes round the loop once more.
-                std::thread::park();
-                st = lock(&lane.state);
-                continue;
-            }
-            // Not answered and no batch in flight: the command is still queued. Lead.
-            st.busy = true;
-            let batch = std::mem::take(&mut st.queue);
-            let con = st.con.take();
+        st.queue.push((job, Arc::clone(&me)));
+        if st.busy {
             drop(st);
-            let mut callers = Vec::with_capacity(batch.len());
-            let batch: Vec<(u64, Job)> = batch
-                .into_iter()
-                .map(|(t, j, th)| {
-                    callers.push(th);
-                    (t, j)
-                })
-                .collect();
-            let (con, replies) = self.send(con, batch);
+            loop {
+                if let Some(r) = lock(&me.reply).take() {
+                    return r;
+                }
+                if me.lead.load(Ordering::Acquire) {
+                    break;
+                }
+                // Unparked when answered or asked to lead; spurious wake-ups loop.
+                std::thread::park();
+            }
             st = lock(&lane.state);
-            st.con = con;
-            st.busy = false;
-            st.replies.extend(replies);
-            for th in callers {
-                if th.id() != std::thread::current().id() {
-                    th.unpark();
+        } else {
+            st.busy = true;
+        }
+        // Leading: this caller's command is still queued (only a leader takes the queue,
+        // and there is one at a time), so this batch carries it.
+        let batch = std::mem::take(&mut st.queue);
+        let con = st.con.take();
+        drop(st);
+        let mut slots = Vec::with_capacity(batch.len());
+        let jobs: Vec<(u64, Job)> = batch
+            .into_iter()
+            .enumerate()
+            .map(|(i, (j, slot))| {
+                slots.push(slot);
+                (i as u64, j)
+            })
+            .collect();
+        let (con, replies) = self.send(con, jobs);
+        let mut mine = None;
+        let mut replies: Vec<Option<Result<redis::Value, StoreError>>> = {
+            let mut v: Vec<_> = (0..slots.len()).map(|_| None).collect();
+            for (i, r) in replies {
+                if let Some(x) = v.get_mut(i as usize) {
+                    *x = Some(r);
                 }
             }
-            // Whoever queued meanwhile waits for a leader: the first of them leads.
-            if let Some((_, _, th)) = st.queue.first() {
-                th.unpark();
+            v
+        };
+        for (slot, r) in slots.iter().zip(replies.iter_mut()) {
+            // Every caller is answered, whatever `send` returned, so none waits forever.
+            let r = r
+                .take()
+                .unwrap_or_else(|| Err(protocol("no reply for a queued call")));
+            if Arc::ptr_eq(slot, &me) {
+                mine = Some(r);
+            } else {
+                *lock(&slot.reply) = Some(r);
+                slot.thread.unpark();
             }
         }
+        let mut st = lock(&lane.state);
+        st.con = con;
+        // Whoever queued meanwhile waits for a leader: the first of them leads.
+        match st.queue.first() {
+            Some((_, next)) => {
+                next.lead.store(true, Ordering::Release);
+                next.thread.unpark();
+            }
+            None => st.busy = false,
+        }
+        drop(st);
+        mine.unwrap_or_else(|| Err(protocol("no reply for a queued call")))
     }
 
     /// Send a batch as one pipeline: on the lane's connection, or a new one when there is
