@@ -495,12 +495,26 @@ impl Engine {
                 CompileError::new(CompileErrorKind::InvalidValue, format!("{at}: {m}")).in_file(src)
             },
         )?;
+        let clock: Arc<dyn Clock> = clock.unwrap_or_else(|| Arc::new(SystemClock));
+        // A store the host passes wins over the policy's: tests and hosts sharing one store
+        // across engines keep control.
+        let store = match store {
+            Some(s) => s,
+            None => spec
+                .store
+                .as_ref()
+                .map_or(Ok(None), |s| s.build(&clock))
+                .map_err(|m| {
+                    CompileError::new(CompileErrorKind::InvalidValue, format!("spec.store.{m}"))
+                        .in_file(src)
+                })?
+                .unwrap_or_else(|| Arc::new(MemoryStore::new(MemoryStoreConfig::default()))),
+        };
         Ok(Engine {
             inner: Arc::new(Inner {
                 limits,
-                store: store
-                    .unwrap_or_else(|| Arc::new(MemoryStore::new(MemoryStoreConfig::default()))),
-                clock: clock.unwrap_or_else(|| Arc::new(SystemClock)),
+                store,
+                clock,
                 lease_ns: spec
                     .reservations
                     .lease_seconds

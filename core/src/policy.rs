@@ -134,6 +134,9 @@ pub struct Spec {
     /// How long reservations live before they expire unsettled.
     #[serde(default)]
     pub reservations: crate::limits::stage::Reservations,
+    /// Where limits are counted: in process (the default) or in Redis, shared by replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<crate::limits::stage::StoreSettings>,
 }
 
 /// Rule sources.

@@ -219,6 +219,10 @@ fn two_processes_never_exceed_a_limit() {
 }
 
 fn policy(on_store_error: &str) -> Policy {
+    policy_with(on_store_error, "")
+}
+
+fn policy_with(on_store_error: &str, store: &str) -> Policy {
     Policy::from_text(&format!(
         r#"
 apiVersion: edgeward.dev/v1
@@ -238,6 +242,7 @@ spec:
   limits:
     - {{name: rpm, key: [client_ip], unit: requests, rate: {{limit: 5, per: 1m}}, onStoreError: {on_store_error}}}
     - {{name: tokens, key: [client_ip], unit: totalTokens, budget: {{limit: 100000, per: day}}, onStoreError: {on_store_error}}}
+{store}
 "#
     ))
     .unwrap_or_else(|e| panic!("{e}"))
@@ -540,4 +545,71 @@ fn local_first_settles_and_survives_an_outage() {
         [100_000 - 15_000]
     );
     assert!(s.stats().last_error.is_none());
+}
+
+#[test]
+fn the_policy_names_the_store() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    // The URL from the environment (a password stays out of the policy), a unique tag.
+    let var = format!("EDGEWARD_TEST_REDIS_{}", std::process::id());
+    std::env::set_var(&var, server.url());
+    let store = format!(
+        "  store:\n    redis: {{urlEnv: {var}, url: 'redis://127.0.0.1:1/', hashTag: policy-{}, commandTimeout: 500ms}}",
+        std::process::id()
+    );
+    let p = policy_with("closed", &store);
+    let (a, b) = (Engine::new(&p).unwrap(), Engine::new(&p).unwrap());
+    for i in 0..5 {
+        let d = chat(if i % 2 == 0 { &a } else { &b }, "192.0.2.9");
+        assert!(d.is_allowed(), "{i}: {}", d.to_json());
+    }
+    assert_eq!(
+        chat(&a, "192.0.2.9").status(),
+        Some(429),
+        "shared through Redis"
+    );
+
+    // Local-first from the policy: decided locally at once, shared after a sync.
+    let lf = format!(
+        "  store:\n    redis: {{url: '{}', hashTag: lf-policy-{}, localFirst: {{syncInterval: 10ms}}}}",
+        server.url(),
+        std::process::id()
+    );
+    let p = policy_with("closed", &lf);
+    let (a, b) = (Engine::new(&p).unwrap(), Engine::new(&p).unwrap());
+    for _ in 0..5 {
+        assert!(chat(&a, "192.0.2.10").is_allowed());
+    }
+    assert_eq!(chat(&a, "192.0.2.10").status(), Some(429));
+    // b has not charged this address yet, so it starts from a full bucket (the documented
+    // overshoot); once it has, its syncs bring a's five in, and it refuses.
+    assert!(chat(&b, "192.0.2.10").is_allowed());
+    std::thread::sleep(Duration::from_millis(500));
+    let d = chat(&b, "192.0.2.10");
+    assert_eq!(
+        d.status(),
+        Some(429),
+        "b heard of a's requests: {}",
+        d.to_json()
+    );
+
+    // Bad settings are policy errors.
+    for (bad, what) in [
+        ("  store:\n    redis: {hashTag: x}", "url"),
+        (
+            "  store:\n    redis: {url: 'redis://h/', commandTimeout: soon}",
+            "commandTimeout",
+        ),
+        ("  store:\n    redis: {url: 'not a url'}", "redis url"),
+        (
+            "  store:\n    redis: {url: 'redis://h/', hashTag: 'a{b'}",
+            "hash tag",
+        ),
+    ] {
+        let e = Engine::new(&policy_with("open", bad)).unwrap_err();
+        assert_eq!(e.code(), "policy.invalid_value", "{bad}");
+        assert!(e.to_string().contains(what), "{bad}: {e}");
+    }
 }

@@ -521,6 +521,7 @@ impl MemoryStore {
 
     /// Replace the stored state of `charge`'s key (created empty if new) with `f(state)`:
     /// how the local-first store folds the shared state into the local one.
+    #[cfg(feature = "redis")]
     pub(crate) fn merge(
         &self,
         charge: &Charge,

@@ -132,6 +132,128 @@ impl Default for Reservations {
     }
 }
 
+/// Where the policy's limits are counted. Absent: in process (a `MemoryStore` per engine),
+/// unless the host passes a store of its own (which wins over this section).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StoreSettings {
+    /// Redis (7+) or Valkey, shared by every replica that uses the same server and hash tag.
+    /// Needs edgeward built with the `redis` feature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSettings>,
+}
+
+/// How to reach Redis.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// An environment variable holding the URL, read when the engine is built; it wins over
+    /// `url` when set, so passwords stay out of policy files and bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    /// The hash tag every key carries (Redis Cluster puts all of them in its slot).
+    /// Default `edgeward`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_tag: Option<String>,
+    /// Connections per engine, shared by all its callers. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u32>,
+    /// How long a connect may take, e.g. `250ms` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<String>,
+    /// How long one call may take, e.g. `100ms` (the default); then `onStoreError` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_timeout: Option<String>,
+    /// After a failed connect, how long calls fail at once. Default `250ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_backoff: Option<String>,
+    /// Decide in process and sync to Redis in batches (for very high rates; limits may
+    /// overshoot by what other replicas admit between syncs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_first: Option<LocalFirstSettings>,
+}
+
+/// Local-first syncing.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LocalFirstSettings {
+    /// Time between syncs, e.g. `20ms` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_interval: Option<String>,
+}
+
+impl StoreSettings {
+    /// The store these settings name, if any (`Err` with a message on bad values).
+    #[cfg(feature = "redis")]
+    pub(crate) fn build(
+        &self,
+        clock: &std::sync::Arc<dyn crate::limits::Clock>,
+    ) -> Result<Option<std::sync::Arc<dyn crate::limits::LimitStore>>, String> {
+        use std::time::Duration;
+        let Some(r) = &self.redis else {
+            return Ok(None);
+        };
+        let url = r
+            .url_env
+            .as_ref()
+            .and_then(|v| std::env::var(v).ok())
+            .or_else(|| r.url.clone())
+            .ok_or("redis: give `url`, or `urlEnv` naming a variable that is set")?;
+        let dur = |field: &str, v: &Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(text) => parse_duration(text)
+                .map(Duration::from_nanos)
+                .ok_or(format!(
+                    "redis.{field}: `{text}` is not a duration like 100ms"
+                )),
+        };
+        let mut cfg = crate::limits::RedisStoreConfig::new(url);
+        if let Some(t) = &r.hash_tag {
+            cfg.hash_tag = t.clone();
+        }
+        if let Some(n) = r.connections {
+            cfg.connections = n.clamp(1, 64) as usize;
+        }
+        cfg.connect_timeout = dur("connectTimeout", &r.connect_timeout, cfg.connect_timeout)?;
+        cfg.command_timeout = dur("commandTimeout", &r.command_timeout, cfg.command_timeout)?;
+        cfg.retry_backoff = dur("retryBackoff", &r.retry_backoff, cfg.retry_backoff)?;
+        let store = crate::limits::RedisStore::new(cfg).map_err(|e| e.message().to_string())?;
+        Ok(Some(match &r.local_first {
+            None => std::sync::Arc::new(store),
+            Some(lf) => {
+                let every = dur(
+                    "localFirst.syncInterval",
+                    &lf.sync_interval,
+                    Duration::from_millis(20),
+                )?;
+                std::sync::Arc::new(crate::limits::LocalFirstStore::new(
+                    store,
+                    crate::limits::LocalFirstConfig {
+                        interval: Some(every),
+                        clock: std::sync::Arc::clone(clock),
+                        ..crate::limits::LocalFirstConfig::default()
+                    },
+                ))
+            }
+        }))
+    }
+
+    /// Without the `redis` feature a policy that names Redis does not compile.
+    #[cfg(not(feature = "redis"))]
+    pub(crate) fn build(
+        &self,
+        _clock: &std::sync::Arc<dyn crate::limits::Clock>,
+    ) -> Result<Option<std::sync::Arc<dyn crate::limits::LimitStore>>, String> {
+        match self.redis {
+            None => Ok(None),
+            Some(_) => Err("redis: this build of edgeward has no `redis` feature".into()),
+        }
+    }
+}
+
 /// Parses `500ms`, `1s`, `10m`, `1h`, `1d` (a number and a unit) into nanoseconds.
 pub fn parse_duration(s: &str) -> Option<u64> {
     let s = s.trim();
@@ -598,6 +720,20 @@ fn sf_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Without the `redis` feature a policy that counts limits in Redis does not compile,
+    /// rather than silently counting in process.
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn a_redis_store_needs_the_feature() {
+        let p = crate::Policy::from_text(
+            "apiVersion: edgeward.dev/v1\nkind: Policy\nmetadata: {name: s}\nspec:\n  store:\n    redis: {url: 'redis://127.0.0.1/'}\n",
+        )
+        .unwrap();
+        let e = crate::Engine::new(&p).unwrap_err();
+        assert_eq!(e.code(), "policy.invalid_value");
+        assert!(e.to_string().contains("redis"), "{e}");
+    }
 
     #[test]
     fn durations_and_offsets() {
