@@ -33,5 +33,18 @@ fn readme_policy_example_compiles() {
     let policy = Policy::from_file(dir.join("policy.yaml"));
     std::fs::remove_dir_all(&dir).unwrap();
     let policy = policy.unwrap_or_else(|e| panic!("README policy: {e}"));
-    Engine::new(&policy).unwrap_or_else(|e| panic!("README policy: {e}"));
+    // The example counts limits in Redis: the URL is read when the engine is built, and
+    // connections open lazily, so nothing needs to listen. Without the `redis` feature the
+    // same policy must be refused for that section alone.
+    std::env::set_var("EDGEWARD_REDIS_URL", "redis://127.0.0.1:1/");
+    match Engine::new(&policy) {
+        Ok(_) => assert!(
+            cfg!(feature = "redis"),
+            "compiled without the redis feature"
+        ),
+        Err(e) if !cfg!(feature = "redis") => {
+            assert!(e.to_string().contains("spec.store.redis"), "{e}")
+        }
+        Err(e) => panic!("README policy: {e}"),
+    }
 }

@@ -39,6 +39,26 @@
 //! restarted) is replaced once within the same call, and after a failed connect the store
 //! answers `store.unavailable` at once for a short back-off instead of letting every request
 //! wait for its own connect timeout.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use edgeward::limits::{LocalFirstConfig, LocalFirstStore, RedisStore, RedisStoreConfig};
+//! use edgeward::{Engine, Policy};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let policy = Policy::from_file("policy.yaml")?;
+//!     let redis = RedisStore::new(RedisStoreConfig::new("redis://10.0.0.5:6379/"))?;
+//!     redis.check()?; // fail at startup, not on the first request
+//!     let shared = Engine::builder().store(Arc::new(redis)).build(&policy)?;
+//!     // Or decide locally and sync every 20 ms:
+//!     let redis = RedisStore::new(RedisStoreConfig::new("redis://10.0.0.5:6379/"))?;
+//!     let local_first = LocalFirstStore::new(redis, LocalFirstConfig::default());
+//!     let fast = Engine::builder().store(Arc::new(local_first)).build(&policy)?;
+//!     Ok(())
+//! }
+//! ```
 
 use std::collections::HashMap;
 use std::fmt;
