@@ -37,14 +37,11 @@ fn readme_policy_example_compiles() {
     // connections open lazily, so nothing needs to listen. Without the `redis` feature the
     // same policy must be refused for that section alone.
     std::env::set_var("EDGEWARD_REDIS_URL", "redis://127.0.0.1:1/");
-    match Engine::new(&policy) {
-        Ok(_) => assert!(
-            cfg!(feature = "redis"),
-            "compiled without the redis feature"
-        ),
-        Err(e) if !cfg!(feature = "redis") => {
-            assert!(e.to_string().contains("spec.store.redis"), "{e}")
-        }
-        Err(e) => panic!("README policy: {e}"),
+    let built = Engine::new(&policy);
+    if cfg!(feature = "redis") {
+        built.unwrap_or_else(|e| panic!("README policy: {e}"));
+    } else {
+        let e = built.expect_err("refused without the redis feature");
+        assert!(e.to_string().contains("spec.store.redis"), "{e}");
     }
 }

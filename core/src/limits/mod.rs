@@ -466,7 +466,8 @@ mod tests {
                 "store.unavailable",
                 "store.timeout",
                 "store.capacity",
-                "store.protocol"
+                "store.protocol",
+                "store.config"
             ]
         );
         let e = StoreError::new(StoreErrorKind::Timeout, "no answer in 5 ms");
