@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgeward::limits::redis_server::RedisServer;
+use edgeward::limits::redis_server::{RedisCluster, RedisServer};
 use edgeward::limits::{
     conformance, Calendar, Charge, LimitKind, LimitStore, LocalFirstConfig, LocalFirstStore,
     Period, RedisStore, RedisStoreConfig, ReservationId, Settled,
@@ -612,4 +612,55 @@ fn the_policy_names_the_store() {
         assert_eq!(e.code(), "policy.invalid_value", "{bad}");
         assert!(e.to_string().contains(what), "{bad}: {e}");
     }
+}
+
+/// On a Redis Cluster a store pointed at any node follows `MOVED` to the node serving its
+/// hash tag's slot, and passes the whole store contract there.
+#[test]
+fn a_cluster_is_followed_to_the_slots_node() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let urls = cluster.urls();
+    // Each check of the suite gets a fresh tag; those not served by the first node answer
+    // MOVED there, so most checks run through a redirect.
+    let mut direct = redis::Client::open(urls[0].as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let tag = |i: u64| format!("cluster-{}-{i}", std::process::id());
+    let moved = (0..17)
+        .filter(|&i| {
+            redis::cmd("GET")
+                .arg(format!("{{{}}}:probe", tag(i)))
+                .query::<Option<String>>(&mut direct)
+                .is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Moved))
+        })
+        .count();
+    assert!(moved > 0, "some tags live on the other nodes");
+    let next = AtomicU64::new(0);
+    conformance::run_all(&|| {
+        let i = next.fetch_add(1, Ordering::Relaxed) % 10;
+        Box::new(store_with(&urls[0], |c| {
+            c.hash_tag = format!("cluster-{i}-{}", std::process::id())
+        }))
+    });
+    // Engines pointed at different nodes share one limit.
+    let a = engine(
+        store_with(&urls[1], |c| c.hash_tag = "shared".into()),
+        "closed",
+    );
+    let b = engine(
+        store_with(&urls[2], |c| c.hash_tag = "shared".into()),
+        "closed",
+    );
+    for i in 0..5 {
+        let d = chat(if i % 2 == 0 { &a } else { &b }, "198.51.100.50");
+        assert!(
+            d.is_allowed() && d.store_error.is_none(),
+            "{i}: {}",
+            d.to_json()
+        );
+    }
+    assert_eq!(chat(&a, "198.51.100.50").status(), Some(429));
 }

@@ -23,8 +23,12 @@
 //! Every key is `{<hash tag>}:<r|b|c>:<charge key>`: one hash tag (default `edgeward`) puts
 //! all keys in one slot, which a script needs on Redis Cluster, and the kind letter keeps a
 //! rate, a budget and a concurrency limit of the same name from meeting as different Redis
-//! types. All limit state then lives on one cluster shard; deployments that outgrow one
-//! shard run one store (and tag) per group of routes.
+//! types. The store may be pointed at any node: a `MOVED` answer is followed to the node
+//! serving the slot (the calls it refused are sent there, and later ones too), also after
+//! a resharding or a failover moves the slot. During a slot migration (`ASK`, `TRYAGAIN`)
+//! calls fail with `store.protocol` and each limit's `onStoreError` applies. All limit
+//! state lives on one cluster shard; deployments that outgrow one shard run one store (and
+//! tag) per group of routes.
 //!
 //! # Reservations
 //!
@@ -359,7 +363,7 @@ impl RedisStore {
         let lanes = config.connections.max(1);
         Ok(RedisStore {
             pool: Pool {
-                client,
+                target: Mutex::new((0, client)),
                 lanes: (0..lanes).map(|_| Lane::default()).collect(),
                 next_lane: AtomicUsize::new(0),
                 connect_timeout: config.connect_timeout,
@@ -780,7 +784,9 @@ impl LimitStore for RedisStore {
 /// and hands each caller its reply (group commit). One caller alone pays one round trip;
 /// many callers at once share round trips instead of each blocking a connection of its own.
 struct Pool {
-    client: redis::Client,
+    /// Where calls go, and a generation that changes when a cluster moves the slot: a
+    /// connection of an older generation is not used again.
+    target: Mutex<(u64, redis::Client)>,
     lanes: Box<[Lane]>,
     next_lane: AtomicUsize,
     connect_timeout: Duration,
@@ -816,6 +822,9 @@ struct Slot {
 /// A queued command and its caller.
 type Queued = (Job, Arc<Slot>);
 
+/// A connection and the target generation it was opened for.
+type Conn = (u64, redis::Connection);
+
 /// A caller's reply, by ticket.
 type Reply = (u64, Result<redis::Value, StoreError>);
 
@@ -833,7 +842,7 @@ const MAX_MERGED: usize = 64;
 
 #[derive(Default)]
 struct LaneState {
-    con: Option<redis::Connection>,
+    con: Option<Conn>,
     /// Commands waiting for the next batch.
     queue: Vec<Queued>,
     /// A caller leads (a batch is in flight, or its next leader is being woken).
@@ -856,6 +865,23 @@ fn map_err(e: &RedisError) -> StoreError {
     StoreError::new(kind, format!("redis: {e}"))
 }
 
+/// Where a cluster's `MOVED` answer says the slot now lives.
+fn moved_to(v: &redis::Value) -> Option<(String, u16)> {
+    let redis::Value::ServerError(e) = v else {
+        return None;
+    };
+    if e.kind() != Some(redis::ServerErrorKind::Moved) {
+        return None;
+    }
+    // "<slot> <host>:<port>"; an IPv6 host keeps its colons, the port is after the last.
+    let addr = e.details()?.rsplit(' ').next()?;
+    let (host, port) = addr.rsplit_once(':')?;
+    Some((
+        host.trim_matches(['[', ']']).to_string(),
+        port.parse().ok()?,
+    ))
+}
+
 fn is_noscript(v: &redis::Value) -> bool {
     matches!(v, redis::Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript))
 }
@@ -865,15 +891,18 @@ impl Pool {
         u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn connect(&self) -> Result<redis::Connection, StoreError> {
+    fn connect(&self) -> Result<Conn, StoreError> {
         if self.elapsed() < self.down_until.load(Ordering::Relaxed) {
             return Err(StoreError::new(
                 StoreErrorKind::Unavailable,
                 "redis: unreachable at the last attempt; backing off",
             ));
         }
-        let con = self
-            .client
+        let (generation, client) = {
+            let t = lock(&self.target);
+            (t.0, t.1.clone())
+        };
+        let con = client
             .get_connection_with_timeout(self.connect_timeout)
             .and_then(|mut con| {
                 con.set_read_timeout(Some(self.command_timeout))?;
@@ -881,7 +910,7 @@ impl Pool {
                 self.load_scripts(&mut con)?;
                 Ok(con)
             });
-        con.map_err(|e| {
+        con.map(|c| (generation, c)).map_err(|e| {
             if is_stale(&e) || e.is_connection_refusal() || e.is_timeout() {
                 let until = self
                     .elapsed()
@@ -890,6 +919,23 @@ impl Pool {
             }
             map_err(&e)
         })
+    }
+
+    /// Follow a cluster's `MOVED` answer: every key carries one hash tag, so they all live
+    /// in the slot that moved, and every later call goes to its new node. Credentials and
+    /// settings stay those of the configured URL.
+    fn retarget(&self, seen: u64, host: &str, port: u16) {
+        let mut t = lock(&self.target);
+        if t.0 != seen {
+            return; // another caller already followed it
+        }
+        let info =
+            t.1.get_connection_info()
+                .clone()
+                .set_addr(redis::ConnectionAddr::Tcp(host.to_string(), port));
+        if let Ok(client) = redis::Client::open(info) {
+            *t = (seen + 1, client);
+        }
     }
 
     fn load_scripts(&self, con: &mut redis::Connection) -> RedisResult<()> {
@@ -981,11 +1027,7 @@ impl Pool {
     /// Send a batch as one pipeline: on the lane's connection, or a new one when there is
     /// none or it turns out dead (once). A connection that timed out is dropped, since its
     /// late replies would answer the next batch.
-    fn send(
-        &self,
-        con: Option<redis::Connection>,
-        batch: Vec<(u64, Job)>,
-    ) -> (Option<redis::Connection>, Vec<Reply>) {
+    fn send(&self, con: Option<Conn>, batch: Vec<(u64, Job)>) -> (Option<Conn>, Vec<Reply>) {
         let mut pipe = redis::Pipeline::with_capacity(batch.len());
         pipe.ignore_errors();
         // Per pipeline command: its callers, and for merged decisions each one's number of
@@ -1033,14 +1075,15 @@ impl Pool {
         let fail = |tickets: Vec<u64>, e: StoreError| {
             tickets.into_iter().map(|t| (t, Err(e.clone()))).collect()
         };
-        let (mut con, fresh) = match con {
+        let current = lock(&self.target).0;
+        let (mut con, fresh) = match con.filter(|c| c.0 == current) {
             Some(c) => (c, false),
             None => match self.connect() {
                 Ok(c) => (c, true),
                 Err(e) => return (None, fail(tickets, e)),
             },
         };
-        let mut result = pipe.query::<Vec<redis::Value>>(&mut con);
+        let mut result = pipe.query::<Vec<redis::Value>>(&mut con.1);
         if let (Err(e), false) = (&result, fresh) {
             if is_stale(e) {
                 // Dead before anything was answered (Redis restarted): once more, anew.
@@ -1048,7 +1091,7 @@ impl Pool {
                     Ok(c) => c,
                     Err(e) => return (None, fail(tickets, e)),
                 };
-                result = pipe.query::<Vec<redis::Value>>(&mut con);
+                result = pipe.query::<Vec<redis::Value>>(&mut con.1);
             }
         }
         let mut values = match result {
@@ -1059,25 +1102,32 @@ impl Pool {
                 return (keep.then_some(con), fail(tickets, map_err(&e)));
             }
         };
-        if values.iter().any(is_noscript) {
-            // The script cache was flushed: those commands did not run. Load and resend them.
+        // Calls that did not run are sent once more: after loading the scripts when the
+        // script cache was flushed, or to the slot's new node when a cluster moved it.
+        for _ in 0..2 {
             let again: Vec<usize> = (0..values.len())
-                .filter(|&i| is_noscript(&values[i]))
+                .filter(|&i| is_noscript(&values[i]) || moved_to(&values[i]).is_some())
                 .collect();
+            if again.is_empty() {
+                break;
+            }
+            if let Some((host, port)) = again.iter().find_map(|&i| moved_to(&values[i])) {
+                self.retarget(con.0, &host, port);
+                con = match self.connect() {
+                    Ok(c) => c,
+                    Err(e) => return (None, fail(tickets, e)),
+                };
+            } else if let Err(e) = self.load_scripts(&mut con.1) {
+                return (None, fail(tickets, map_err(&e)));
+            }
             let mut retry = redis::Pipeline::with_capacity(again.len());
             retry.ignore_errors();
             for &i in &again {
-                retry.add_command(
-                    pipe.cmd_iter()
-                        .nth(i)
-                        .cloned()
-                        .unwrap_or_else(|| redis::cmd("PING")),
-                );
+                if let Some(c) = pipe.cmd_iter().nth(i) {
+                    retry.add_command(c.clone());
+                }
             }
-            match self
-                .load_scripts(&mut con)
-                .and_then(|()| retry.query::<Vec<redis::Value>>(&mut con))
-            {
+            match retry.query::<Vec<redis::Value>>(&mut con.1) {
                 Ok(v) if v.len() == again.len() => {
                     for (i, v) in again.into_iter().zip(v) {
                         values[i] = v;
