@@ -664,3 +664,31 @@ fn a_cluster_is_followed_to_the_slots_node() {
     }
     assert_eq!(chat(&a, "198.51.100.50").status(), Some(429));
 }
+
+/// A refund that gives a rate back in full reaches the shared state too (its TAT drops to
+/// now: the key is deleted rather than left at the charged value).
+#[test]
+fn local_first_refunds_reach_the_shared_state() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let s = local_first(&server.url(), "lf-refund");
+    let rate = LimitKind::rate(100, 60 * S, 100).unwrap();
+    let c = [Charge::new("tokens/min", rate, 50)];
+    let probe = [Charge::new("tokens/min", rate, 1)];
+    let mut st = vec![];
+    assert!(s
+        .acquire(ReservationId(1), &c, NOON, 60 * S, &mut st)
+        .unwrap()
+        .is_admitted());
+    s.sync_now(NOON).unwrap();
+    assert_eq!(shared(&server.url(), "lf-refund", &probe, NOON), [50]);
+    assert_eq!(
+        s.settle(ReservationId(1), &[0], NOON).unwrap(),
+        Settled::Settled
+    );
+    s.sync_now(NOON).unwrap();
+    assert_eq!(shared(&server.url(), "lf-refund", &probe, NOON), [100]);
+    s.peek(&probe, NOON, &mut st).unwrap();
+    assert_eq!(st[0].remaining, 100);
+}

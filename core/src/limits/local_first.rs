@@ -80,6 +80,9 @@ pub struct LocalFirstStats {
     pub last_error: Option<StoreError>,
     /// Keys in the sync set.
     pub synced_keys: usize,
+    /// Charges kept local only because the sync set was full (as many keys as the local
+    /// store holds).
+    pub unsynced_charges: u64,
 }
 
 #[derive(Debug)]
@@ -119,6 +122,9 @@ struct Inner {
     max_tracked_per_shard: usize,
     hasher: foldhash::fast::FixedState,
     keep_rounds: u32,
+    max_pending_per_shard: usize,
+    /// Charges not recorded for syncing because the sync set was full.
+    unsynced: AtomicU64,
     syncs: AtomicU64,
     failed_syncs: AtomicU64,
     last_error: Mutex<Option<StoreError>>,
@@ -160,6 +166,8 @@ impl LocalFirstStore {
             tracked: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: foldhash::fast::FixedState::default(),
             keep_rounds: config.keep_rounds,
+            max_pending_per_shard: config.local.max_keys.div_ceil(SHARDS).max(1),
+            unsynced: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             failed_syncs: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -207,6 +215,7 @@ impl LocalFirstStore {
             failed_syncs: self.inner.failed_syncs.load(Ordering::Relaxed),
             last_error: lock(&self.inner.last_error).clone(),
             synced_keys: self.inner.pending.iter().map(|s| lock(s).len()).sum(),
+            unsynced_charges: self.inner.unsynced.load(Ordering::Relaxed),
         }
     }
 }
@@ -250,6 +259,12 @@ impl Inner {
             p.idle = 0;
             return;
         }
+        // Bounded like the local store (a Redis outage keeps every charged key here): past
+        // the bound a new key's charges stay local, counted in the stats.
+        if shard.len() >= self.max_pending_per_shard {
+            self.unsynced.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         shard.insert(
             Arc::clone(key),
             Pending {
@@ -285,14 +300,17 @@ impl Inner {
                         self.fold(key, kind, *window, state, now);
                     }
                 }
-                Err(e) => {
-                    // Nothing of this chunk reached Redis: its deltas go back.
+                Err(f) => {
+                    // Deltas that did not reach Redis go back for the next sync. When the
+                    // call may have run (a timeout, a connection lost while waiting), only
+                    // the charges go back: counting a charge twice errs on the strict side,
+                    // a refund applied twice would let replicas over-admit.
                     for (key, kind, window, units) in chunk {
-                        if *units != 0 {
+                        if *units > 0 || (*units < 0 && !f.sent) {
                             self.add(key, *kind, *window, *units);
                         }
                     }
-                    result = Err(e);
+                    result = Err(f.err);
                 }
             }
         }

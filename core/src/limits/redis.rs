@@ -263,6 +263,8 @@ for i = 1, #KEYS do
     if d ~= 0 and v > now then
       redis.call('SET', KEYS[i], string.format('%.0f', v),
         'PX', string.format('%.0f', math.floor((v - now) / 1000) + slack))
+    elseif d ~= 0 then
+      redis.call('DEL', KEYS[i])
     end
   elseif d ~= 0 then
     v = math.max(v + d, 0)
@@ -446,7 +448,7 @@ impl RedisStore {
         &self,
         deltas: &[(Arc<str>, LimitKind, i64, i128)],
         now_ns: u64,
-    ) -> Result<Vec<u64>, StoreError> {
+    ) -> Result<Vec<u64>, Failed> {
         let mut keys = Vec::with_capacity(deltas.len());
         let mut args = Vec::with_capacity(2 + 3 * deltas.len());
         args.extend([
@@ -458,7 +460,9 @@ impl RedisStore {
             let mag = units.unsigned_abs().min(u128::from(u64::MAX)) as u64;
             let (t, d, ttl) = match kind {
                 LimitKind::Rate(g) => {
-                    let ticks = rate_in_micros(g)?.ticks(mag).min(LUA_EXACT) as i64;
+                    // A rate too long for the script's arithmetic is not shared (its
+                    // replicas count alone) rather than holding up the other keys.
+                    let ticks = rate_in_micros(g).map_or(0, |g| g.ticks(mag).min(LUA_EXACT) as i64);
                     ("r", if *units < 0 { -ticks } else { ticks }, 0)
                 }
                 LimitKind::Budget(b) => {
@@ -471,22 +475,21 @@ impl RedisStore {
                         ttl.min(LUA_EXACT) as i64,
                     )
                 }
-                LimitKind::Concurrency { .. } => {
-                    return Err(StoreError::new(
-                        StoreErrorKind::Config,
-                        "concurrency is not synced",
-                    ))
-                }
+                // Counted per replica; the local-first store never sends them.
+                LimitKind::Concurrency { .. } => ("b", 0, 1),
             };
             args.extend([Arg::Str(t), Arg::Num(d), Arg::Num(ttl)]);
         }
-        let reply = numbers(
-            self.pool
-                .query(Job::Cmd(evalsha(&self.sync, &keys, &args)))?,
-        )?;
-        if reply.len() != deltas.len() {
-            return Err(protocol("unexpected sync reply"));
-        }
+        let value = self
+            .pool
+            .query_sent(Job::Write(evalsha(&self.sync, &keys, &args)))?;
+        let reply = numbers(value)
+            .ok()
+            .filter(|r| r.len() == deltas.len())
+            .ok_or_else(|| Failed {
+                err: protocol("unexpected sync reply"),
+                sent: true,
+            })?;
         Ok(reply)
     }
 
@@ -597,10 +600,11 @@ impl LimitStore for RedisStore {
             self.room_for(id, now_ns)?;
         }
         let now_us = now_ns / 1_000;
-        // Leases end on the microsecond grid: a lease ending at `e` ns is over for every
-        // `now` whose rounded-up microsecond is past `e / 1000`, exact when `e` falls on it.
+        // Leases end on the microsecond grid, rounded up: a slot is freed when `now` rounded
+        // up is past the lease's end rounded up, never before the lease is over (exact when
+        // the end falls on a microsecond).
         let lease_end_us = if lease_ns > 0 {
-            now_ns.saturating_add(lease_ns) / 1_000
+            now_ns.saturating_add(lease_ns).div_ceil(1_000)
         } else {
             0
         };
@@ -621,6 +625,12 @@ impl LimitStore for RedisStore {
             let (t, a, b, x) = match &c.kind {
                 LimitKind::Rate(g) => {
                     let g = rate_in_micros(g)?;
+                    if now_us.saturating_add(g.tau()).saturating_add(g.tau()) >= LUA_EXACT {
+                        return Err(StoreError::new(
+                            StoreErrorKind::Config,
+                            "a rate's burst spans more time than Redis scripts count exactly",
+                        ));
+                    }
                     // -1: above the burst, never fits.
                     let inc = g.increment(c.amount).map_or(-1, |i| i as i64);
                     ("r", inc, g.tau() as i64, 0)
@@ -737,7 +747,7 @@ impl LimitStore for RedisStore {
         }
         if !keys.is_empty() {
             self.pool
-                .query(Job::Cmd(evalsha(&self.settle, &keys, &args)))?;
+                .query(Job::Write(evalsha(&self.settle, &keys, &args)))?;
         }
         Ok(Settled::Settled)
     }
@@ -814,7 +824,7 @@ struct Lane {
 /// or tells it to lead the next batch. Callers park on their own slot, so a batch wakes
 /// exactly its own callers and the next leader, and a woken caller takes no lock.
 struct Slot {
-    reply: Mutex<Option<Result<redis::Value, StoreError>>>,
+    reply: Mutex<Option<Result<redis::Value, Failed>>>,
     lead: std::sync::atomic::AtomicBool,
     thread: std::thread::Thread,
 }
@@ -826,12 +836,24 @@ type Queued = (Job, Arc<Slot>);
 type Conn = (u64, redis::Connection);
 
 /// A caller's reply, by ticket.
-type Reply = (u64, Result<redis::Value, StoreError>);
+type Reply = (u64, Result<redis::Value, Failed>);
+
+/// A call that failed, and whether it may have run: `false` only when it was never sent
+/// (no connection). A call that may have run is never sent again by the pool, and the
+/// local-first store does not resend refunds that may already have been applied.
+#[derive(Debug, Clone)]
+pub(crate) struct Failed {
+    pub(crate) err: StoreError,
+    pub(crate) sent: bool,
+}
 
 /// What a caller sends.
 enum Job {
-    /// A command of its own.
+    /// A command that changes nothing (a peek, a ping): safe to send twice.
     Cmd(redis::Cmd),
+    /// A command that must not run twice (a settle, a sync): never resent after a failure
+    /// that may have come after it ran.
+    Write(redis::Cmd),
     /// One decision for the acquire script (its arguments without the leading slack):
     /// consecutive decisions in a batch go out as one script call.
     Decide { keys: Vec<String>, args: Vec<Arg> },
@@ -863,6 +885,18 @@ fn map_err(e: &RedisError) -> StoreError {
         StoreErrorKind::Protocol
     };
     StoreError::new(kind, format!("redis: {e}"))
+}
+
+/// A server's error answer: loading, busy, a cluster down or migrating, a read-only
+/// replica mean "not available now"; anything else is a protocol error.
+fn server_error(e: redis::ServerError) -> StoreError {
+    let kind = match e.code() {
+        "LOADING" | "BUSY" | "CLUSTERDOWN" | "READONLY" | "TRYAGAIN" | "ASK" | "MASTERDOWN" => {
+            StoreErrorKind::Unavailable
+        }
+        _ => StoreErrorKind::Protocol,
+    };
+    StoreError::new(kind, format!("redis: {}", RedisError::from(e)))
 }
 
 /// Where a cluster's `MOVED` answer says the slot now lives.
@@ -948,6 +982,11 @@ impl Pool {
 
     /// Send `cmd` (on a connection shared with other callers) and wait for its reply.
     fn query(&self, job: Job) -> Result<redis::Value, StoreError> {
+        self.query_sent(job).map_err(|f| f.err)
+    }
+
+    /// [`query`](Pool::query), telling a failure before sending from one after.
+    fn query_sent(&self, job: Job) -> Result<redis::Value, Failed> {
         let n = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
         let lane = &self.lanes[n];
         let me = Arc::new(Slot {
@@ -987,9 +1026,13 @@ impl Pool {
                 (i as u64, j)
             })
             .collect();
-        let (con, replies) = self.send(con, jobs);
+        // A panic in `send` (a bug) must not leave this lane busy for good: every caller of
+        // the batch is answered below, and the lead is handed on.
+        let (con, replies) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.send(con, jobs)))
+                .unwrap_or((None, Vec::new()));
         let mut mine = None;
-        let mut replies: Vec<Option<Result<redis::Value, StoreError>>> = {
+        let mut replies: Vec<Option<Result<redis::Value, Failed>>> = {
             let mut v: Vec<_> = (0..slots.len()).map(|_| None).collect();
             for (i, r) in replies {
                 if let Some(x) = v.get_mut(i as usize) {
@@ -1000,9 +1043,12 @@ impl Pool {
         };
         for (slot, r) in slots.iter().zip(replies.iter_mut()) {
             // Every caller is answered, whatever `send` returned, so none waits forever.
-            let r = r
-                .take()
-                .unwrap_or_else(|| Err(protocol("no reply for a queued call")));
+            let r = r.take().unwrap_or_else(|| {
+                Err(Failed {
+                    err: protocol("no reply for a queued call"),
+                    sent: true,
+                })
+            });
             if Arc::ptr_eq(slot, &me) {
                 mine = Some(r);
             } else {
@@ -1021,7 +1067,12 @@ impl Pool {
             None => st.busy = false,
         }
         drop(st);
-        mine.unwrap_or_else(|| Err(protocol("no reply for a queued call")))
+        mine.unwrap_or_else(|| {
+            Err(Failed {
+                err: protocol("no reply for a queued call"),
+                sent: true,
+            })
+        })
     }
 
     /// Send a batch as one pipeline: on the lane's connection, or a new one when there is
@@ -1039,9 +1090,10 @@ impl Pool {
                 pipe.add_command(evalsha(&self.acquire, &keys, &args));
             }
         };
+        let resendable = !batch.iter().any(|(_, j)| matches!(j, Job::Write(_)));
         for (t, job) in batch {
             match job {
-                Job::Cmd(c) => {
+                Job::Cmd(c) | Job::Write(c) => {
                     flush(&mut merged, &mut pipe);
                     pipe.add_command(c);
                     owners.push(vec![(t, None)]);
@@ -1072,38 +1124,52 @@ impl Pool {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         self.commands
             .fetch_add(tickets.len() as u64, Ordering::Relaxed);
-        let fail = |tickets: Vec<u64>, e: StoreError| {
-            tickets.into_iter().map(|t| (t, Err(e.clone()))).collect()
+        let fail = |tickets: Vec<u64>, err: StoreError, sent: bool| {
+            tickets
+                .into_iter()
+                .map(|t| {
+                    let f = Failed {
+                        err: err.clone(),
+                        sent,
+                    };
+                    (t, Err(f))
+                })
+                .collect()
         };
         let current = lock(&self.target).0;
         let (mut con, fresh) = match con.filter(|c| c.0 == current) {
             Some(c) => (c, false),
             None => match self.connect() {
                 Ok(c) => (c, true),
-                Err(e) => return (None, fail(tickets, e)),
+                Err(e) => return (None, fail(tickets, e, false)),
             },
         };
         let mut result = pipe.query::<Vec<redis::Value>>(&mut con.1);
-        if let (Err(e), false) = (&result, fresh) {
+        if let (Err(e), false, true) = (&result, fresh, resendable) {
             if is_stale(e) {
-                // Dead before anything was answered (Redis restarted): once more, anew.
+                // The pooled connection was dead (Redis restarted, a proxy closed it): once
+                // more on a new one. Only batches that may run twice: peeks, and decisions,
+                // where running twice after a lost reply can only charge more, never less.
                 con = match self.connect() {
                     Ok(c) => c,
-                    Err(e) => return (None, fail(tickets, e)),
+                    Err(e) => return (None, fail(tickets, e, true)),
                 };
                 result = pipe.query::<Vec<redis::Value>>(&mut con.1);
             }
         }
         let mut values = match result {
             Ok(v) if v.len() == owners.len() => v,
-            Ok(_) => return (None, fail(tickets, protocol("pipeline reply count"))),
+            Ok(_) => return (None, fail(tickets, protocol("pipeline reply count"), true)),
             Err(e) => {
                 let keep = !e.is_timeout() && !is_stale(&e);
-                return (keep.then_some(con), fail(tickets, map_err(&e)));
+                return (keep.then_some(con), fail(tickets, map_err(&e), true));
             }
         };
         // Calls that did not run are sent once more: after loading the scripts when the
-        // script cache was flushed, or to the slot's new node when a cluster moved it.
+        // script cache was flushed, or to the slot's new node when a cluster moved it. If
+        // that fails, only those calls fail.
+        let mut failed: Vec<Option<StoreError>> = vec![None; values.len()];
+        let mut keep = true;
         for _ in 0..2 {
             let again: Vec<usize> = (0..values.len())
                 .filter(|&i| is_noscript(&values[i]) || moved_to(&values[i]).is_some())
@@ -1111,15 +1177,13 @@ impl Pool {
             if again.is_empty() {
                 break;
             }
-            if let Some((host, port)) = again.iter().find_map(|&i| moved_to(&values[i])) {
+            let ready = if let Some((host, port)) = again.iter().find_map(|&i| moved_to(&values[i]))
+            {
                 self.retarget(con.0, &host, port);
-                con = match self.connect() {
-                    Ok(c) => c,
-                    Err(e) => return (None, fail(tickets, e)),
-                };
-            } else if let Err(e) = self.load_scripts(&mut con.1) {
-                return (None, fail(tickets, map_err(&e)));
-            }
+                self.connect().map(|c| con = c)
+            } else {
+                self.load_scripts(&mut con.1).map_err(|e| map_err(&e))
+            };
             let mut retry = redis::Pipeline::with_capacity(again.len());
             retry.ignore_errors();
             for &i in &again {
@@ -1127,25 +1191,41 @@ impl Pool {
                     retry.add_command(c.clone());
                 }
             }
-            match retry.query::<Vec<redis::Value>>(&mut con.1) {
-                Ok(v) if v.len() == again.len() => {
+            let answer = ready.and_then(|()| {
+                retry
+                    .query::<Vec<redis::Value>>(&mut con.1)
+                    .map_err(|e| map_err(&e))
+                    .and_then(|v| {
+                        if v.len() == again.len() {
+                            Ok(v)
+                        } else {
+                            Err(protocol("pipeline reply count"))
+                        }
+                    })
+            });
+            match answer {
+                Ok(v) => {
                     for (i, v) in again.into_iter().zip(v) {
                         values[i] = v;
                     }
                 }
-                Ok(_) => return (None, fail(tickets, protocol("pipeline reply count"))),
-                Err(e) => return (None, fail(tickets, map_err(&e))),
+                Err(e) => {
+                    for i in again {
+                        failed[i] = Some(e.clone());
+                    }
+                    keep = false;
+                    break;
+                }
             }
         }
         let mut replies = Vec::with_capacity(tickets.len());
-        for (owners, v) in owners.into_iter().zip(values) {
-            let v = match v {
-                redis::Value::ServerError(e) => Err(StoreError::new(
-                    StoreErrorKind::Protocol,
-                    format!("redis: {}", RedisError::from(e)),
-                )),
-                v => Ok(v),
+        for ((owners, v), failed) in owners.into_iter().zip(values).zip(failed) {
+            let v = match (failed, v) {
+                (Some(e), _) => Err(e),
+                (None, redis::Value::ServerError(e)) => Err(server_error(e)),
+                (None, v) => Ok(v),
             };
+            let v = v.map_err(|err| Failed { err, sent: true });
             match (v, owners.as_slice()) {
                 (v, [(t, None)]) => replies.push((*t, v)),
                 (Ok(redis::Value::Array(items)), _) => {
@@ -1156,11 +1236,17 @@ impl Pool {
                     }
                 }
                 (Ok(_), _) => {
-                    let e = protocol("unexpected acquire reply");
-                    replies.extend(owners.iter().map(|&(t, _)| (t, Err(e.clone()))));
+                    let f = Failed {
+                        err: protocol("unexpected acquire reply"),
+                        sent: true,
+                    };
+                    replies.extend(owners.iter().map(|&(t, _)| (t, Err(f.clone()))));
                 }
-                (Err(e), _) => replies.extend(owners.iter().map(|&(t, _)| (t, Err(e.clone())))),
+                (Err(f), _) => replies.extend(owners.iter().map(|&(t, _)| (t, Err(f.clone())))),
             }
+        }
+        if !keep {
+            return (None, replies);
         }
         (Some(con), replies)
     }

@@ -46,10 +46,16 @@ impl RedisServer {
             eprintln!("SKIPPED: redis-server is not installed; the Redis tests did not run");
             return None;
         }
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
+        // At most 55535: a cluster node also listens on its port + 10000.
+        let port = (0..100)
+            .filter_map(|_| {
+                TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                    .and_then(|l| l.local_addr())
+                    .ok()
+            })
+            .map(|a| a.port())
+            .find(|&p| p <= 55_535)
+            .expect("a free loopback port");
         let dir =
             std::env::temp_dir().join(format!("edgeward-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temporary directory");
