@@ -612,7 +612,12 @@ impl LimitStore for RedisStore {
         args.extend([
             Arg::Num(now_us as i64),
             Arg::Num(lease_end_us as i64),
-            Arg::Text(member(id)),
+            // Only leases name their member in a concurrency set.
+            if lease_ns > 0 {
+                Arg::Text(member(id))
+            } else {
+                Arg::Str("")
+            },
             Arg::Num(now_ns.div_ceil(1_000) as i64),
             Arg::Num(charges.len() as i64),
         ]);
@@ -666,10 +671,14 @@ impl LimitStore for RedisStore {
         let mut held = Vec::new();
         for (i, c) in charges.iter().enumerate() {
             let pre = reply[i + 1];
-            let fits = charge_state(c, pre, now_ns, windows[i], false, lease_ns)?.verdict
-                == Verdict::Allowed;
-            let charged = admitted && fits;
-            states.push(charge_state(c, pre, now_ns, windows[i], charged, lease_ns)?);
+            // The state as if not charged says whether it fitted (as the script decided);
+            // only a charged one is computed again, with its charge.
+            let mut state = charge_state(c, pre, now_ns, windows[i], false, lease_ns)?;
+            let charged = admitted && state.verdict == Verdict::Allowed;
+            if charged {
+                state = charge_state(c, pre, now_ns, windows[i], true, lease_ns)?;
+            }
+            states.push(state);
             if charged && lease_ns > 0 {
                 held.push(Held {
                     key: self.key(c, now_ns).0,
