@@ -310,6 +310,21 @@ pub enum RewriteAction {
     Remove,
 }
 
+/// How long something took, in nanoseconds.
+///
+/// Every `Elapsed` equals every other: timing is not part of what was decided, so two
+/// decisions of the same request compare equal however long each took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Elapsed(pub u64);
+
+impl PartialEq for Elapsed {
+    fn eq(&self, _: &Elapsed) -> bool {
+        true
+    }
+}
+
+impl Eq for Elapsed {}
+
 /// The outcome of [`crate::Engine::inspect`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
@@ -361,6 +376,10 @@ pub struct Decision {
     /// A limit store failure and what the policy made of it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_error: Option<StoreFailure>,
+    /// How long `inspect` took (for events and the latency metrics; not in
+    /// [`to_json`](Decision::to_json), which stays the same for the same request).
+    #[serde(skip)]
+    pub inspect_ns: Elapsed,
 }
 
 /// A reservation on the limits a request was charged against, settled later with the

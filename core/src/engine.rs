@@ -67,6 +67,7 @@ pub struct EngineBuilder {
     config: Config,
     store: Option<Arc<dyn LimitStore>>,
     clock: Option<Arc<dyn Clock>>,
+    events: Option<Arc<dyn crate::events::EventSink>>,
 }
 
 impl EngineBuilder {
@@ -92,9 +93,16 @@ impl EngineBuilder {
         self
     }
 
+    /// Sends every decision's event line to `sink` as `inspect` makes it, and every
+    /// settlement's as [`Engine::settle_decision`] does.
+    pub fn events(mut self, sink: Arc<dyn crate::events::EventSink>) -> Self {
+        self.events = Some(sink);
+        self
+    }
+
     /// Compiles the policy.
     pub fn build(self, policy: &Policy) -> Result<Engine, CompileError> {
-        Engine::compile(policy, self.config, self.store, self.clock)
+        Engine::compile(policy, self.config, self.store, self.clock, self.events)
     }
 }
 
@@ -242,6 +250,8 @@ struct Inner {
     id: u64,
     config: Config,
     policy: Policy,
+    /// Where event lines go, if anywhere.
+    events: Option<Arc<dyn crate::events::EventSink>>,
     programs: Vec<Program>,
     /// Routes in policy order, then the fallback `default` route.
     routes: Vec<CompiledRoute>,
@@ -299,7 +309,7 @@ pub struct Scratch {
 impl Engine {
     /// Compiles a policy with the default [`Config`].
     pub fn new(policy: &Policy) -> Result<Engine, CompileError> {
-        Engine::compile(policy, Config::default(), None, None)
+        Engine::compile(policy, Config::default(), None, None, None)
     }
 
     /// A builder for non-default [`Config`].
@@ -317,6 +327,7 @@ impl Engine {
         config: Config,
         store: Option<Arc<dyn LimitStore>>,
         clock: Option<Arc<dyn Clock>>,
+        events: Option<Arc<dyn crate::events::EventSink>>,
     ) -> Result<Engine, CompileError> {
         let src = policy.source.as_str();
         let mut seen = std::collections::HashSet::new();
@@ -522,6 +533,7 @@ impl Engine {
                 id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
                 config,
                 policy: policy.clone(),
+                events,
                 programs,
                 routes,
                 models,
@@ -595,7 +607,92 @@ impl Engine {
     }
 
     /// Inspects a request: the primitive. Never fails: malformed content becomes findings.
+    /// With an event sink (see [`EngineBuilder::events`]) the decision's event line goes to
+    /// it before this returns.
     pub fn inspect_with(&self, s: &mut Scratch, req: &Request<'_>) -> Decision {
+        let start = std::time::Instant::now();
+        let mut d = self.decide(s, req);
+        d.inspect_ns =
+            crate::decision::Elapsed(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        if let Some(sink) = &self.inner.events {
+            sink.event(&self.event_json(&d, Some(req)));
+        }
+        d
+    }
+
+    /// A decision as one event line (JSON, no newline): see [`crate::events`]. With `req`
+    /// (the request decided) it names the client address, and when the policy opts in
+    /// (`spec.events.prompts`) quotes the prompt text.
+    pub fn event_json(&self, d: &Decision, req: Option<&Request<'_>>) -> String {
+        let quote = self
+            .inner
+            .policy
+            .document
+            .spec
+            .events
+            .as_ref()
+            .and_then(|e| e.prompts)
+            .map(|p| p.max_bytes as usize);
+        let prompt = quote.zip(req).and_then(|(max, req)| {
+            let route = self.inner.routes.iter().find(|r| r.name == d.route)?;
+            let text = crate::cost::stage::prompt_text(
+                &route.params,
+                req.body,
+                route.parse_limits,
+                &mut crate::parse::ParseScratch::default(),
+                max,
+            );
+            (!text.is_empty()).then_some(text)
+        });
+        crate::events::decision_line(
+            d,
+            crate::events::EventContext {
+                now_ns: self.inner.clock.now_ns(),
+                client: req.and_then(|r| r.client_ip()),
+                prompt,
+                excerpts: quote.is_some(),
+            },
+        )
+    }
+
+    /// A settlement as one event line: the usage, its price and the difference to the
+    /// decision's estimate.
+    pub fn settlement_event_json(&self, d: &Decision, usage: &Usage, settled: Settled) -> String {
+        let micro_usd = self.price_of(d.cost.as_ref().and_then(|c| c.model.as_ref()), usage);
+        let settled = match settled {
+            Settled::Settled => "settled",
+            Settled::Unknown => "unknown",
+        };
+        crate::events::settlement_line(d, usage, micro_usd, settled, self.inner.clock.now_ns())
+    }
+
+    /// Settles the decision's reservation (if any) and sends the settlement event to the
+    /// engine's event sink (if any): [`settle`](Engine::settle) for hosts that keep the
+    /// decision.
+    pub fn settle_decision(&self, d: &Decision, usage: &Usage) -> Result<Settled, StoreError> {
+        let settled = match &d.reservation {
+            Some(r) => self.settle(r, usage)?,
+            None => Settled::Unknown,
+        };
+        if let Some(sink) = &self.inner.events {
+            sink.event(&self.settlement_event_json(d, usage, settled));
+        }
+        Ok(settled)
+    }
+
+    fn price_of(&self, model: Option<&Arc<str>>, usage: &Usage) -> u64 {
+        model
+            .and_then(|m| self.inner.models.iter().find(|r| r.name == *m))
+            .map_or(0, |m| {
+                m.price.micro_usd(
+                    usage.prompt_tokens,
+                    usage.cached_prompt_tokens,
+                    usage.output_tokens,
+                )
+            })
+    }
+
+    fn decide(&self, s: &mut Scratch, req: &Request<'_>) -> Decision {
         if s.engine_id != self.inner.id {
             *s = self.new_scratch();
         }
@@ -644,6 +741,7 @@ impl Engine {
                 headers: Vec::new(),
                 reservation: None,
                 store_error: None,
+                inspect_ns: crate::decision::Elapsed(0),
             };
         // Failed authentications count as anonymous requests (the limits anonymous callers
         // get); a caller already over them has its next token refused before the signature
@@ -1665,6 +1763,7 @@ impl Inspector<'_, '_> {
             headers: Vec::new(),
             reservation: None,
             store_error: None,
+            inspect_ns: crate::decision::Elapsed(0),
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod cost;
 pub mod decision;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod field;
 pub mod identity;
 pub mod limits;

@@ -137,6 +137,9 @@ pub struct Spec {
     /// Where limits are counted: in process (the default) or in Redis, shared by replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<crate::limits::stage::StoreSettings>,
+    /// What decision events may contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<crate::events::EventSettings>,
 }
 
 /// Rule sources.

@@ -550,6 +550,49 @@ fn count_exact(
     (!sink.gave_up).then_some(sink.total)
 }
 
+/// The prompt texts of `body` (every message's text the cost stage counts, in order),
+/// joined by newlines and cut to `max_bytes` on a character boundary: what an event quotes
+/// when the policy opts in.
+pub(crate) fn prompt_text(
+    rp: &RouteParams,
+    body: &[u8],
+    limits: ParseLimits,
+    parse: &mut ParseScratch,
+    max_bytes: usize,
+) -> String {
+    struct Quote<'g> {
+        text: String,
+        max: usize,
+        generic: Option<&'g Generic>,
+    }
+    impl FieldSink for Quote<'_> {
+        fn field(&mut self, f: &Field<'_>) {
+            let promoted = self.generic.and_then(|g| g.promote(f));
+            if !is_prompt_text(promoted.as_ref().unwrap_or(f)) || self.text.len() >= self.max {
+                return;
+            }
+            if !self.text.is_empty() {
+                self.text.push('\n');
+            }
+            let room = self.max.saturating_sub(self.text.len());
+            let value = String::from_utf8_lossy(f.value);
+            self.text.push_str(crate::events::cut(&value, room));
+        }
+        fn finding(&mut self, _: Finding) {}
+        fn param(&mut self, _: ApiParam, _: &[u8]) {}
+    }
+    let mut sink = Quote {
+        text: String::new(),
+        max: max_bytes,
+        generic: rp.generic.as_ref(),
+    };
+    if rp.enabled {
+        let mut em = Emitter::new(&mut sink, limits);
+        crate::parse::json::walk(body, rp.shape, parse, &mut em);
+    }
+    sink.text
+}
+
 /// Longest run of whitespace, or of anything but whitespace, that is counted exactly.
 ///
 /// tiktoken's byte-pair merge is quadratic in the length of one pre-tokenized piece, and a

@@ -74,7 +74,7 @@ const MAX_EVENT_NAME: usize = 64;
 const RETAINED_CAPACITY: usize = 64 * 1024;
 
 /// The tokens a response used, in one meaning for every provider (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Usage {
     /// Every input token, including cached and cache-creation tokens.
     pub prompt_tokens: u64,
@@ -96,7 +96,8 @@ pub struct Usage {
 
 /// Where the numbers of a [`Usage`] come from, so the settling side knows whether it holds
 /// the server's bill, an estimate, or a lower bound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum UsageSource {
     /// The server reported the counts (a body's `usage`, or a stream's usage event that
     /// ended a complete stream).
