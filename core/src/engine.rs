@@ -252,6 +252,7 @@ struct Inner {
     policy: Policy,
     /// Where event lines go, if anywhere.
     events: Option<Arc<dyn crate::events::EventSink>>,
+    metrics: crate::metrics::Metrics,
     programs: Vec<Program>,
     /// Routes in policy order, then the fallback `default` route.
     routes: Vec<CompiledRoute>,
@@ -521,8 +522,14 @@ impl Engine {
                 })?
                 .unwrap_or_else(|| Arc::new(MemoryStore::new(MemoryStoreConfig::default()))),
         };
+        let metrics = crate::metrics::Metrics::new(
+            routes.iter().map(|r| r.name.clone()).collect(),
+            models.iter().map(|m| m.name.clone()).collect(),
+            policy.rules.iter().map(|r| (r.id, r.category)).collect(),
+        );
         Ok(Engine {
             inner: Arc::new(Inner {
+                metrics,
                 limits,
                 store,
                 clock,
@@ -614,6 +621,7 @@ impl Engine {
         let mut d = self.decide(s, req);
         d.inspect_ns =
             crate::decision::Elapsed(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        self.inner.metrics.decision(&d);
         if let Some(sink) = &self.inner.events {
             sink.event(&self.event_json(&d, Some(req)));
         }
@@ -666,14 +674,27 @@ impl Engine {
         crate::events::settlement_line(d, usage, micro_usd, settled, self.inner.clock.now_ns())
     }
 
-    /// Settles the decision's reservation (if any) and sends the settlement event to the
-    /// engine's event sink (if any): [`settle`](Engine::settle) for hosts that keep the
-    /// decision.
+    /// The engine's metrics in the Prometheus text exposition format, for a host to serve
+    /// on `/metrics`: decisions by route, action and stage; rule matches by rule and
+    /// category; estimated and used tokens and micro-dollars by route and model, cost by
+    /// tenant (bounded); the inspect latency histogram; store errors by code.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.text()
+    }
+
+    /// Settles the decision's reservation (if any), counts its usage in the metrics, and
+    /// sends the settlement event to the engine's event sink (if any): what hosts that keep
+    /// the decision call instead of [`settle`](Engine::settle). Usage is counted once: a
+    /// second settle of the same reservation counts nothing.
     pub fn settle_decision(&self, d: &Decision, usage: &Usage) -> Result<Settled, StoreError> {
         let settled = match &d.reservation {
             Some(r) => self.settle(r, usage)?,
             None => Settled::Unknown,
         };
+        if settled == Settled::Settled || d.reservation.is_none() {
+            let price = self.price_of(d.cost.as_ref().and_then(|c| c.model.as_ref()), usage);
+            self.inner.metrics.usage(d, usage, price);
+        }
         if let Some(sink) = &self.inner.events {
             sink.event(&self.settlement_event_json(d, usage, settled));
         }

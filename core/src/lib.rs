@@ -35,6 +35,7 @@ pub mod events;
 pub mod field;
 pub mod identity;
 pub mod limits;
+pub mod metrics;
 pub mod parse;
 pub mod policy;
 pub mod request;
