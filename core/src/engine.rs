@@ -61,6 +61,69 @@ impl Default for Config {
     }
 }
 
+/// What heavy hitters are ranked by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeavyBy {
+    /// Estimated micro-dollars.
+    MicroUsd,
+    /// Prompt plus reserved output tokens.
+    Tokens,
+}
+
+/// The engine's heavy-hitter trackers: an hour in six slices of ten minutes, 128 counters
+/// per slice each.
+struct HeavyTrackers {
+    principal_cost: crate::heavy::SpaceSaving,
+    principal_tokens: crate::heavy::SpaceSaving,
+    client_cost: crate::heavy::SpaceSaving,
+    client_tokens: crate::heavy::SpaceSaving,
+}
+
+impl HeavyTrackers {
+    fn new() -> HeavyTrackers {
+        let t = || crate::heavy::SpaceSaving::new(128, 6, 600 * 1_000_000_000);
+        HeavyTrackers {
+            principal_cost: t(),
+            principal_tokens: t(),
+            client_cost: t(),
+            client_tokens: t(),
+        }
+    }
+}
+
+/// An IP address written without allocating.
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Default for IpText {
+    fn default() -> IpText {
+        IpText {
+            buf: [0; 48],
+            len: 0,
+        }
+    }
+}
+
+impl IpText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        if end > self.buf.len() {
+            return Err(std::fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
 /// Builds an [`Engine`] with non-default [`Config`], limit store or clock.
 #[derive(Debug, Clone, Default)]
 pub struct EngineBuilder {
@@ -253,6 +316,9 @@ struct Inner {
     /// Where event lines go, if anywhere.
     events: Option<Arc<dyn crate::events::EventSink>>,
     metrics: crate::metrics::Metrics,
+    /// Who costs the most over the last hour: principals and client addresses, by
+    /// micro-dollars and by tokens.
+    heavy: Mutex<HeavyTrackers>,
     programs: Vec<Program>,
     /// Routes in policy order, then the fallback `default` route.
     routes: Vec<CompiledRoute>,
@@ -530,6 +596,7 @@ impl Engine {
         Ok(Engine {
             inner: Arc::new(Inner {
                 metrics,
+                heavy: Mutex::new(HeavyTrackers::new()),
                 limits,
                 store,
                 clock,
@@ -622,6 +689,26 @@ impl Engine {
         d.inspect_ns =
             crate::decision::Elapsed(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
         self.inner.metrics.decision(&d);
+        if let (true, Some(c)) = (d.is_allowed(), &d.cost) {
+            let tokens = c.prompt_tokens.saturating_add(c.output_tokens_reserved);
+            let now = self.inner.clock.now_ns();
+            let mut ip = IpText::default();
+            let client = req.client_ip().map(|a| {
+                use std::fmt::Write as _;
+                let _ = write!(ip, "{a}");
+                ip.as_str()
+            });
+            if let Ok(mut h) = self.inner.heavy.lock() {
+                if let Some(p) = &d.principal {
+                    h.principal_cost.add(&p.id, c.micro_usd, now);
+                    h.principal_tokens.add(&p.id, tokens, now);
+                }
+                if let Some(a) = client {
+                    h.client_cost.add(a, c.micro_usd, now);
+                    h.client_tokens.add(a, tokens, now);
+                }
+            }
+        }
         if let Some(sink) = &self.inner.events {
             sink.event(&self.event_json(&d, Some(req)));
         }
@@ -674,12 +761,41 @@ impl Engine {
         crate::events::settlement_line(d, usage, micro_usd, settled, self.inner.clock.now_ns())
     }
 
+    /// The `k` principals (by id) that cost the most over the last hour, largest first, by
+    /// estimated micro-dollars or tokens (prompt plus reserved output) of admitted requests.
+    /// Fixed memory (Space-Saving, see [`crate::heavy`]): values may be overestimated by at
+    /// most each entry's `error`.
+    pub fn top_principals(&self, by: HeavyBy, k: usize) -> Vec<crate::heavy::HeavyHitter> {
+        let now = self.inner.clock.now_ns();
+        let h = self.inner.heavy.lock().unwrap_or_else(|e| e.into_inner());
+        match by {
+            HeavyBy::MicroUsd => h.principal_cost.top(k, now),
+            HeavyBy::Tokens => h.principal_tokens.top(k, now),
+        }
+    }
+
+    /// [`top_principals`](Engine::top_principals) for client addresses.
+    pub fn top_clients(&self, by: HeavyBy, k: usize) -> Vec<crate::heavy::HeavyHitter> {
+        let now = self.inner.clock.now_ns();
+        let h = self.inner.heavy.lock().unwrap_or_else(|e| e.into_inner());
+        match by {
+            HeavyBy::MicroUsd => h.client_cost.top(k, now),
+            HeavyBy::Tokens => h.client_tokens.top(k, now),
+        }
+    }
+
     /// The engine's metrics in the Prometheus text exposition format, for a host to serve
     /// on `/metrics`: decisions by route, action and stage; rule matches by rule and
     /// category; estimated and used tokens and micro-dollars by route and model, cost by
     /// tenant (bounded); the inspect latency histogram; store errors by code.
     pub fn metrics_text(&self) -> String {
-        self.inner.metrics.text()
+        let mut text = self.inner.metrics.text();
+        crate::metrics::top_text(
+            &mut text,
+            &self.top_principals(HeavyBy::MicroUsd, 10),
+            &self.top_clients(HeavyBy::MicroUsd, 10),
+        );
+        text
     }
 
     /// Settles the decision's reservation (if any), counts its usage in the metrics, and

@@ -33,6 +33,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod field;
+pub mod heavy;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
@@ -46,7 +47,7 @@ pub use cost::usage::{Provider, Usage, UsageSource, UsageTracker};
 pub use decision::{
     Action, Cost, Decision, Reason, Rewrite, RewriteAction, RuleMatch, Scores, Stage,
 };
-pub use engine::{Config, Engine, EngineBuilder, EngineStats, RuleTestFailure, Scratch};
+pub use engine::{Config, Engine, EngineBuilder, EngineStats, HeavyBy, RuleTestFailure, Scratch};
 pub use error::{
     BundleError, BundleErrorKind, CompileError, CompileErrorKind, SourceLocation, UsageError,
     UsageErrorKind,

@@ -373,3 +373,37 @@ fn escape(v: &str) -> String {
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
+
+/// Append the heavy hitters as gauges: the top principals and client addresses by estimated
+/// cost over the last hour (at most ten each, so the series stay bounded).
+pub(crate) fn top_text(
+    out: &mut String,
+    principals: &[crate::heavy::HeavyHitter],
+    clients: &[crate::heavy::HeavyHitter],
+) {
+    for (name, label, help, list) in [
+        (
+            "edgeward_top_principal_cost_micro_usd",
+            "principal",
+            "Estimated cost over the last hour of the ten costliest principals (an upper bound).",
+            principals,
+        ),
+        (
+            "edgeward_top_client_cost_micro_usd",
+            "client",
+            "Estimated cost over the last hour of the ten costliest client addresses (an upper bound).",
+            clients,
+        ),
+    ] {
+        header(out, name, "gauge", help);
+        for (rank, h) in list.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}{{{label}=\"{}\",rank=\"{}\"}} {}",
+                escape(&h.key),
+                rank + 1,
+                h.value
+            );
+        }
+    }
+}

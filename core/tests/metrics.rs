@@ -184,3 +184,53 @@ fn tenant_series_are_capped() {
         "{t}"
     );
 }
+
+#[test]
+fn the_costliest_principals_and_clients_are_ranked() {
+    let e = Engine::new(&policy()).unwrap();
+    let body = serde_json::json!({
+        "model": "gpt-4o-mini", "max_tokens": 200,
+        "messages": [{"role": "user", "content": "Tell me about the weather today."}]
+    })
+    .to_string();
+    for (user, peer, n) in [
+        ("p-big", "127.0.0.2", 20),
+        ("p-mid", "127.0.0.3", 5),
+        ("p-small", "127.0.0.4", 1),
+    ] {
+        for _ in 0..n {
+            let hs: Vec<(&[u8], &[u8])> = vec![
+                (b"content-type", b"application/json"),
+                (b"x-user", user.as_bytes()),
+                (b"x-tenant", b"acme"),
+            ];
+            let d = e.inspect(
+                &Request::new(b"POST", b"/v1/chat/completions")
+                    .with_headers(&hs)
+                    .with_body(body.as_bytes())
+                    .with_peer(peer.parse().unwrap()),
+            );
+            assert!(d.is_allowed(), "{}", d.to_json());
+        }
+    }
+    for by in [edgeward::HeavyBy::MicroUsd, edgeward::HeavyBy::Tokens] {
+        let top = e.top_principals(by, 2);
+        let names: Vec<&str> = top.iter().map(|h| &*h.key).collect();
+        assert_eq!(names, ["p-big", "p-mid"]);
+        assert_eq!(
+            top[0].value,
+            4 * top[1].value,
+            "exact while keys fit: {top:?}"
+        );
+        assert_eq!(top[0].error, 0);
+        let clients = e.top_clients(by, 3);
+        let names: Vec<&str> = clients.iter().map(|h| &*h.key).collect();
+        assert_eq!(names, ["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+    }
+    let t = e.metrics_text();
+    assert!(
+        t.contains(r#"edgeward_top_principal_cost_micro_usd{principal="p-big",rank="1"} "#),
+        "{t}"
+    );
+    assert!(t.contains(r#"edgeward_top_client_cost_micro_usd{client="127.0.0.3",rank="2"} "#));
+}
