@@ -3,6 +3,7 @@
 mod corpus;
 mod demo;
 mod eval;
+mod report;
 
 use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
@@ -31,6 +32,9 @@ enum Cmd {
         /// Policy file (default: the embedded policy).
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// Write decision events (the lines a host logs) instead of decisions.
+        #[arg(long)]
+        events: bool,
         /// Input file, or `-` for stdin.
         #[arg(default_value = "-")]
         input: String,
@@ -71,6 +75,12 @@ enum Cmd {
     },
     /// Inspect a built-in sample of benign chat traffic, attacks and prompt injections.
     Demo,
+    /// Summarise decision and settlement events (JSON Lines): decisions by stage, the
+    /// costliest principals and clients, block reasons, top rules, latency.
+    Report {
+        /// The events file.
+        events: PathBuf,
+    },
     /// Print the JSON Schema of policy documents (or of rule files with --rules).
     Schema {
         /// The rule-file schema instead.
@@ -114,7 +124,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Check { policy } => check(&policy),
-        Cmd::Inspect { policy, input } => load_engine(&policy).and_then(|e| inspect(&e, &input)),
+        Cmd::Inspect {
+            policy,
+            events,
+            input,
+        } => load_engine(&policy).and_then(|e| inspect(&e, &input, events)),
         Cmd::Test { policy } => load_engine(&policy).and_then(|e| test(&e)),
         Cmd::Eval {
             policy,
@@ -144,6 +158,7 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Cmd::Demo => demo::run(),
+        Cmd::Report { events } => report::run(&events),
         Cmd::Schema { rules } => {
             if rules {
                 print!("{}", edgeward::policy::rules_json_schema());
@@ -196,7 +211,7 @@ fn test(engine: &Engine) -> Result<(), String> {
     }
 }
 
-fn inspect(engine: &Engine, input: &str) -> Result<(), String> {
+fn inspect(engine: &Engine, input: &str, events: bool) -> Result<(), String> {
     let mut data = Vec::new();
     if input == "-" {
         std::io::stdin()
@@ -224,10 +239,17 @@ fn inspect(engine: &Engine, input: &str) -> Result<(), String> {
                     continue;
                 }
             };
-            let d = row.with_request(|req| engine.inspect_with(&mut scratch, req));
+            let (d, event) = row.with_request(|req| {
+                let d = engine.inspect_with(&mut scratch, req);
+                let event = events.then(|| engine.event_json(&d, Some(req)));
+                (d, event)
+            });
             n += 1;
             denied += usize::from(!d.is_allowed());
-            let mut v = serde_json::to_value(&d).map_err(|e| e.to_string())?;
+            let mut v = match event {
+                Some(line) => serde_json::from_str(&line).map_err(|e| e.to_string())?,
+                None => serde_json::to_value(&d).map_err(|e| e.to_string())?,
+            };
             if let Some(m) = v.as_object_mut() {
                 m.insert("id".into(), serde_json::Value::String(row.id.clone()));
             }
@@ -235,10 +257,18 @@ fn inspect(engine: &Engine, input: &str) -> Result<(), String> {
         }
     } else {
         let raw = corpus::RawRequest::parse(&data)?;
-        let d = raw.with_request(|req| engine.inspect_with(&mut scratch, req));
+        let (d, line) = raw.with_request(|req| {
+            let d = engine.inspect_with(&mut scratch, req);
+            let line = if events {
+                engine.event_json(&d, Some(req))
+            } else {
+                d.to_json()
+            };
+            (d, line)
+        });
         n = 1;
         denied = usize::from(!d.is_allowed());
-        writeln!(out, "{}", d.to_json()).map_err(|e| e.to_string())?;
+        writeln!(out, "{line}").map_err(|e| e.to_string())?;
     }
     eprintln!(
         "{n} inspected, {denied} denied, {} allowed{}",
