@@ -407,7 +407,7 @@ fn hex_id<S: serde::Serializer>(
     id: &crate::limits::ReservationId,
     s: S,
 ) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{:032x}", id.0))
+    s.collect_str(id)
 }
 
 /// A limit store failure recorded in a decision.

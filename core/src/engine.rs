@@ -61,32 +61,33 @@ impl Default for Config {
     }
 }
 
+/// The model-table row a decision was priced with.
+fn decision_model(d: &Decision) -> Option<&Arc<str>> {
+    d.cost.as_ref().and_then(|c| c.model.as_ref())
+}
+
 /// What heavy hitters are ranked by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeavyBy {
     /// Estimated micro-dollars.
-    MicroUsd,
+    MicroUsd = 0,
     /// Prompt plus reserved output tokens.
-    Tokens,
+    Tokens = 1,
 }
 
-/// The engine's heavy-hitter trackers: an hour in six slices of ten minutes, 128 counters
-/// per slice each.
+/// The engine's heavy-hitter trackers, each indexed by [`HeavyBy`]: an hour in six slices
+/// of ten minutes, 128 counters per slice each.
 struct HeavyTrackers {
-    principal_cost: crate::heavy::SpaceSaving,
-    principal_tokens: crate::heavy::SpaceSaving,
-    client_cost: crate::heavy::SpaceSaving,
-    client_tokens: crate::heavy::SpaceSaving,
+    principals: [crate::heavy::SpaceSaving; 2],
+    clients: [crate::heavy::SpaceSaving; 2],
 }
 
 impl HeavyTrackers {
     fn new() -> HeavyTrackers {
         let t = || crate::heavy::SpaceSaving::new(128, 6, 600 * 1_000_000_000);
         HeavyTrackers {
-            principal_cost: t(),
-            principal_tokens: t(),
-            client_cost: t(),
-            client_tokens: t(),
+            principals: [t(), t()],
+            clients: [t(), t()],
         }
     }
 }
@@ -685,13 +686,16 @@ impl Engine {
     /// it before this returns.
     pub fn inspect_with(&self, s: &mut Scratch, req: &Request<'_>) -> Decision {
         let start = std::time::Instant::now();
-        let mut d = self.decide(s, req);
+        let now = self.inner.clock.now_ns();
+        let mut d = self.decide(s, req, now);
         d.inspect_ns =
             crate::decision::Elapsed(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
         self.inner.metrics.decision(&d);
         if let (true, Some(c)) = (d.is_allowed(), &d.cost) {
-            let tokens = c.prompt_tokens.saturating_add(c.output_tokens_reserved);
-            let now = self.inner.clock.now_ns();
+            let weights = [
+                c.micro_usd,
+                c.prompt_tokens.saturating_add(c.output_tokens_reserved),
+            ];
             let mut ip = IpText::default();
             let client = req.client_ip().map(|a| {
                 use std::fmt::Write as _;
@@ -699,13 +703,13 @@ impl Engine {
                 ip.as_str()
             });
             if let Ok(mut h) = self.inner.heavy.lock() {
-                if let Some(p) = &d.principal {
-                    h.principal_cost.add(&p.id, c.micro_usd, now);
-                    h.principal_tokens.add(&p.id, tokens, now);
-                }
-                if let Some(a) = client {
-                    h.client_cost.add(a, c.micro_usd, now);
-                    h.client_tokens.add(a, tokens, now);
+                for (by, w) in weights.into_iter().enumerate() {
+                    if let Some(p) = &d.principal {
+                        h.principals[by].add(&p.id, w, now);
+                    }
+                    if let Some(a) = client {
+                        h.clients[by].add(a, w, now);
+                    }
                 }
             }
         }
@@ -753,7 +757,16 @@ impl Engine {
     /// A settlement as one event line: the usage, its price and the difference to the
     /// decision's estimate.
     pub fn settlement_event_json(&self, d: &Decision, usage: &Usage, settled: Settled) -> String {
-        let micro_usd = self.price_of(d.cost.as_ref().and_then(|c| c.model.as_ref()), usage);
+        self.settlement_line(d, usage, self.price_of(decision_model(d), usage), settled)
+    }
+
+    fn settlement_line(
+        &self,
+        d: &Decision,
+        usage: &Usage,
+        micro_usd: u64,
+        settled: Settled,
+    ) -> String {
         let settled = match settled {
             Settled::Settled => "settled",
             Settled::Unknown => "unknown",
@@ -766,22 +779,22 @@ impl Engine {
     /// Fixed memory (Space-Saving, see [`crate::heavy`]): values may be overestimated by at
     /// most each entry's `error`.
     pub fn top_principals(&self, by: HeavyBy, k: usize) -> Vec<crate::heavy::HeavyHitter> {
-        let now = self.inner.clock.now_ns();
-        let h = self.inner.heavy.lock().unwrap_or_else(|e| e.into_inner());
-        match by {
-            HeavyBy::MicroUsd => h.principal_cost.top(k, now),
-            HeavyBy::Tokens => h.principal_tokens.top(k, now),
-        }
+        self.top(|h| &h.principals[by as usize], k)
     }
 
     /// [`top_principals`](Engine::top_principals) for client addresses.
     pub fn top_clients(&self, by: HeavyBy, k: usize) -> Vec<crate::heavy::HeavyHitter> {
+        self.top(|h| &h.clients[by as usize], k)
+    }
+
+    fn top(
+        &self,
+        tracker: impl FnOnce(&HeavyTrackers) -> &crate::heavy::SpaceSaving,
+        k: usize,
+    ) -> Vec<crate::heavy::HeavyHitter> {
         let now = self.inner.clock.now_ns();
         let h = self.inner.heavy.lock().unwrap_or_else(|e| e.into_inner());
-        match by {
-            HeavyBy::MicroUsd => h.client_cost.top(k, now),
-            HeavyBy::Tokens => h.client_tokens.top(k, now),
-        }
+        tracker(&h).top(k, now)
     }
 
     /// The engine's metrics in the Prometheus text exposition format, for a host to serve
@@ -803,20 +816,23 @@ impl Engine {
     /// the decision call instead of [`settle`](Engine::settle). Usage is counted once: a
     /// second settle of the same reservation counts nothing.
     pub fn settle_decision(&self, d: &Decision, usage: &Usage) -> Result<Settled, StoreError> {
+        let price = self.price_of(decision_model(d), usage);
         let settled = match &d.reservation {
-            Some(r) => self.settle(r, usage)?,
+            Some(r) => self.settle_priced(r, usage, price)?,
             None => Settled::Unknown,
         };
         if settled == Settled::Settled || d.reservation.is_none() {
-            let price = self.price_of(d.cost.as_ref().and_then(|c| c.model.as_ref()), usage);
             self.inner.metrics.usage(d, usage, price);
         }
         if let Some(sink) = &self.inner.events {
-            sink.event(&self.settlement_event_json(d, usage, settled));
+            sink.event(&self.settlement_line(d, usage, price, settled));
         }
         Ok(settled)
     }
 
+    /// What `usage` costs at the model-table row named `model`. By name: an engine rebuilt
+    /// from another policy (sharing the store) prices with the row of the same name, not
+    /// whatever row now has the same index.
     fn price_of(&self, model: Option<&Arc<str>>, usage: &Usage) -> u64 {
         model
             .and_then(|m| self.inner.models.iter().find(|r| r.name == *m))
@@ -829,7 +845,7 @@ impl Engine {
             })
     }
 
-    fn decide(&self, s: &mut Scratch, req: &Request<'_>) -> Decision {
+    fn decide(&self, s: &mut Scratch, req: &Request<'_>, now_ns: u64) -> Decision {
         if s.engine_id != self.inner.id {
             *s = self.new_scratch();
         }
@@ -857,7 +873,6 @@ impl Engine {
             .unwrap_or_else(|| self.inner.routes.last().expect("default route exists"));
         // Identity and access come before everything that reads content: an unidentified or
         // unadmitted caller costs one header lookup (and a cached signature check).
-        let now_ns = self.inner.clock.now_ns();
         let now = now_ns / 1_000_000_000;
         let early =
             |reason: Reason, status: u16, stage: Stage, principal: Option<Principal>| Decision {
@@ -1443,12 +1458,17 @@ impl Engine {
     /// changes nothing ([`Settled::Unknown`]). A request that never reached the model is
     /// settled with [`Usage::default`] (all zero), which refunds its reservation.
     pub fn settle(&self, reservation: &Reservation, usage: &Usage) -> Result<Settled, StoreError> {
-        // By name: an engine rebuilt from another policy (sharing the store) prices with the
-        // row of the same name, not whatever row now has the same index.
-        let price = reservation
-            .model
-            .as_ref()
-            .and_then(|m| self.inner.models.iter().find(|r| r.name == *m));
+        let price = self.price_of(reservation.model.as_ref(), usage);
+        self.settle_priced(reservation, usage, price)
+    }
+
+    /// [`settle`](Engine::settle) with the usage's price already known.
+    fn settle_priced(
+        &self,
+        reservation: &Reservation,
+        usage: &Usage,
+        micro_usd: u64,
+    ) -> Result<Settled, StoreError> {
         let actual: Vec<u64> = reservation
             .units
             .iter()
@@ -1458,13 +1478,7 @@ impl Engine {
                 Unit::PromptTokens => usage.prompt_tokens,
                 Unit::OutputTokens => usage.output_tokens,
                 Unit::TotalTokens => usage.prompt_tokens.saturating_add(usage.output_tokens),
-                Unit::MicroUsd => price.map_or(0, |m| {
-                    m.price.micro_usd(
-                        usage.prompt_tokens,
-                        usage.cached_prompt_tokens,
-                        usage.output_tokens,
-                    )
-                }),
+                Unit::MicroUsd => micro_usd,
             })
             .collect();
         self.inner

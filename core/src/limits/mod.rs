@@ -167,6 +167,13 @@ impl Charge {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReservationId(pub u128);
 
+/// 32 hex digits: how decisions, events and the Redis store name a reservation.
+impl fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
 /// What one limit said about a request, and its state for `RateLimit` headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LimitState {

@@ -342,10 +342,6 @@ fn rate_in_micros(g: &Gcra) -> Result<Gcra, StoreError> {
     Ok(g)
 }
 
-fn member(id: ReservationId) -> String {
-    format!("{:032x}", id.0)
-}
-
 fn protocol(what: &str) -> StoreError {
     StoreError::new(StoreErrorKind::Protocol, format!("redis: {what}"))
 }
@@ -614,7 +610,7 @@ impl LimitStore for RedisStore {
             Arg::Num(lease_end_us as i64),
             // Only leases name their member in a concurrency set.
             if lease_ns > 0 {
-                Arg::Text(member(id))
+                Arg::Text(id.to_string())
             } else {
                 Arg::Str("")
             },
@@ -728,7 +724,7 @@ impl LimitStore for RedisStore {
         let mut args = Vec::with_capacity(3 + 3 * r.held.len());
         args.extend([
             Arg::Num(now_us as i64),
-            Arg::Text(member(id)),
+            Arg::Text(id.to_string()),
             Arg::Num(TTL_SLACK_MS as i64),
         ]);
         for h in r.held {
