@@ -30,6 +30,8 @@ pub enum Stage {
     Cost,
     /// Rate limits, budgets and concurrency.
     Limits,
+    /// Abuse signals with a `deny` action.
+    Signals,
 }
 
 /// Why a request was denied. Each variant has a stable [`code`](Reason::code).
@@ -105,6 +107,13 @@ pub enum Reason {
         /// Whether `tokens` is an exact count.
         exact: bool,
     },
+    /// An abuse signal with a `deny` action is active for the caller.
+    AbuseSignal {
+        /// The signal.
+        signal: crate::signals::SignalKind,
+        /// Seconds until its cooldown ends (unless it holds again).
+        retry_after_seconds: u64,
+    },
     /// The anomaly score reached the threshold.
     AnomalyScore {
         /// The category contributing most.
@@ -132,6 +141,7 @@ impl Reason {
             Reason::ParameterRejected { .. } => "parameter_rejected",
             Reason::ModelNotAllowed { .. } => "model_not_allowed",
             Reason::PromptTooLong { .. } => "prompt_too_long",
+            Reason::AbuseSignal { .. } => "abuse_signal",
             Reason::AnomalyScore { .. } => "anomaly_score",
         }
     }
@@ -162,6 +172,14 @@ impl fmt::Display for Reason {
                 (&"invalid", _) => write!(f, "`{param}` has an invalid value"),
                 _ => write!(f, "`{param}` is not allowed on this route"),
             },
+            Reason::AbuseSignal {
+                signal,
+                retry_after_seconds,
+            } => write!(
+                f,
+                "abuse signal {:?}; retry after {retry_after_seconds} s",
+                signal.name()
+            ),
             Reason::ModelNotAllowed { model } => {
                 write!(f, "model {model:?} is not allowed on this route")
             }
@@ -376,6 +394,10 @@ pub struct Decision {
     /// A limit store failure and what the policy made of it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_error: Option<StoreFailure>,
+    /// Abuse signals active for the principal (see [`crate::signals`]); empty in the
+    /// common case.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<crate::signals::SignalHit>,
     /// How long `inspect` took (for events and the latency metrics; not in
     /// [`to_json`](Decision::to_json), which stays the same for the same request).
     #[serde(skip)]
@@ -388,9 +410,10 @@ pub struct Decision {
 pub struct Reservation {
     #[serde(serialize_with = "hex_id")]
     pub(crate) id: crate::limits::ReservationId,
-    /// The unit of each charge, in acquire order.
+    /// The unit of each charge, in acquire order, and how many times it counts (a
+    /// tightened principal's rate charges count the `tighten` factor times).
     #[serde(skip)]
-    pub(crate) units: Vec<crate::limits::Unit>,
+    pub(crate) units: Vec<(crate::limits::Unit, u64)>,
     /// The model-table row the cost was priced with (its name).
     #[serde(skip)]
     pub(crate) model: Option<Arc<str>>,

@@ -61,6 +61,26 @@ impl Default for Config {
     }
 }
 
+/// Whether a decision counts as a refusal for the `refusals` signal: refused (or, in
+/// monitor mode, would be) by access, size, content, parameter or cost checks. Limits and
+/// signals refuse honest callers too, and counting them would feed the signal itself.
+fn refused(d: &Decision) -> bool {
+    let reason = match &d.action {
+        Action::Deny { reason, .. } => Some(reason),
+        Action::Allow => d.would_deny.as_ref(),
+    };
+    !matches!(
+        reason,
+        None | Some(
+            Reason::RateLimited { .. }
+                | Reason::LimitStoreUnavailable { .. }
+                | Reason::AbuseSignal { .. }
+                | Reason::Unauthenticated
+                | Reason::InvalidCredentials { .. }
+        )
+    )
+}
+
 /// The model-table row a decision was priced with.
 fn decision_model(d: &Decision) -> Option<&Arc<str>> {
     d.cost.as_ref().and_then(|c| c.model.as_ref())
@@ -316,6 +336,8 @@ struct Inner {
     policy: Policy,
     /// Where event lines go, if anywhere.
     events: Option<Arc<dyn crate::events::EventSink>>,
+    /// The policy's abuse signals and their per-principal state.
+    signals: Option<crate::signals::Signals>,
     metrics: crate::metrics::Metrics,
     /// Who costs the most over the last hour: principals and client addresses, by
     /// micro-dollars and by tokens.
@@ -594,9 +616,19 @@ impl Engine {
             models.iter().map(|m| m.name.clone()).collect(),
             policy.rules.iter().map(|r| (r.id, r.category)).collect(),
         );
+        let signals = spec
+            .signals
+            .as_ref()
+            .map(crate::signals::Signals::new)
+            .transpose()
+            .map_err(|m| {
+                CompileError::new(CompileErrorKind::InvalidValue, format!("spec.signals.{m}"))
+                    .in_file(src)
+            })?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 metrics,
+                signals,
                 heavy: Mutex::new(HeavyTrackers::new()),
                 limits,
                 store,
@@ -690,7 +722,19 @@ impl Engine {
         let mut d = self.decide(s, req, now);
         d.inspect_ns =
             crate::decision::Elapsed(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        if let (Some(sig), Some(p)) = (&self.inner.signals, &d.principal) {
+            if sig.counts_refusals() {
+                let id = Arc::clone(&p.id);
+                sig.outcome(&id, now, refused(&d), &mut d.signals);
+            }
+        }
         self.inner.metrics.decision(&d);
+        for h in d.signals.iter().filter(|h| h.fired) {
+            self.inner.metrics.signal(h);
+            if let Some(sink) = &self.inner.events {
+                sink.event(&self.signal_event_json(&d, h));
+            }
+        }
         if let (true, Some(c)) = (d.is_allowed(), &d.cost) {
             let weights = [
                 c.micro_usd,
@@ -752,6 +796,24 @@ impl Engine {
                 excerpts: quote.is_some(),
             },
         )
+    }
+
+    /// A signal that fired (see [`crate::signals`]) as one event line.
+    pub fn signal_event_json(&self, d: &Decision, h: &crate::signals::SignalHit) -> String {
+        let unit = match self
+            .inner
+            .policy
+            .document
+            .spec
+            .signals
+            .as_ref()
+            .and_then(|s| s.velocity.as_ref())
+            .map(|v| v.by)
+        {
+            Some(crate::signals::VelocityBy::Tokens) => "tokens",
+            _ => "micro-USD",
+        };
+        crate::events::signal_line(d, h, unit, self.inner.clock.now_ns())
     }
 
     /// A settlement as one event line: the usage, its price and the difference to the
@@ -894,6 +956,7 @@ impl Engine {
                 reservation: None,
                 store_error: None,
                 inspect_ns: crate::decision::Elapsed(0),
+                signals: Vec::new(),
             };
         // Failed authentications count as anonymous requests (the limits anonymous callers
         // get); a caller already over them has its next token refused before the signature
@@ -1042,6 +1105,13 @@ impl Engine {
         let chat = route.params.enabled;
         if chat {
             cost.reset();
+            cost.print.reset(
+                self.inner
+                    .signals
+                    .as_ref()
+                    .is_some_and(|s| s.fingerprints())
+                    && principal.is_some(),
+            );
         }
         let mut insp = Inspector {
             program,
@@ -1162,6 +1232,7 @@ impl Engine {
                 d.rewrites = out.rewrites;
             }
         }
+        let tighten = self.signals_stage(&mut d, route, chat.then_some(&mut *cost), now_ns);
         // Limits come last: only a request every other stage admits is charged.
         if !self.inner.limits.is_empty() && d.is_allowed() {
             // The model-table row, not the client's string: a key part must not take
@@ -1186,9 +1257,75 @@ impl Engine {
                 now_ns,
                 (limit_of, charge_list, states, key),
                 recount,
+                tighten,
             );
         }
         d
+    }
+
+    /// Counts the request in its principal's abuse signals and applies the actions of the
+    /// active ones: `deny` refuses the request (429 until the cooldown ends), `tighten`
+    /// returns the factor its rate charges count by (1 otherwise); `flag` only reports.
+    fn signals_stage(
+        &self,
+        d: &mut Decision,
+        route: &CompiledRoute,
+        cost: Option<&mut CostScratch>,
+        now_ns: u64,
+    ) -> u64 {
+        let (Some(sig), Some(p)) = (&self.inner.signals, d.principal.as_ref()) else {
+            return 1;
+        };
+        let obs = crate::signals::Observation {
+            cost: d.cost.as_ref().filter(|_| d.is_allowed()).map(|c| {
+                (
+                    c.micro_usd,
+                    c.prompt_tokens.saturating_add(c.output_tokens_reserved),
+                )
+            }),
+            inference: cost.is_some(),
+            logprobs: cost.as_ref().is_some_and(|c| c.params.wants_logprobs()),
+            print: cost.and_then(|c| c.print.finish()),
+        };
+        let id = Arc::clone(&p.id);
+        sig.observe(&id, now_ns, &obs, &mut d.signals);
+        let deny = d
+            .signals
+            .iter()
+            .filter(|h| h.action == crate::signals::SignalAction::Deny)
+            .max_by_key(|h| h.remaining_seconds);
+        if let (Some(h), true) = (deny, d.is_allowed()) {
+            let reason = Reason::AbuseSignal {
+                signal: h.signal,
+                retry_after_seconds: h.remaining_seconds,
+            };
+            match route.mode {
+                Mode::Enforce => {
+                    d.headers
+                        .push(("retry-after", h.remaining_seconds.max(1).to_string()));
+                    d.action = Action::Deny {
+                        status: 429,
+                        reason,
+                    };
+                    d.stage = Stage::Signals;
+                    d.rewrites.clear();
+                }
+                Mode::Monitor => {
+                    if d.would_deny.is_none() {
+                        d.would_deny = Some(reason);
+                    }
+                }
+            }
+        }
+        let tightened = route.mode == Mode::Enforce
+            && d.signals
+                .iter()
+                .any(|h| h.action == crate::signals::SignalAction::Tighten);
+        if tightened {
+            sig.tighten_factor()
+        } else {
+            1
+        }
     }
 
     /// Charges the request against every limit that applies, all-or-nothing, and records
@@ -1215,6 +1352,7 @@ impl Engine {
             &crate::cost::stage::Recount,
             &mut dyn FnMut(&crate::cost::stage::Recount) -> Option<u64>,
         )>,
+        tighten: u64,
     ) {
         use crate::limits::stage::{self as ls, Amounts, Subject};
         let limits = &self.inner.limits;
@@ -1242,6 +1380,13 @@ impl Engine {
             );
             if charge_list.is_empty() {
                 return;
+            }
+            if tighten > 1 {
+                for c in charge_list.iter_mut() {
+                    if matches!(c.kind, crate::limits::LimitKind::Rate(_)) {
+                        c.amount = c.amount.saturating_mul(tighten);
+                    }
+                }
             }
             let id = ls::reservation_id();
             let lease = if monitor || ls::final_at_admission(limits, limit_of) {
@@ -1337,7 +1482,17 @@ impl Engine {
                     if lease > 0 {
                         d.reservation = Some(crate::decision::Reservation {
                             id,
-                            units: limit_of.iter().map(|&i| limits[i].unit).collect(),
+                            units: limit_of
+                                .iter()
+                                .zip(charge_list.iter())
+                                .map(|(&i, c)| {
+                                    let n = match c.kind {
+                                        crate::limits::LimitKind::Rate(_) => tighten,
+                                        _ => 1,
+                                    };
+                                    (limits[i].unit, n)
+                                })
+                                .collect(),
                             model: d.cost.as_ref().and_then(|c| c.model.clone()),
                         });
                     }
@@ -1472,13 +1627,16 @@ impl Engine {
         let actual: Vec<u64> = reservation
             .units
             .iter()
-            .map(|u| match u {
-                Unit::Requests => 1,
-                Unit::Concurrency => 0,
-                Unit::PromptTokens => usage.prompt_tokens,
-                Unit::OutputTokens => usage.output_tokens,
-                Unit::TotalTokens => usage.prompt_tokens.saturating_add(usage.output_tokens),
-                Unit::MicroUsd => micro_usd,
+            .map(|&(u, times)| {
+                let n = match u {
+                    Unit::Requests => 1,
+                    Unit::Concurrency => 0,
+                    Unit::PromptTokens => usage.prompt_tokens,
+                    Unit::OutputTokens => usage.output_tokens,
+                    Unit::TotalTokens => usage.prompt_tokens.saturating_add(usage.output_tokens),
+                    Unit::MicroUsd => micro_usd,
+                };
+                n.saturating_mul(times)
             })
             .collect();
         self.inner
@@ -1915,6 +2073,7 @@ impl Inspector<'_, '_> {
             reservation: None,
             store_error: None,
             inspect_ns: crate::decision::Elapsed(0),
+            signals: Vec::new(),
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::identity::Principal;
 use crate::limits::stage::LimitOutcome;
 use crate::policy::Mode;
 use crate::rules::Category;
+use crate::signals::{SignalAction, SignalHit, SignalKind};
 
 /// The `events` section of a policy.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -109,6 +110,8 @@ struct DecisionEvent<'a> {
     limits: &'a [LimitOutcome],
     #[serde(skip_serializing_if = "Option::is_none")]
     store_error: Option<&'a StoreFailure>,
+    #[serde(skip_serializing_if = "<[SignalHit]>::is_empty")]
+    signals: &'a [SignalHit],
     #[serde(skip_serializing_if = "Option::is_none")]
     inspect_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -157,6 +160,7 @@ pub(crate) fn decision_line(d: &Decision, cx: EventContext) -> String {
         reservation: d.reservation.as_ref().map(|r| r.id().to_string()),
         limits: &d.limits,
         store_error: d.store_error.as_ref(),
+        signals: &d.signals,
         inspect_us: (d.inspect_ns.0 > 0).then(|| d.inspect_ns.0 as f64 / 1_000.0),
         prompt: cx.prompt,
     };
@@ -224,6 +228,60 @@ pub(crate) fn settlement_line(
             micro_usd: diff(micro_usd, c.micro_usd),
         }),
         settled,
+    };
+    serde_json::to_string(&e).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+struct SignalEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ts: String,
+    signal: SignalKind,
+    route: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    principal: Option<&'a Principal>,
+    action: SignalAction,
+    value: f64,
+    threshold: f64,
+    remaining_seconds: u64,
+    detail: String,
+}
+
+/// A signal that fired, as one event line: which, for whom, what was measured against
+/// what threshold, and the action now in force.
+pub(crate) fn signal_line(d: &Decision, h: &SignalHit, unit: &str, now_ns: u64) -> String {
+    let (v, t) = (h.value.0, h.threshold.0);
+    let detail = match h.signal {
+        SignalKind::Velocity => {
+            format!("{v:.0} {unit} in the window, above {t:.0} (the factor times the baseline)")
+        }
+        SignalKind::Duplicates => {
+            format!("{v:.0} near-duplicate prompts in the window (threshold {t:.0})")
+        }
+        SignalKind::Refusals => format!(
+            "{:.0}% of requests refused (threshold {:.0}%)",
+            v * 100.0,
+            t * 100.0
+        ),
+        SignalKind::Logprobs => format!(
+            "{:.0}% of requests ask for logprobs (threshold {:.0}%)",
+            v * 100.0,
+            t * 100.0
+        ),
+    };
+    let e = SignalEvent {
+        kind: "signal",
+        ts: rfc3339(now_ns),
+        signal: h.signal,
+        route: &d.route,
+        principal: d.principal.as_ref(),
+        action: h.action,
+        value: v,
+        threshold: t,
+        remaining_seconds: h.remaining_seconds,
+        detail,
     };
     serde_json::to_string(&e).unwrap_or_default()
 }

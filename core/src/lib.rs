@@ -41,6 +41,7 @@ pub mod parse;
 pub mod policy;
 pub mod request;
 pub mod rules;
+pub mod signals;
 pub mod transform;
 
 pub use cost::usage::{Provider, Usage, UsageSource, UsageTracker};

@@ -17,11 +17,18 @@ use crate::cost::usage::Usage;
 use crate::decision::{Action, Decision, Stage};
 use crate::limits::StoreErrorKind;
 use crate::rules::Category;
+use crate::signals::{SignalAction, SignalHit, SIGNAL_KINDS};
+
+const ACTIONS: [SignalAction; 3] = [
+    SignalAction::Flag,
+    SignalAction::Tighten,
+    SignalAction::Deny,
+];
 
 /// Tenants with a series of their own; later ones are counted as `other`.
 pub const MAX_TENANTS: usize = 256;
 
-const STAGES: [Stage; 8] = [
+const STAGES: [Stage; 9] = [
     Stage::Route,
     Stage::Identity,
     Stage::Access,
@@ -30,6 +37,7 @@ const STAGES: [Stage; 8] = [
     Stage::Params,
     Stage::Cost,
     Stage::Limits,
+    Stage::Signals,
 ];
 
 fn stage_name(s: Stage) -> &'static str {
@@ -42,6 +50,7 @@ fn stage_name(s: Stage) -> &'static str {
         Stage::Params => "params",
         Stage::Cost => "cost",
         Stage::Limits => "limits",
+        Stage::Signals => "signals",
     }
 }
 
@@ -83,6 +92,8 @@ pub(crate) struct Metrics {
     latency: Box<[AtomicU64]>,
     latency_sum_ns: AtomicU64,
     store_errors: Box<[AtomicU64]>,
+    /// Signals fired, by signal x action.
+    signals: Box<[AtomicU64]>,
 }
 
 impl Metrics {
@@ -108,6 +119,7 @@ impl Metrics {
             latency: counters(BUCKETS.len() + 1),
             latency_sum_ns: AtomicU64::new(0),
             store_errors: counters(StoreErrorKind::ALL.len()),
+            signals: counters(SIGNAL_KINDS.len() * ACTIONS.len()),
         }
     }
 
@@ -181,6 +193,12 @@ impl Metrics {
             .unwrap_or(BUCKETS.len());
         add(&self.latency[bucket], 1);
         add(&self.latency_sum_ns, ns);
+    }
+
+    /// Count a signal that fired.
+    pub(crate) fn signal(&self, h: &SignalHit) {
+        let a = ACTIONS.iter().position(|&a| a == h.action).unwrap_or(0);
+        add(&self.signals[h.signal as usize * ACTIONS.len() + a], 1);
     }
 
     /// Count what a settled request used.
@@ -357,6 +375,24 @@ impl Metrics {
                 k.code(),
                 get(&self.store_errors[i])
             );
+        }
+
+        header(
+            &mut out,
+            "edgeward_signals_total",
+            "counter",
+            "Abuse signals fired (episodes, not requests) by signal and action.",
+        );
+        for k in SIGNAL_KINDS {
+            for (j, a) in ACTIONS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "edgeward_signals_total{{signal=\"{}\",action=\"{}\"}} {}",
+                    k.name(),
+                    a.name(),
+                    get(&self.signals[k as usize * ACTIONS.len() + j])
+                );
+            }
         }
         out
     }

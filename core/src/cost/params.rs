@@ -365,6 +365,12 @@ pub(crate) struct ParamState {
 }
 
 impl ParamState {
+    /// Whether the request asks for log probabilities (`logprobs`, or `top_logprobs`
+    /// above zero).
+    pub fn wants_logprobs(&self) -> bool {
+        self.logprobs || matches!(self.top_logprobs, Some(Num::Int(k)) if k > 0)
+    }
+
     /// Clears for the next request, keeping buffers.
     pub fn reset(&mut self) {
         let mut model = std::mem::take(&mut self.model);

@@ -31,6 +31,8 @@ pub(crate) struct CostScratch {
     pub prompt: ByteClasses,
     /// Non-empty prompt text fields.
     pub prompt_fields: u64,
+    /// The user prompt's fingerprint, for the `duplicates` signal (off unless configured).
+    pub print: crate::signals::Fingerprint,
 }
 
 impl CostScratch {
@@ -46,6 +48,9 @@ impl CostScratch {
         if is_prompt_text(f) && !f.value.is_empty() {
             self.prompt.add(&ByteClasses::of(f.value));
             self.prompt_fields += 1;
+            if f.role == Some(Role::User) {
+                self.print.text(f.value);
+            }
         }
     }
 }
@@ -292,7 +297,7 @@ pub(crate) fn decide(
             }
         }
     }
-    let logprobs = p.logprobs || matches!(p.top_logprobs, Some(Num::Int(k)) if k > 0);
+    let logprobs = p.wants_logprobs();
     let switches: [(bool, Option<Allowance>, &[ApiParam], RewriteAction); 4] = [
         (
             logprobs,
