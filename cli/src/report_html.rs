@@ -97,16 +97,18 @@ pub(crate) fn render(sum: &Summary, source: &str) -> String {
         "</section>\n<div class=\"row\"><section class=\"card\"><h2>Decisions by stage</h2>",
     );
     let stages = top(&sum.by_stage, 20);
-    hbars(&mut o, "by-stage", &counted(&stages), 110.0, 540.0);
+    hbars(&mut o, "by-stage", &stages, (110.0, 540.0), |_| BAR);
     o.push_str("</section><section class=\"card\"><h2>Decisions by action</h2>");
     let actions = top(&sum.by_action, 20);
-    hbars(&mut o, "by-action", &counted(&actions), 110.0, 540.0);
+    // Anything but allow (deny, or whatever a host's events call a refusal) in red.
+    let refusal = |a: &str| if a == "allow" { BAR } else { DENY };
+    hbars(&mut o, "by-action", &actions, (110.0, 540.0), refusal);
     o.push_str("</section></div>\n<section class=\"card\"><h2>Rules that matched most</h2>");
     let rules: Vec<(String, u64)> = top(&sum.rules, 15)
         .into_iter()
         .map(|((id, name, cat), n)| (format!("{id} {name} ({cat})"), n))
         .collect();
-    hbars(&mut o, "top-rules", &counted(&rules), 430.0, 1100.0);
+    hbars(&mut o, "top-rules", &rules, (430.0, 1100.0), |_| BAR);
     o.push_str("</section>\n<section class=\"card\"><h2>Inspect latency</h2>");
     latency(&mut o, &sum.latency_us);
     o.push_str("</section>\n");
@@ -402,15 +404,15 @@ fn cost_over_time(o: &mut String, sum: &Summary) {
     o.push_str("</div>");
 }
 
-/// Labels with their counts as bar values.
-fn counted(rows: &[(String, u64)]) -> Vec<(String, u64, String)> {
-    rows.iter()
-        .map(|(k, n)| (k.clone(), *n, n.to_string()))
-        .collect()
-}
-
-/// A horizontal bar chart: label, value, value as shown.
-fn hbars(o: &mut String, id: &str, rows: &[(String, u64, String)], label_w: f64, w: f64) {
+/// A horizontal bar chart of counts; `widths` is the label column's and the whole chart's.
+fn hbars(
+    o: &mut String,
+    id: &str,
+    rows: &[(String, u64)],
+    widths: (f64, f64),
+    colour: impl Fn(&str) -> &'static str,
+) {
+    let (label_w, w) = widths;
     if rows.is_empty() {
         let _ = write!(
             o,
@@ -426,10 +428,10 @@ fn hbars(o: &mut String, id: &str, rows: &[(String, u64, String)], label_w: f64,
     // About 6.6 px per character at 12 px: cut labels to the column they have.
     let chars = ((label_w - 10.0) / 6.6) as usize;
     let _ = write!(o, "<svg id=\"{id}\" viewBox=\"0 0 {w} {h}\" role=\"img\">");
-    for (i, (label, v, shown)) in rows.iter().enumerate() {
+    for (i, (label, v)) in rows.iter().enumerate() {
         let y = pad + i as f64 * row_h;
         let bw = (*v as f64 / max * bar_max).max(1.0);
-        let colour = if label == "deny" { DENY } else { BAR };
+        let colour = colour(label);
         let _ = write!(
             o,
             "<g><title>{}: {}</title>\
@@ -438,14 +440,14 @@ fn hbars(o: &mut String, id: &str, rows: &[(String, u64, String)], label_w: f64,
              fill=\"{colour}\"/>\
              <text class=\"axis\" x=\"{:.1}\" y=\"{:.1}\">{}</text></g>",
             esc(label),
-            esc(shown),
+            v,
             label_w - 8.0,
             y + 16.0,
             esc(&clip(label, chars)),
             y + (row_h - bar_h) / 2.0,
             label_w + bw + 6.0,
             y + 16.0,
-            esc(shown)
+            v
         );
     }
     o.push_str("</svg>");

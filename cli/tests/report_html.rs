@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 const HOSTILE: &str = "<script>alert(1)</script>";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// The browser: `EDGEWARD_CHROMIUM` where it lives elsewhere (a developer's machine).
+fn chromium_path() -> PathBuf {
+    std::env::var_os("EDGEWARD_CHROMIUM").map_or_else(|| PathBuf::from(CHROMIUM), PathBuf::from)
+}
+
 /// A small deterministic generator: the events must be the same on every run.
 struct Lcg(u64);
 
@@ -308,8 +313,8 @@ fn tags(html: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Runs `cmd` with its output in files, killed after `limit`.
-fn run_with_timeout(mut cmd: Command, dir: &Path, name: &str, limit: Duration) -> (bool, String) {
+/// Runs `cmd` to success with its output in files, killed after `limit`; its stdout.
+fn run_with_timeout(mut cmd: Command, dir: &Path, name: &str, limit: Duration) -> String {
     let stdout = dir.join(format!("{name}.stdout"));
     let stderr = dir.join(format!("{name}.stderr"));
     let mut child = cmd
@@ -335,11 +340,11 @@ fn run_with_timeout(mut cmd: Command, dir: &Path, name: &str, limit: Duration) -
     };
     let err = std::fs::read_to_string(&stderr).unwrap_or_default();
     assert!(ok, "chromium ({name}) failed:\n{err}");
-    (ok, std::fs::read_to_string(&stdout).unwrap_or_default())
+    std::fs::read_to_string(&stdout).unwrap_or_default()
 }
 
 fn chromium(dir: &Path, profile: &str) -> Command {
-    let mut c = Command::new(CHROMIUM);
+    let mut c = Command::new(chromium_path());
     c.args([
         "--headless",
         "--no-sandbox",
@@ -357,12 +362,17 @@ fn chromium(dir: &Path, profile: &str) -> Command {
 }
 
 fn render_in_chromium(dir: &Path, html: &Path) {
-    if !Path::new(CHROMIUM).exists() {
+    let browser = chromium_path();
+    if !browser.exists() {
         assert!(
             std::env::var_os("CI").is_none(),
-            "{CHROMIUM} is missing; CI installs the chromium package"
+            "{} is missing; CI installs the chromium package",
+            browser.display()
         );
-        eprintln!("{CHROMIUM} is missing: the page was checked but not rendered");
+        eprintln!(
+            "{} is missing: the page was checked but not rendered",
+            browser.display()
+        );
         return;
     }
     let url = format!("file://{}", html.canonicalize().unwrap().display());
@@ -370,7 +380,7 @@ fn render_in_chromium(dir: &Path, html: &Path) {
 
     let mut dom = chromium(dir, "profile-dom");
     dom.arg("--dump-dom").arg(&url);
-    let (_, dom) = run_with_timeout(dom, dir, "dom", limit);
+    let dom = run_with_timeout(dom, dir, "dom", limit);
     assert!(
         dom.matches("<svg").count() >= 5,
         "rendered DOM has too few charts:\n{dom}"
