@@ -64,6 +64,10 @@ pub(crate) struct Summary {
     pub clients: HashMap<String, ClientStats>,
     /// Sorted once all events are read.
     pub latency_us: Vec<f64>,
+    /// Estimated micro-dollars of all admitted requests, identified or not.
+    pub estimated_total: u64,
+    /// Micro-dollars of all settlements.
+    pub used_total: u64,
     pub settlements: u64,
     pub signals: u64,
     /// By (signal, principal id).
@@ -159,9 +163,10 @@ impl Summary {
             Some("decision") => self.add_decision(e, ms),
             Some("settlement") => {
                 self.settlements += 1;
+                let used = e["micro_usd"].as_u64().unwrap_or(0);
+                self.used_total += used;
                 if let Some(p) = principal_id(e) {
-                    self.principals.entry(p.to_string()).or_default().used +=
-                        e["micro_usd"].as_u64().unwrap_or(0);
+                    self.principals.entry(p.to_string()).or_default().used += used;
                 }
             }
             _ => self.add_signal(e),
@@ -191,6 +196,7 @@ impl Summary {
         } else {
             0
         };
+        self.estimated_total += cost;
         let principal = principal_id(e);
         if let Some(p) = principal {
             let st = self.principals.entry(p.to_string()).or_default();
@@ -327,6 +333,12 @@ fn render(sum: &Summary) -> String {
         o,
         "{} decisions: {} allowed, {} denied; {} settlements; {} signals",
         sum.decisions, sum.allowed, denied, sum.settlements, sum.signals
+    );
+    let _ = writeln!(
+        o,
+        "{} estimated at admission, {} used when settled",
+        usd(sum.estimated_total),
+        usd(sum.used_total)
     );
     if sum.skipped > 0 {
         let _ = writeln!(

@@ -126,16 +126,18 @@ fn tile(o: &mut String, label: &str, value: &str, class: &str) {
     );
 }
 
-/// `2026-11-27 12:00:05` (UTC) from milliseconds since the epoch.
+/// `2026-11-27 12:00:05.250` (UTC) from milliseconds since the epoch; callers cut what
+/// they need.
 fn datetime(ms: u64) -> String {
     let t = edgeward::events::rfc3339(ms.saturating_mul(1_000_000));
-    format!("{} {}", &t[..10], &t[11..19])
+    format!("{} {}", &t[..10], &t[11..23])
 }
 
 fn duration(ms: u64) -> String {
     let s = ms / 1_000;
     match s {
-        0..=59 => format!("{:.1} s", ms as f64 / 1_000.0),
+        0 => format!("{ms} ms"),
+        1..=59 => format!("{:.1} s", ms as f64 / 1_000.0),
         60..=3_599 => format!("{} min {} s", s / 60, s % 60),
         3_600..=86_399 => format!("{} h {} min", s / 3_600, (s / 60) % 60),
         _ => format!("{} d {} h", s / 86_400, (s / 3_600) % 24),
@@ -152,8 +154,8 @@ fn header(o: &mut String, sum: &Summary, source: &str) {
         let _ = write!(
             o,
             " · {} – {} UTC ({})",
-            datetime(lo),
-            datetime(hi),
+            &datetime(lo)[..19],
+            &datetime(hi)[..19],
             duration(hi - lo)
         );
     }
@@ -165,8 +167,6 @@ fn header(o: &mut String, sum: &Summary, source: &str) {
         );
     }
     o.push_str("</div><div class=\"tiles\">");
-    let estimated: u64 = sum.principals.values().map(|p| p.estimated).sum();
-    let used: u64 = sum.principals.values().map(|p| p.used).sum();
     tile(o, "decisions", &sum.decisions.to_string(), "");
     tile(o, "allowed", &sum.allowed.to_string(), "");
     let denied = sum.decisions - sum.allowed;
@@ -174,8 +174,8 @@ fn header(o: &mut String, sum: &Summary, source: &str) {
     tile(o, "denied", &denied.to_string(), class);
     tile(o, "settlements", &sum.settlements.to_string(), "");
     tile(o, "signals", &sum.signals.to_string(), "");
-    tile(o, "estimated cost", &usd(estimated), "");
-    tile(o, "used cost", &usd(used), "");
+    tile(o, "estimated cost", &usd(sum.estimated_total), "");
+    tile(o, "used cost", &usd(sum.used_total), "");
     if let Some((lo, hi)) = sum.span_ms {
         tile(o, "time span", &duration(hi - lo), "");
     }
@@ -203,7 +203,16 @@ fn dollars(micro: f64, step: f64) -> String {
 }
 
 /// Bucket widths a reader can name, in milliseconds.
-const BUCKETS_MS: [u64; 25] = [
+const BUCKETS_MS: [u64; 34] = [
+    1,
+    2,
+    5,
+    10,
+    20,
+    50,
+    100,
+    200,
+    500,
     1_000,
     2_000,
     5_000,
@@ -233,7 +242,8 @@ const BUCKETS_MS: [u64; 25] = [
 
 fn bucket_name(ms: u64) -> String {
     match ms {
-        0..=59_999 => format!("{} s", ms / 1_000),
+        0..=999 => format!("{ms} ms"),
+        1_000..=59_999 => format!("{} s", ms / 1_000),
         60_000..=3_599_999 => format!("{} min", ms / 60_000),
         3_600_000..=86_399_999 => format!("{} h", ms / 3_600_000),
         _ => format!("{} d", ms / 86_400_000),
@@ -256,9 +266,10 @@ fn cost_over_time(o: &mut String, sum: &Summary) {
         .find(|w| span / w < 60)
         .unwrap_or(BUCKETS_MS[BUCKETS_MS.len() - 1]);
     let start = lo / width * width;
-    let n = ((hi - start) / width + 1).max(2) as usize;
+    let n = ((hi - start) / width + 1) as usize;
 
-    // The five costliest principals by estimate get a series each; the rest is "other".
+    // The five costliest principals by estimate get a series each; the rest share one, named
+    // for what is in it.
     let ranked = sum.principals_by_cost();
     let named: Vec<&str> = ranked
         .iter()
@@ -269,17 +280,27 @@ fn cost_over_time(o: &mut String, sum: &Summary) {
     let index: HashMap<&str, usize> = named.iter().enumerate().map(|(i, p)| (*p, i)).collect();
     let other = named.len();
     let mut series = vec![vec![0u64; n]; other + 1];
+    let (mut rest_named, mut rest_anonymous) = (false, false);
     for c in &sum.costs {
-        let s = c
-            .principal
-            .as_deref()
-            .and_then(|p| index.get(p).copied())
-            .unwrap_or(other);
+        let s = match c.principal.as_deref() {
+            Some(p) => index.get(p).copied().unwrap_or_else(|| {
+                rest_named = true;
+                other
+            }),
+            None => {
+                rest_anonymous = true;
+                other
+            }
+        };
         let b = (((c.ms - start) / width) as usize).min(n - 1);
         series[s][b] += c.micro_usd;
     }
-    let has_other = series[other].iter().any(|v| *v > 0);
-    if !has_other {
+    let rest = match (rest_named, rest_anonymous) {
+        (true, true) => "other and unidentified",
+        (false, true) => "unidentified",
+        _ => "other",
+    };
+    if !(rest_named || rest_anonymous) {
         series.pop();
     }
     let totals: Vec<u64> = series.iter().map(|s| s.iter().sum()).collect();
@@ -297,7 +318,9 @@ fn cost_over_time(o: &mut String, sum: &Summary) {
     let step = nice_step(peak / 5.0);
     let ymax = ((peak / step).ceil() * step).max(step);
     let bw = pw / n as f64;
-    let x = |b: usize| left + bw * (b as f64 + 0.5);
+    // Bucket `b` spans x(b)..x(b + 1): the areas are drawn as steps, one flat top per bucket,
+    // so a lone busy bucket reads as a block rather than a spike between its neighbours.
+    let x = |b: usize| left + bw * b as f64;
     let y = |v: u64| top_m + ph - v as f64 / ymax * ph;
 
     let _ = write!(
@@ -322,12 +345,26 @@ fn cost_over_time(o: &mut String, sum: &Summary) {
     for (s, _) in series.iter().enumerate().rev() {
         let mut pts = String::new();
         for (b, v) in cum[s + 1].iter().enumerate() {
-            let _ = write!(pts, "{:.1},{:.1} ", x(b), y(*v));
+            let _ = write!(
+                pts,
+                "{:.1},{:.1} {:.1},{:.1} ",
+                x(b),
+                y(*v),
+                x(b + 1),
+                y(*v)
+            );
         }
         for (b, v) in cum[s].iter().enumerate().rev() {
-            let _ = write!(pts, "{:.1},{:.1} ", x(b), y(*v));
+            let _ = write!(
+                pts,
+                "{:.1},{:.1} {:.1},{:.1} ",
+                x(b + 1),
+                y(*v),
+                x(b),
+                y(*v)
+            );
         }
-        let name = named.get(s).copied().unwrap_or("other");
+        let name = named.get(s).copied().unwrap_or(rest);
         let _ = write!(
             o,
             "<polygon points=\"{}\" fill=\"{}\" fill-opacity=\"0.85\" stroke=\"#fff\" \
@@ -355,6 +392,8 @@ fn cost_over_time(o: &mut String, sum: &Summary) {
         let d = datetime(ms);
         if span >= 86_400_000 {
             d[5..16].to_string()
+        } else if tick < 1_000 {
+            d[11..23].to_string()
         } else if tick < 60_000 {
             d[11..19].to_string()
         } else {
@@ -392,7 +431,7 @@ fn cost_over_time(o: &mut String, sum: &Summary) {
     );
     o.push_str("<div class=\"legend\">");
     for (s, total) in totals.iter().enumerate() {
-        let name = named.get(s).copied().unwrap_or("other");
+        let name = named.get(s).copied().unwrap_or(rest);
         let _ = write!(
             o,
             "<span title=\"{0}\"><i style=\"background:{1}\"></i>{0} · {2}</span>",

@@ -52,6 +52,8 @@ struct Expected {
     settlements: u64,
     signals: u64,
     team_a_estimated: u64,
+    estimated: u64,
+    used: u64,
 }
 
 /// About four hundred lines over two hours: principals with skewed costs (team-a growing
@@ -78,6 +80,8 @@ fn crafted_events() -> (String, Expected) {
         settlements: 0,
         signals: 0,
         team_a_estimated: 0,
+        estimated: 0,
+        used: 0,
     };
     let n = 320u64;
     for i in 0..n {
@@ -106,12 +110,14 @@ fn crafted_events() -> (String, Expected) {
             // team-a ramps up over the two hours; the others stay flat.
             let ramp = if id == "team-a" { 1 + 4 * i / n } else { 1 };
             let micro = base * ramp + r.next() % 500;
+            x.estimated += micro;
             if id == "team-a" {
                 x.team_a_estimated += micro;
             }
             if i % 2 == 0 {
                 x.settlements += 1;
                 let used = micro * (30 + r.next() % 70) / 100;
+                x.used += used;
                 let s = serde_json::json!({
                     "type": "settlement", "ts": ts(ms + 800), "route": "chat",
                     "principal": principal, "reservation": format!("{i:032x}"),
@@ -228,6 +234,12 @@ fn report_writes_a_self_contained_html_page() {
         "{stdout}"
     );
     assert!(stdout.contains("2 lines were not events"), "{stdout}");
+    let costs = format!(
+        "{} estimated at admission, {} used when settled",
+        usd(x.estimated),
+        usd(x.used)
+    );
+    assert!(stdout.contains(&costs), "{costs} missing:\n{stdout}");
     for want in [
         "Signals:",
         "by signal:",
@@ -290,6 +302,9 @@ fn report_writes_a_self_contained_html_page() {
         "UTC",
     ] {
         assert!(html.contains(want), "{want} missing");
+    }
+    for total in [x.estimated, x.used] {
+        assert!(html.contains(&usd(total)), "total {} missing", usd(total));
     }
     assert!(
         html.contains(&usd(x.team_a_estimated)),
