@@ -164,9 +164,11 @@ impl Summary {
             Some("settlement") => {
                 self.settlements += 1;
                 let used = e["micro_usd"].as_u64().unwrap_or(0);
-                self.used_total += used;
+                // Saturating: the numbers come from a file anyone could have written.
+                self.used_total = self.used_total.saturating_add(used);
                 if let Some(p) = principal_id(e) {
-                    self.principals.entry(p.to_string()).or_default().used += used;
+                    let st = self.principals.entry(p.to_string()).or_default();
+                    st.used = st.used.saturating_add(used);
                 }
             }
             _ => self.add_signal(e),
@@ -196,13 +198,13 @@ impl Summary {
         } else {
             0
         };
-        self.estimated_total += cost;
+        self.estimated_total = self.estimated_total.saturating_add(cost);
         let principal = principal_id(e);
         if let Some(p) = principal {
             let st = self.principals.entry(p.to_string()).or_default();
             if allowed {
                 st.allowed += 1;
-                st.estimated += cost;
+                st.estimated = st.estimated.saturating_add(cost);
             } else {
                 st.denied += 1;
             }
@@ -210,7 +212,7 @@ impl Summary {
         if let Some(c) = s(&e["client"]) {
             let st = self.clients.entry(c.to_string()).or_default();
             st.decisions += 1;
-            st.estimated += cost;
+            st.estimated = st.estimated.saturating_add(cost);
         }
         if let (Some(ms), true) = (ms, cost > 0) {
             self.costs.push(CostPoint {
@@ -413,13 +415,11 @@ fn render(sum: &Summary) -> String {
     o
 }
 
-/// Summarise the events in `path` on standard output, and as an HTML page in `html` if
-/// given.
-pub fn run(path: &Path, html: Option<&Path>) -> Result<(), String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// Add up event lines; lines that are not events are counted as skipped.
+pub(crate) fn summarise(events: impl BufRead) -> std::io::Result<Summary> {
     let mut sum = Summary::default();
-    for line in std::io::BufReader::new(f).lines() {
-        let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
+    for line in events.lines() {
+        let line = line?;
         if line.trim().is_empty() {
             continue;
         }
@@ -429,6 +429,15 @@ pub fn run(path: &Path, html: Option<&Path>) -> Result<(), String> {
         }
     }
     sum.finish();
+    Ok(sum)
+}
+
+/// Summarise the events in `path` on standard output, and as an HTML page in `html` if
+/// given.
+pub fn run(path: &Path, html: Option<&Path>) -> Result<(), String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let sum =
+        summarise(std::io::BufReader::new(f)).map_err(|e| format!("{}: {e}", path.display()))?;
     print!("{}", render(&sum));
     if let Some(out) = html {
         let source = path.file_name().map_or_else(
@@ -462,5 +471,40 @@ mod tests {
             assert_eq!(parse_ts(bad), None, "{bad}");
         }
         assert_eq!(parse_ts("2026-11-27T12:00:00.Z"), None);
+        assert_eq!(parse_ts("2026-11-27T12:00:00+1é:00"), None);
+    }
+
+    #[test]
+    fn survives_hostile_numbers_and_times() {
+        // Costs that overflow a sum, times decades apart, an absurd latency: the totals
+        // saturate and the chart still has at most about 60 buckets.
+        let max = u64::MAX;
+        let lines = format!(
+            "{{\"type\":\"decision\",\"ts\":\"1970-01-01T00:00:00Z\",\"action\":\"allow\",\
+             \"cost\":{{\"micro_usd\":{max}}},\"principal\":{{\"id\":\"x\"}},\"inspect_us\":1e300}}\n\
+             {{\"type\":\"decision\",\"ts\":\"9999-12-31T23:59:59.999Z\",\"action\":\"allow\",\
+             \"cost\":{{\"micro_usd\":{max}}},\"inspect_us\":-5}}\n\
+             {{\"type\":\"settlement\",\"micro_usd\":{max},\"principal\":{{\"id\":\"x\"}}}}\n\
+             {{\"type\":\"settlement\",\"micro_usd\":{max}}}\n\
+             {{\"type\":\"signal\",\"signal\":7,\"value\":\"a\"}}\n"
+        );
+        let sum = summarise(lines.as_bytes()).unwrap();
+        assert_eq!((sum.decisions, sum.settlements, sum.signals), (2, 2, 1));
+        assert_eq!((sum.estimated_total, sum.used_total), (max, max));
+        let page = crate::report_html::render(&sum, "x");
+        let chart = page
+            .split("<svg id=\"cost-over-time\"")
+            .nth(1)
+            .and_then(|c| c.split("</svg>").next())
+            .unwrap();
+        let points = chart
+            .split("points=\"")
+            .skip(1)
+            .map(|p| p.split('"').next().unwrap().split(' ').count())
+            .max()
+            .unwrap();
+        // Two corners per bucket, top and bottom edge.
+        assert!(points <= 4 * 61, "{points} points");
+        assert!(render(&sum).contains("Signals:"));
     }
 }

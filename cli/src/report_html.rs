@@ -259,12 +259,13 @@ fn cost_over_time(o: &mut String, sum: &Summary) {
         );
         return;
     };
-    // At most 60 buckets of a width a reader can name; the span sets how wide.
+    // At most 60 buckets of a width a reader can name; the span sets how wide. A span beyond
+    // years (a stray timestamp) still gets 60 buckets, not thousands.
     let span = hi - lo;
     let width = BUCKETS_MS
         .into_iter()
         .find(|w| span / w < 60)
-        .unwrap_or(BUCKETS_MS[BUCKETS_MS.len() - 1]);
+        .unwrap_or(span / 59 + 1);
     let start = lo / width * width;
     let n = ((hi - start) / width + 1) as usize;
 
@@ -293,7 +294,7 @@ fn cost_over_time(o: &mut String, sum: &Summary) {
             }
         };
         let b = (((c.ms - start) / width) as usize).min(n - 1);
-        series[s][b] += c.micro_usd;
+        series[s][b] = series[s][b].saturating_add(c.micro_usd);
     }
     let rest = match (rest_named, rest_anonymous) {
         (true, true) => "other and unidentified",
@@ -303,7 +304,10 @@ fn cost_over_time(o: &mut String, sum: &Summary) {
     if !(rest_named || rest_anonymous) {
         series.pop();
     }
-    let totals: Vec<u64> = series.iter().map(|s| s.iter().sum()).collect();
+    let totals: Vec<u64> = series
+        .iter()
+        .map(|s| s.iter().fold(0u64, |a, v| a.saturating_add(*v)))
+        .collect();
 
     let (w, h) = (1100.0, 340.0);
     let (left, right, top_m, bottom) = (78.0, 16.0, 14.0, 46.0);
@@ -311,7 +315,7 @@ fn cost_over_time(o: &mut String, sum: &Summary) {
     let mut cum = vec![vec![0u64; n]; series.len() + 1];
     for (s, row) in series.iter().enumerate() {
         for b in 0..n {
-            cum[s + 1][b] = cum[s][b] + row[b];
+            cum[s + 1][b] = cum[s][b].saturating_add(row[b]);
         }
     }
     let peak = cum[series.len()].iter().copied().max().unwrap_or(0) as f64;
@@ -516,7 +520,10 @@ fn log_edges(min: f64, max: f64) -> Vec<f64> {
 }
 
 fn us_label(v: f64) -> String {
-    if v >= 1_000_000.0 {
+    if v >= 1e9 {
+        // Over a quarter of an hour: not a real inspect time, but keep the label short.
+        format!("{v:.1e} µs")
+    } else if v >= 1_000_000.0 {
         format!("{} s", trim(v / 1_000_000.0))
     } else if v >= 1_000.0 {
         format!("{} ms", trim(v / 1_000.0))
