@@ -4,6 +4,7 @@ mod corpus;
 mod demo;
 mod eval;
 mod report;
+mod report_html;
 
 use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
@@ -75,9 +76,12 @@ enum Cmd {
     },
     /// Inspect a built-in sample of benign chat traffic, attacks and prompt injections.
     Demo,
-    /// Summarise decision and settlement events (JSON Lines): decisions by stage, the
-    /// costliest principals and clients, block reasons, top rules, latency.
+    /// Summarise decision, settlement and signal events (JSON Lines): decisions by stage,
+    /// the costliest principals and clients, block reasons, top rules, latency, signals.
     Report {
+        /// Also write the summary as a self-contained HTML page with charts to this file.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
         /// The events file.
         events: PathBuf,
     },
@@ -158,7 +162,7 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Cmd::Demo => demo::run(),
-        Cmd::Report { events } => report::run(&events),
+        Cmd::Report { output, events } => report::run(&events, output.as_deref()),
         Cmd::Schema { rules } => {
             if rules {
                 print!("{}", edgeward::policy::rules_json_schema());
