@@ -250,6 +250,14 @@ fn inspect(engine: &Engine, input: &str, events: bool) -> Result<(), String> {
             });
             n += 1;
             denied += usize::from(!d.is_allowed());
+            if events {
+                // A signal that fired on this request: its event comes first, as a host's
+                // event sink receives them.
+                for h in d.signals.iter().filter(|h| h.fired) {
+                    writeln!(out, "{}", engine.signal_event_json(&d, h))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
             let mut v = match event {
                 Some(line) => serde_json::from_str(&line).map_err(|e| e.to_string())?,
                 None => serde_json::to_value(&d).map_err(|e| e.to_string())?,
@@ -272,6 +280,11 @@ fn inspect(engine: &Engine, input: &str, events: bool) -> Result<(), String> {
         });
         n = 1;
         denied = usize::from(!d.is_allowed());
+        if events {
+            for h in d.signals.iter().filter(|h| h.fired) {
+                writeln!(out, "{}", engine.signal_event_json(&d, h)).map_err(|e| e.to_string())?;
+            }
+        }
         writeln!(out, "{line}").map_err(|e| e.to_string())?;
     }
     eprintln!(

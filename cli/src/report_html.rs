@@ -183,6 +183,32 @@ fn header(o: &mut String, sum: &Summary, source: &str) {
 }
 
 /// The smallest step of the 1-2-5 series at least `raw` (at least 1).
+/// Horizontal grid lines every `step` from 0 to `ymax` across the plot (`x`: left edge
+/// and width; `y`: top edge and height), each labelled on the left.
+fn grid(
+    o: &mut String,
+    (left, pw): (f64, f64),
+    (top, ph): (f64, f64),
+    ymax: f64,
+    step: f64,
+    label: impl Fn(f64) -> String,
+) {
+    let mut t = 0.0;
+    while t <= ymax + step / 2.0 {
+        let yy = top + ph - t / ymax * ph;
+        let _ = write!(
+            o,
+            "<line class=\"grid\" x1=\"{left}\" x2=\"{}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\"/>\
+             <text class=\"axis\" x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            left + pw,
+            left - 6.0,
+            yy + 4.0,
+            label(t)
+        );
+        t += step;
+    }
+}
+
 fn nice_step(raw: f64) -> f64 {
     if raw.is_nan() || raw <= 0.0 {
         return 1.0;
@@ -332,20 +358,7 @@ fn cost_over_time(o: &mut String, sum: &Summary) {
         "<svg id=\"cost-over-time\" viewBox=\"0 0 {w} {h}\" role=\"img\" \
          aria-label=\"Estimated cost over time by principal\">"
     );
-    let mut t = 0.0;
-    while t <= ymax + step / 2.0 {
-        let yy = top_m + ph - t / ymax * ph;
-        let _ = write!(
-            o,
-            "<line class=\"grid\" x1=\"{left}\" x2=\"{}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\"/>\
-             <text class=\"axis\" x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            left + pw,
-            left - 6.0,
-            yy + 4.0,
-            dollars(t, step)
-        );
-        t += step;
-    }
+    grid(o, (left, pw), (top_m, ph), ymax, step, |t| dollars(t, step));
     for (s, _) in series.iter().enumerate().rev() {
         let mut pts = String::new();
         for (b, v) in cum[s + 1].iter().enumerate() {
@@ -576,19 +589,7 @@ fn latency(o: &mut String, sorted: &[f64]) {
         "<svg id=\"latency\" viewBox=\"0 0 {w} {h}\" role=\"img\" \
          aria-label=\"Inspect latency histogram\">"
     );
-    let mut t = 0.0;
-    while t <= ymax + step / 2.0 {
-        let yy = top_m + ph - t / ymax * ph;
-        let _ = write!(
-            o,
-            "<line class=\"grid\" x1=\"{left}\" x2=\"{}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\"/>\
-             <text class=\"axis\" x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{t}</text>",
-            left + pw,
-            left - 6.0,
-            yy + 4.0
-        );
-        t += step;
-    }
+    grid(o, (left, pw), (top_m, ph), ymax, step, |t| t.to_string());
     for (b, c) in counts.iter().enumerate() {
         let bh = *c as f64 / ymax * ph;
         let _ = write!(

@@ -34,15 +34,7 @@ impl Lcg {
 
 fn ts(ms: u64) -> String {
     // 2026-11-27T10:00:00Z plus `ms`.
-    let t = 1_795_773_600_000 + ms;
-    let (s, ms) = (t / 1_000, t % 1_000);
-    let day = s % 86_400;
-    format!(
-        "2026-11-27T{:02}:{:02}:{:02}.{ms:03}Z",
-        day / 3_600,
-        (day / 60) % 60,
-        day % 60
-    )
+    edgeward::events::rfc3339((1_795_773_600_000 + ms) * 1_000_000)
 }
 
 /// What the crafted file holds, for the assertions.

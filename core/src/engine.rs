@@ -95,23 +95,6 @@ pub enum HeavyBy {
     Tokens = 1,
 }
 
-/// The engine's heavy-hitter trackers, each indexed by [`HeavyBy`]: an hour in six slices
-/// of ten minutes, 128 counters per slice each.
-struct HeavyTrackers {
-    principals: [crate::heavy::SpaceSaving; 2],
-    clients: [crate::heavy::SpaceSaving; 2],
-}
-
-impl HeavyTrackers {
-    fn new() -> HeavyTrackers {
-        let t = || crate::heavy::SpaceSaving::new(128, 6, 600 * 1_000_000_000);
-        HeavyTrackers {
-            principals: [t(), t()],
-            clients: [t(), t()],
-        }
-    }
-}
-
 /// An IP address written without allocating.
 struct IpText {
     buf: [u8; 48],
@@ -340,8 +323,9 @@ struct Inner {
     signals: Option<crate::signals::Signals>,
     metrics: crate::metrics::Metrics,
     /// Who costs the most over the last hour: principals and client addresses, by
-    /// micro-dollars and by tokens.
-    heavy: Mutex<HeavyTrackers>,
+    /// micro-dollars and by tokens (indexed by [`HeavyBy`]).
+    principals: crate::heavy::HeavyHitters<2>,
+    clients: crate::heavy::HeavyHitters<2>,
     programs: Vec<Program>,
     /// Routes in policy order, then the fallback `default` route.
     routes: Vec<CompiledRoute>,
@@ -625,11 +609,24 @@ impl Engine {
                 CompileError::new(CompileErrorKind::InvalidValue, format!("spec.signals.{m}"))
                     .in_file(src)
             })?;
+        let heavy = || {
+            crate::heavy::HeavyHitters::from_settings(
+                spec.heavy_hitters.as_ref().unwrap_or(&Default::default()),
+            )
+            .map_err(|m| {
+                CompileError::new(
+                    CompileErrorKind::InvalidValue,
+                    format!("spec.heavyHitters.{m}"),
+                )
+                .in_file(src)
+            })
+        };
         Ok(Engine {
             inner: Arc::new(Inner {
                 metrics,
                 signals,
-                heavy: Mutex::new(HeavyTrackers::new()),
+                principals: heavy()?,
+                clients: heavy()?,
                 limits,
                 store,
                 clock,
@@ -746,15 +743,11 @@ impl Engine {
                 let _ = write!(ip, "{a}");
                 ip.as_str()
             });
-            if let Ok(mut h) = self.inner.heavy.lock() {
-                for (by, w) in weights.into_iter().enumerate() {
-                    if let Some(p) = &d.principal {
-                        h.principals[by].add(&p.id, w, now);
-                    }
-                    if let Some(a) = client {
-                        h.clients[by].add(a, w, now);
-                    }
-                }
+            if let Some(p) = &d.principal {
+                self.inner.principals.add(&p.id, weights, now);
+            }
+            if let Some(a) = client {
+                self.inner.clients.add(a, weights, now);
             }
         }
         if let Some(sink) = &self.inner.events {
@@ -836,27 +829,20 @@ impl Engine {
         crate::events::settlement_line(d, usage, micro_usd, settled, self.inner.clock.now_ns())
     }
 
-    /// The `k` principals (by id) that cost the most over the last hour, largest first, by
-    /// estimated micro-dollars or tokens (prompt plus reserved output) of admitted requests.
+    /// The `k` principals (by id) that cost the most over the last hour (the policy's
+    /// `heavyHitters.window`), largest first, by estimated micro-dollars or tokens (prompt
+    /// plus reserved output) of admitted requests.
     /// Fixed memory (Space-Saving, see [`crate::heavy`]): values may be overestimated by at
     /// most each entry's `error`.
     pub fn top_principals(&self, by: HeavyBy, k: usize) -> Vec<crate::heavy::HeavyHitter> {
-        self.top(|h| &h.principals[by as usize], k)
+        let now = self.inner.clock.now_ns();
+        self.inner.principals.top(by as usize, k, now)
     }
 
     /// [`top_principals`](Engine::top_principals) for client addresses.
     pub fn top_clients(&self, by: HeavyBy, k: usize) -> Vec<crate::heavy::HeavyHitter> {
-        self.top(|h| &h.clients[by as usize], k)
-    }
-
-    fn top(
-        &self,
-        tracker: impl FnOnce(&HeavyTrackers) -> &crate::heavy::SpaceSaving,
-        k: usize,
-    ) -> Vec<crate::heavy::HeavyHitter> {
         let now = self.inner.clock.now_ns();
-        let h = self.inner.heavy.lock().unwrap_or_else(|e| e.into_inner());
-        tracker(&h).top(k, now)
+        self.inner.clients.top(by as usize, k, now)
     }
 
     /// The engine's metrics in the Prometheus text exposition format, for a host to serve

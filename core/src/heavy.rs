@@ -9,9 +9,116 @@
 //! still inside it, so old traffic ages out slice by slice.
 //!
 //! Memory is `slices x capacity` counters per tracker whatever the number of keys.
+//!
+//! [`HeavyHitters`] partitions keys over locked shards by a hash of the key, each shard a
+//! summary of its own keys: inspecting threads rarely wait on each other, and since no key
+//! is in two shards the union of the shards' lists is the merged list.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The `heavyHitters` section of a policy: how much the top-K trackers remember.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HeavySettings {
+    /// Counters per time slice (8 to 65,536; default 128). Every key with more than
+    /// `1 / capacity` of a slice's total (about; keys are spread over shards) is counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+    /// The sliding window the lists cover (default `1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// Slices the window ages out by (1 to 60; default 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slices: Option<u32>,
+}
+
+/// Shards of a [`HeavyHitters`].
+const SHARDS: usize = 8;
+
+/// Top-K trackers of one kind of key (principals, client addresses), by several weights
+/// at once (micro-dollars, tokens): `N` summaries per shard, one per weight.
+#[derive(Debug)]
+pub struct HeavyHitters<const N: usize> {
+    shards: Box<[Mutex<[SpaceSaving; N]>]>,
+}
+
+impl<const N: usize> HeavyHitters<N> {
+    /// Trackers of `capacity` counters in all (split over the shards) per slice, over a
+    /// window of `slices` slices of `slice_ns`.
+    pub fn new(capacity: usize, slices: usize, slice_ns: u64) -> HeavyHitters<N> {
+        let per_shard = capacity.div_ceil(SHARDS).max(4);
+        HeavyHitters {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(std::array::from_fn(|_| {
+                        SpaceSaving::new(per_shard, slices, slice_ns)
+                    }))
+                })
+                .collect(),
+        }
+    }
+
+    /// The settings of a policy's `heavyHitters` section; `Err` names the bad field.
+    pub fn from_settings(s: &HeavySettings) -> Result<HeavyHitters<N>, String> {
+        let capacity = s.capacity.unwrap_or(128);
+        if !(8..=65_536).contains(&capacity) {
+            return Err("capacity: must be 8 to 65536".into());
+        }
+        let slices = s.slices.unwrap_or(6);
+        if !(1..=60).contains(&slices) {
+            return Err("slices: must be 1 to 60".into());
+        }
+        let window = match &s.window {
+            None => 3_600_000_000_000,
+            Some(w) => crate::limits::stage::parse_duration(w)
+                .ok_or_else(|| format!("window: {w:?} is not a duration (`10m`, `1h`)"))?,
+        };
+        Ok(HeavyHitters::new(
+            capacity as usize,
+            slices as usize,
+            (window / u64::from(slices)).max(1),
+        ))
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<[SpaceSaving; N]> {
+        // FNV-1a: cheap, and keys are identities the policy admitted, not chosen to
+        // collide (a skewed shard only costs accuracy, not correctness).
+        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        &self.shards[(h % SHARDS as u64) as usize]
+    }
+
+    /// Add `weights[i]` to `key` in summary `i`.
+    pub fn add(&self, key: &str, weights: [u64; N], now_ns: u64) {
+        let mut s = self
+            .shard(key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (ss, w) in s.iter_mut().zip(weights) {
+            ss.add(key, w, now_ns);
+        }
+    }
+
+    /// The `k` largest keys by weight `by` over the window ending at `now_ns`.
+    pub fn top(&self, by: usize, k: usize, now_ns: u64) -> Vec<HeavyHitter> {
+        let mut all: Vec<HeavyHitter> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                let s = s.lock().unwrap_or_else(PoisonError::into_inner);
+                s.get(by).map_or_else(Vec::new, |ss| ss.top(k, now_ns))
+            })
+            .collect();
+        all.sort_by(|a, b| b.value.cmp(&a.value).then_with(|| a.key.cmp(&b.key)));
+        all.truncate(k);
+        all
+    }
+}
 
 /// One key's standing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +241,20 @@ impl SpaceSaving {
 mod tests {
     use super::*;
 
+    /// 200,000 weighted keys, Zipf-like: key `p<i>` gets about 1/i of the weight (10,000
+    /// keys, weights 1 to 7), from an xorshift generator seeded with `seed`.
+    fn skewed(seed: u64) -> impl Iterator<Item = (String, u64)> {
+        let mut x = seed;
+        (0..200_000).map(move |_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Inverse-transform sampling of 1/i.
+            let u = (x % 1_000_000) as f64 / 1_000_000.0;
+            (format!("p{}", 10_000f64.powf(u) as u64), 1 + x % 7)
+        })
+    }
+
     /// A skewed stream (Zipf-like: key i gets about 1/i of the weight, 10,000 keys) against
     /// an exact count with 256 counters: the top five agree in order, nine of the top ten
     /// are found, every key above `total / capacity` is kept, and every reported value
@@ -142,16 +263,7 @@ mod tests {
     fn top_k_matches_an_exact_count_on_a_skewed_stream() {
         let mut ss = SpaceSaving::new(256, 1, u64::MAX);
         let mut exact: HashMap<String, u64> = HashMap::new();
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        for _ in 0..200_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            // Inverse-transform sampling of 1/i over 10,000 keys.
-            let u = (x % 1_000_000) as f64 / 1_000_000.0;
-            let i = (10_000f64.powf(u)) as u64;
-            let key = format!("p{i}");
-            let w = 1 + x % 7;
+        for (key, w) in skewed(0x2545_F491_4F6C_DD1D) {
             ss.add(&key, w, 0);
             *exact.entry(key).or_default() += w;
         }
@@ -175,6 +287,51 @@ mod tests {
             let t = truth[&*h.key];
             assert!(h.value >= t && h.value - h.error <= t, "{h:?} vs {t}");
         }
+    }
+
+    /// The sharded trackers on the same skewed stream: the top ten as an exact count has
+    /// them, with values bracketing the truth.
+    #[test]
+    fn sharded_top_k_matches_an_exact_count() {
+        let hh: HeavyHitters<2> = HeavyHitters::new(256, 1, u64::MAX);
+        let mut exact: HashMap<String, u64> = HashMap::new();
+        for (key, w) in skewed(0x9E37_79B9_7F4A_7C15) {
+            hh.add(&key, [w, 1], 0);
+            *exact.entry(key).or_default() += w;
+        }
+        let mut truth: Vec<(String, u64)> = exact.clone().into_iter().collect();
+        truth.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let top = hh.top(0, 10, 0);
+        let got: Vec<&str> = top.iter().map(|h| &*h.key).collect();
+        let want: Vec<&str> = truth[..10].iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(got[..5], want[..5]);
+        assert!(want.iter().filter(|k| got.contains(k)).count() >= 9);
+        for h in &top {
+            let t = exact[&*h.key];
+            assert!(h.value >= t && h.value - h.error <= t, "{h:?} vs {t}");
+        }
+        // The second summary counted requests.
+        assert_eq!(&*hh.top(1, 1, 0)[0].key, "p1");
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let bad = |s: HeavySettings| HeavyHitters::<1>::from_settings(&s).unwrap_err();
+        assert!(bad(HeavySettings {
+            capacity: Some(2),
+            ..HeavySettings::default()
+        })
+        .starts_with("capacity"));
+        assert!(bad(HeavySettings {
+            slices: Some(0),
+            ..HeavySettings::default()
+        })
+        .starts_with("slices"));
+        assert!(bad(HeavySettings {
+            window: Some("soon".into()),
+            ..HeavySettings::default()
+        })
+        .starts_with("window"));
     }
 
     #[test]

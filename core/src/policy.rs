@@ -140,6 +140,9 @@ pub struct Spec {
     /// What decision events may contain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<crate::events::EventSettings>,
+    /// How much the heavy-hitter (top-K) trackers remember.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heavy_hitters: Option<crate::heavy::HeavySettings>,
     /// Abuse signals: per-principal behaviour that looks like abuse (cost velocity,
     /// near-duplicate prompt bursts, refusal and logprobs shares), each with an action.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -267,7 +267,7 @@ const SEC: u64 = 1_000_000_000;
 const SHARDS: usize = 16;
 /// Words fingerprinted per request: bounds the cost on long prompts (variation usually
 /// lives in short prompts; longer ones are told apart by length and tail too).
-const MAX_WORDS: u32 = 256;
+const MAX_WORDS: u32 = 128;
 
 /// Settings compiled: durations in nanoseconds.
 #[derive(Debug, Clone)]
@@ -800,20 +800,26 @@ impl Fingerprint {
         self.bytes += t.len() as u64;
         let tail = &t[t.len().saturating_sub(32)..];
         self.tail = fnv1a(tail) ^ self.tail.rotate_left(7);
-        let mut i = 0;
-        while i < t.len() && self.words < MAX_WORDS {
-            while i < t.len() && !is_word(t[i]) {
-                i += 1;
-            }
-            let start = i;
-            let mut h = FNV_OFFSET;
-            while i < t.len() && is_word(t[i]) {
-                h = (h ^ u64::from(t[i].to_ascii_lowercase())).wrapping_mul(FNV_PRIME);
-                i += 1;
-            }
-            if i > start {
+        if self.words >= MAX_WORDS {
+            return;
+        }
+        // One pass, one table load per byte: a word's bytes are folded into a rotating
+        // accumulator (cheap; `mix` spreads it once per word).
+        let mut h = 0u64;
+        for &b in t {
+            let c = WORD_BYTE[b as usize];
+            if c != 0 {
+                h = h.rotate_left(7) ^ u64::from(c);
+            } else if h != 0 {
                 self.word(mix(h));
+                h = 0;
+                if self.words >= MAX_WORDS {
+                    return;
+                }
             }
+        }
+        if h != 0 {
+            self.word(mix(h));
         }
     }
 
@@ -858,12 +864,23 @@ impl Fingerprint {
     }
 }
 
-/// Word bytes: ASCII letters and digits, and every byte of a non-ASCII character (so
-/// other scripts form words too).
-#[inline]
-fn is_word(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b >= 0x80
-}
+/// Word bytes folded (ASCII letters lowercased), 0 for separators: ASCII letters and
+/// digits are word bytes, and so is every byte of a non-ASCII character (so other scripts
+/// form words too).
+static WORD_BYTE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if c.is_ascii_alphanumeric() || c >= 0x80 {
+            c.to_ascii_lowercase()
+        } else {
+            0
+        };
+        b += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {

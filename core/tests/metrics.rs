@@ -102,6 +102,7 @@ fn counts_match_the_decisions_made() {
         "edgeward_tenant_cost_used_micro_usd_total",
         "edgeward_inspect_seconds",
         "edgeward_store_errors_total",
+        "edgeward_signals_total",
     ] {
         assert!(t.contains(&format!("# TYPE {name} ")), "{name} in\n{t}");
         assert!(t.contains(&format!("# HELP {name} ")), "{name}");
@@ -160,6 +161,18 @@ fn counts_match_the_decisions_made() {
         ),
         Some(0.0)
     );
+    // Signals: every signal x action, zero until one fires (the signals tests count them).
+    let signals: Vec<&str> = t
+        .lines()
+        .filter(|l| l.starts_with("edgeward_signals_total{"))
+        .collect();
+    assert_eq!(signals.len(), 4 * 3, "{signals:?}");
+    for s in ["velocity", "duplicates", "refusals", "logprobs"] {
+        for a in ["flag", "tighten", "deny"] {
+            let series = format!(r#"edgeward_signals_total{{signal="{s}",action="{a}"}}"#);
+            assert_eq!(value(&t, &series), Some(0.0), "{series}");
+        }
+    }
 }
 
 #[test]

@@ -471,3 +471,31 @@ fn bad_signal_settings_are_compile_errors() {
         assert!(e.to_string().contains(want), "{signals}: {e}");
     }
 }
+
+#[test]
+fn heavy_hitter_window_comes_from_the_policy() {
+    let r = rig(policy(
+        "    maxPrincipals: 100",
+        "  heavyHitters: {capacity: 64, window: 10m, slices: 2}",
+    ));
+    for _ in 0..3 {
+        r.at(0).send("abuser", &chat("Write a long story.", 4000));
+    }
+    r.at(6 * MIN).send("honest", &chat("hi", 10));
+    let top = r.engine.top_principals(edgeward::HeavyBy::MicroUsd, 5);
+    assert_eq!(&*top[0].key, "abuser");
+    assert_eq!(top.len(), 2);
+    // Ten minutes in two slices: at 11 minutes the first slice has aged out.
+    r.at(11 * MIN);
+    let top = r.engine.top_principals(edgeward::HeavyBy::MicroUsd, 5);
+    assert_eq!(top.len(), 1);
+    assert_eq!(&*top[0].key, "honest");
+    let tokens = r.engine.top_principals(edgeward::HeavyBy::Tokens, 1);
+    assert!(tokens[0].value >= 10);
+    let e = Engine::new(&policy(
+        "    maxPrincipals: 100",
+        "  heavyHitters: {capacity: 1}",
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("spec.heavyHitters.capacity"), "{e}");
+}
