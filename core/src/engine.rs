@@ -848,13 +848,19 @@ impl Engine {
     /// The engine's metrics in the Prometheus text exposition format, for a host to serve
     /// on `/metrics`: decisions by route, action and stage; rule matches by rule and
     /// category; estimated and used tokens and micro-dollars by route and model, cost by
-    /// tenant (bounded); the inspect latency histogram; store errors by code.
+    /// tenant (bounded); the inspect latency histogram; store errors by code; abuse signals
+    /// fired; the ten costliest principals and client addresses by cost and by tokens.
     pub fn metrics_text(&self) -> String {
         let mut text = self.inner.metrics.text();
+        let by = [HeavyBy::MicroUsd, HeavyBy::Tokens];
+        let principals = by.map(|b| self.top_principals(b, 10));
+        let clients = by.map(|b| self.top_clients(b, 10));
         crate::metrics::top_text(
             &mut text,
-            &self.top_principals(HeavyBy::MicroUsd, 10),
-            &self.top_clients(HeavyBy::MicroUsd, 10),
+            [
+                [&principals[0], &principals[1]],
+                [&clients[0], &clients[1]],
+            ],
         );
         text
     }

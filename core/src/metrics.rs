@@ -410,25 +410,35 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Append the heavy hitters as gauges: the top principals and client addresses by estimated
-/// cost over the last hour (at most ten each, so the series stay bounded).
-pub(crate) fn top_text(
-    out: &mut String,
-    principals: &[crate::heavy::HeavyHitter],
-    clients: &[crate::heavy::HeavyHitter],
-) {
+/// Append the heavy hitters as gauges: the top principals and client addresses over the
+/// heavy-hitter window, by estimated cost and by tokens (at most ten each, so the series
+/// stay bounded). `lists` is indexed by [`crate::HeavyBy`]: principals, then clients.
+pub(crate) fn top_text(out: &mut String, lists: [[&[crate::heavy::HeavyHitter]; 2]; 2]) {
+    let [principals, clients] = lists;
     for (name, label, help, list) in [
         (
             "edgeward_top_principal_cost_micro_usd",
             "principal",
-            "Estimated cost over the last hour of the ten costliest principals (an upper bound).",
-            principals,
+            "Estimated cost over the heavy-hitter window (default 1h) of the ten costliest principals (an upper bound).",
+            principals[0],
+        ),
+        (
+            "edgeward_top_principal_tokens",
+            "principal",
+            "Prompt plus reserved output tokens over the heavy-hitter window of the ten principals using the most (an upper bound).",
+            principals[1],
         ),
         (
             "edgeward_top_client_cost_micro_usd",
             "client",
-            "Estimated cost over the last hour of the ten costliest client addresses (an upper bound).",
-            clients,
+            "Estimated cost over the heavy-hitter window of the ten costliest client addresses (an upper bound).",
+            clients[0],
+        ),
+        (
+            "edgeward_top_client_tokens",
+            "client",
+            "Prompt plus reserved output tokens over the heavy-hitter window of the ten client addresses using the most (an upper bound).",
+            clients[1],
         ),
     ] {
         header(out, name, "gauge", help);
