@@ -378,6 +378,8 @@ pub struct Scratch {
     states: Vec<LimitState>,
     /// The limit key being built.
     key: String,
+    /// What the signals counted of the current request, for its outcome.
+    observed: Option<crate::signals::Observation>,
 }
 
 impl Engine {
@@ -683,6 +685,7 @@ impl Engine {
             charge_list: Vec::new(),
             states: Vec::new(),
             key: String::new(),
+            observed: None,
             jwt: crate::identity::JwtCache::new(if self.inner.identity.verifies_jwt() {
                 self.inner.config.jwt_cache
             } else {
@@ -719,10 +722,14 @@ impl Engine {
         let mut d = self.decide(s, req, now);
         d.inspect_ns =
             crate::decision::Elapsed(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        let observed = s.observed.take();
         if let (Some(sig), Some(p)) = (&self.inner.signals, &d.principal) {
-            if sig.counts_refusals() {
+            // A request whose cost the signals counted and that was refused after (by a
+            // signal's deny or a limit) is taken back out of the velocity window.
+            let uncount = observed.filter(|o| o.cost.is_some() && !d.is_allowed());
+            if sig.wants_outcome(uncount.is_some()) {
                 let id = Arc::clone(&p.id);
-                sig.outcome(&id, now, refused(&d), &mut d.signals);
+                sig.outcome(&id, now, refused(&d), uncount.as_ref(), &mut d.signals);
             }
         }
         self.inner.metrics.decision(&d);
@@ -857,10 +864,7 @@ impl Engine {
         let clients = by.map(|b| self.top_clients(b, 10));
         crate::metrics::top_text(
             &mut text,
-            [
-                [&principals[0], &principals[1]],
-                [&clients[0], &clients[1]],
-            ],
+            [[&principals[0], &principals[1]], [&clients[0], &clients[1]]],
         );
         text
     }
@@ -915,6 +919,7 @@ impl Engine {
             charge_list,
             states,
             key,
+            observed,
             ..
         } = s;
         let (decoded_path, path_flags) = parse::percent_decode(req.path, false, path);
@@ -1224,7 +1229,8 @@ impl Engine {
                 d.rewrites = out.rewrites;
             }
         }
-        let tighten = self.signals_stage(&mut d, route, chat.then_some(&mut *cost), now_ns);
+        let tighten =
+            self.signals_stage(&mut d, route, chat.then_some(&mut *cost), now_ns, observed);
         // Limits come last: only a request every other stage admits is charged.
         if !self.inner.limits.is_empty() && d.is_allowed() {
             // The model-table row, not the client's string: a key part must not take
@@ -1264,6 +1270,7 @@ impl Engine {
         route: &CompiledRoute,
         cost: Option<&mut CostScratch>,
         now_ns: u64,
+        observed: &mut Option<crate::signals::Observation>,
     ) -> u64 {
         let (Some(sig), Some(p)) = (&self.inner.signals, d.principal.as_ref()) else {
             return 1;
@@ -1281,6 +1288,7 @@ impl Engine {
         };
         let id = Arc::clone(&p.id);
         sig.observe(&id, now_ns, &obs, &mut d.signals);
+        *observed = Some(obs);
         let deny = d
             .signals
             .iter()
@@ -1375,8 +1383,13 @@ impl Engine {
             }
             if tighten > 1 {
                 for c in charge_list.iter_mut() {
-                    if matches!(c.kind, crate::limits::LimitKind::Rate(_)) {
-                        c.amount = c.amount.saturating_mul(tighten);
+                    if let crate::limits::LimitKind::Rate(g) = c.kind {
+                        // At most the burst (unless the request alone is larger): tightening
+                        // slows a caller down, it must not make every request impossible.
+                        c.amount = c
+                            .amount
+                            .saturating_mul(tighten)
+                            .min(g.burst().max(c.amount));
                     }
                 }
             }

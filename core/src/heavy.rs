@@ -24,15 +24,19 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HeavySettings {
-    /// Counters per time slice (8 to 65,536; default 128). Every key with more than
-    /// `1 / capacity` of a slice's total (about; keys are spread over shards) is counted.
+    /// Counters per time slice (8 to 1,024; default 128), split over eight shards by a
+    /// hash of the key. A key is sure to be counted when it has more than
+    /// `8 / capacity` of its shard's total; with keys spread evenly that is about
+    /// `1 / capacity` of the slice's total.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8, max = 1_024))]
     pub capacity: Option<u32>,
     /// The sliding window the lists cover (default `1h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
-    /// Slices the window ages out by (1 to 60; default 6).
+    /// Slices the window ages out by (1 to 12; default 6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 12))]
     pub slices: Option<u32>,
 }
 
@@ -65,12 +69,14 @@ impl<const N: usize> HeavyHitters<N> {
     /// The settings of a policy's `heavyHitters` section; `Err` names the bad field.
     pub fn from_settings(s: &HeavySettings) -> Result<HeavyHitters<N>, String> {
         let capacity = s.capacity.unwrap_or(128);
-        if !(8..=65_536).contains(&capacity) {
-            return Err("capacity: must be 8 to 65536".into());
+        // Bounded so an update (a scan of a shard's counters when a new key takes over
+        // the smallest) and a query (which holds a shard's lock) stay cheap.
+        if !(8..=1_024).contains(&capacity) {
+            return Err("capacity: must be 8 to 1024".into());
         }
         let slices = s.slices.unwrap_or(6);
-        if !(1..=60).contains(&slices) {
-            return Err("slices: must be 1 to 60".into());
+        if !(1..=12).contains(&slices) {
+            return Err("slices: must be 1 to 12".into());
         }
         let window = match &s.window {
             None => 3_600_000_000_000,

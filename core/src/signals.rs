@@ -11,11 +11,14 @@
 //!   template, different slots), the shape of probing and model extraction. Each user
 //!   prompt is summarised by a 64-bit SimHash (Charikar, 2002) of its words; two prompts
 //!   are near-duplicates when their fingerprints differ in at most `distance` bits and the
-//!   prompts are not identical (exact repeats are retries, not variation). On the 4,077
-//!   benign prompts of the development corpora, 716 of 8.3 million pairs (0.009 %) are
-//!   within the default distance of 6 bits, and no prompt has more than 27 such
-//!   neighbours in the whole set (a corpus generated from templates); the default burst
-//!   asks for 20 within one principal's minute.
+//!   prompts are not identical (exact repeats are retries, not variation). Only the last
+//!   user message counts (a conversation re-sends its earlier turns), read at both ends
+//!   (its first and last 64 words). On the 4,077 benign prompts of the development
+//!   corpora, 623 of 8.3 million pairs (0.0075 %) are within the default distance of 6
+//!   bits, and no prompt has more than 19 such neighbours in the whole set (a corpus
+//!   generated from templates); the default burst asks for 20 within one principal's
+//!   minute. An application that sends one fixed template with a small variable part
+//!   under one key looks the same as a probe: raise `burst` or leave the signal off.
 //! - `refusals`: a high share of the principal's requests refused by access, size,
 //!   content, parameter or cost checks (not by limits, which refuse honest callers too).
 //! - `logprobs`: a high share of requests asking for `logprobs` / `top_logprobs`, which
@@ -28,8 +31,14 @@
 //! still holds while active extends its cooldown without a new event.
 //!
 //! Memory is bounded: at most `maxPrincipals` principals are tracked (the least recently
-//! seen inactive one makes room), each with a few counters and a ring of `2 x burst`
-//! fingerprints. State is per engine (per process), like the heavy-hitter trackers.
+//! seen inactive one of a sample makes room), each with a few counters and a ring of
+//! `2 x burst` fingerprints (about 0.3 KB plus 48 bytes per unit of burst). State is per
+//! engine (per process), like the heavy-hitter trackers: a replica sees its own traffic,
+//! and an engine rebuilt from a reloaded policy starts with no signals active.
+//!
+//! A principal idle for longer than the velocity baseline's time constant has no
+//! baseline left: its first busy window fires when it reaches `min` (a dormant key waking
+//! up is what a stolen one looks like; set `min` above what a batch job spends).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -43,9 +52,11 @@ use crate::limits::stage::parse_duration;
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SignalSettings {
-    /// Principals tracked at once (default 10,000). Past it, the least recently seen
-    /// principal without an active signal is forgotten.
+    /// Principals tracked at once (1 to 1,000,000; default 10,000; rounded up to a
+    /// multiple of 16, the state's shards). Past it, a principal seen long ago and without
+    /// an active signal is forgotten.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
     pub max_principals: Option<u32>,
     /// What the `tighten` action does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,9 +80,12 @@ pub struct SignalSettings {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TightenSettings {
     /// Rate limits are divided by this (2 to 1,000; default 4): each charge of a tightened
-    /// principal against a rate limit counts this many times. Budgets and concurrency are
+    /// principal against a rate limit counts this many times (but never more than the
+    /// limit's burst, so no request becomes impossible). Budgets and concurrency are
     /// unchanged (money spent is money spent).
-    pub factor: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 1_000))]
+    pub factor: Option<u32>,
 }
 
 /// What a fired signal does.
@@ -187,12 +201,16 @@ pub struct DuplicateSignal {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
     /// Fires when a prompt has this many near-duplicates in the window, itself included
-    /// (2 to 64; default 20).
+    /// (2 to 64; default 20). They are looked for among the principal's last `2 x burst`
+    /// prompts (bounded memory), so a probe diluted with more than as many unrelated
+    /// prompts escapes; other signals (velocity, limits) still see its volume.
     #[serde(default = "twenty")]
+    #[schemars(range(min = 2, max = 64))]
     pub burst: u32,
     /// The most differing bits (of 64) between near-duplicate fingerprints (default 6;
     /// at most 24). Unrelated prompts differ in about 32.
     #[serde(default = "six")]
+    #[schemars(range(max = 24))]
     pub distance: u32,
     /// What to do (default `flag`).
     #[serde(default)]
@@ -265,9 +283,14 @@ pub struct SignalHit {
 
 const SEC: u64 = 1_000_000_000;
 const SHARDS: usize = 16;
-/// Words fingerprinted per request: bounds the cost on long prompts (variation usually
-/// lives in short prompts; longer ones are told apart by length and tail too).
-const MAX_WORDS: u32 = 128;
+/// Entries of a full shard looked at to choose one to forget.
+const EVICTION_SAMPLE: usize = 32;
+/// Words fingerprinted from the start of each text, and from its end: bounds the cost on
+/// long prompts without reading their middle.
+const HEAD_WORDS: u32 = 64;
+const TAIL_WORDS: usize = 64;
+/// Words fingerprinted per message in all (several text parts).
+const MAX_WORDS: u32 = 256;
 
 /// Settings compiled: durations in nanoseconds.
 #[derive(Debug, Clone)]
@@ -296,6 +319,16 @@ struct Velocity {
     factor: f64,
     min: u64,
     response: Response,
+}
+
+impl Velocity {
+    /// What a request adds to the window, from its (micro-dollars, tokens).
+    fn amount(&self, cost: Option<(u64, u64)>) -> Option<u64> {
+        cost.map(|(usd, tokens)| match self.by {
+            VelocityBy::MicroUsd => usd,
+            VelocityBy::Tokens => tokens,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -356,6 +389,9 @@ impl Compiled {
                 if !(v.factor.is_finite() && v.factor > 1.0) {
                     return Err("velocity.factor: must be above 1".into());
                 }
+                if v.min == 0 {
+                    return Err("velocity.min: must be at least 1".into());
+                }
                 Some(Velocity {
                     by: v.by,
                     window_ns,
@@ -397,10 +433,10 @@ impl Compiled {
             .map(|r| ratio("logprobs", r))
             .transpose()?;
         let max = s.max_principals.unwrap_or(10_000);
-        if max == 0 {
-            return Err("maxPrincipals: must be at least 1".into());
+        if !(1..=1_000_000).contains(&max) {
+            return Err("maxPrincipals: must be 1 to 1000000".into());
         }
-        let tighten = s.tighten.map_or(4, |t| t.factor);
+        let tighten = s.tighten.and_then(|t| t.factor).unwrap_or(4);
         if !(2..=1_000).contains(&tighten) {
             return Err("tighten.factor: must be 2 to 1000".into());
         }
@@ -470,10 +506,28 @@ impl Share {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Rate {
+    /// Whether a window has been seen (window 0 is a real window under a test clock).
+    started: bool,
     window: u64,
     cur: u64,
-    baseline: f64,
+    /// The exponentially weighted mean of closed windows, not yet corrected for starting
+    /// at zero (see [`Rate::baseline`]).
+    ewma: f64,
     windows: u64,
+}
+
+impl Rate {
+    /// The baseline: the weighted mean divided by the weight its windows carry so far
+    /// (`1 - (1 - alpha)^windows`), so a steady caller's baseline is its rate from the
+    /// first window on instead of creeping up from zero.
+    fn baseline(&self, alpha: f64) -> f64 {
+        let weight = 1.0 - (1.0 - alpha).powi(self.windows.min(1_000_000) as i32);
+        if weight > 0.0 {
+            self.ewma / weight
+        } else {
+            0.0
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -539,11 +593,6 @@ impl Signals {
         self.cfg.duplicates.is_some()
     }
 
-    /// Whether refusals are counted (so the engine reports outcomes).
-    pub fn counts_refusals(&self) -> bool {
-        self.cfg.refusals.is_some()
-    }
-
     /// The factor a tightened principal's rate charges are multiplied by.
     pub fn tighten_factor(&self) -> u64 {
         self.cfg.tighten
@@ -553,10 +602,12 @@ impl Signals {
         let shard = &self.shards[shard_of(principal)];
         let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
         if !map.contains_key(principal) && map.len() >= self.cfg.per_shard {
-            // Forget the least recently seen principal, one without an active action
-            // first: an attacker under `deny` must not be freed by others' traffic.
+            // Forget the least recently seen of a sample (bounded work on the request
+            // path), one without an active action first: an attacker under `deny` must
+            // not be freed by others' traffic unless every sampled entry is active.
             let victim = map
                 .iter()
+                .take(EVICTION_SAMPLE)
                 .min_by_key(|(_, s)| (s.any_active(now), s.seen_ns))
                 .map(|(k, _)| Arc::clone(k));
             if let Some(v) = victim {
@@ -578,17 +629,16 @@ impl Signals {
         self.with_state(principal, now, |st| {
             if let Some(v) = &cfg.velocity {
                 let w = now / v.window_ns;
-                if st.rate.windows == 0 && st.rate.window == 0 {
+                if !st.rate.started {
+                    st.rate.started = true;
                     st.rate.window = w;
                 }
                 roll(&mut st.rate, w, v.alpha);
-                if let Some((usd, tokens)) = o.cost {
-                    let amount = match v.by {
-                        VelocityBy::MicroUsd => usd,
-                        VelocityBy::Tokens => tokens,
-                    };
+                if let Some(amount) = v.amount(o.cost) {
+                    // Counted now, taken back by `outcome` if the request is refused later
+                    // (by this signal's own deny, or a limit): only admitted cost counts.
                     st.rate.cur = st.rate.cur.saturating_add(amount);
-                    let threshold = v.factor * st.rate.baseline;
+                    let threshold = v.factor * st.rate.baseline(v.alpha);
                     let cur = st.rate.cur as f64;
                     if st.rate.windows >= v.warmup_windows.max(1)
                         && st.rate.cur >= v.min
@@ -640,11 +690,33 @@ impl Signals {
         });
     }
 
-    /// Counts whether a request of `principal` was refused; appends the `refusals` signal
-    /// to `hits` when this outcome fires it.
-    pub fn outcome(&self, principal: &str, now: u64, refused: bool, hits: &mut Vec<SignalHit>) {
-        let Some(r) = &self.cfg.refusals else { return };
+    /// Whether [`outcome`](Signals::outcome) must hear of a request: always when refusals
+    /// are counted; for a refused request whose cost `observe` counted, to take it back.
+    pub fn wants_outcome(&self, refused_after_observe: bool) -> bool {
+        self.cfg.refusals.is_some() || (refused_after_observe && self.cfg.velocity.is_some())
+    }
+
+    /// The end of a request of `principal`: `refused` counts in the refusal share (and
+    /// appends the `refusals` signal to `hits` when this fires it); `uncount` is the
+    /// observation of a request refused after [`observe`](Signals::observe) counted its
+    /// cost, which is taken back (velocity measures admitted cost).
+    pub fn outcome(
+        &self,
+        principal: &str,
+        now: u64,
+        refused: bool,
+        uncount: Option<&Observation>,
+        hits: &mut Vec<SignalHit>,
+    ) {
+        let cfg = &self.cfg;
         self.with_state(principal, now, |st| {
+            if let (Some(v), Some(o)) = (&cfg.velocity, uncount) {
+                if st.rate.started && st.rate.window == now / v.window_ns {
+                    let amount = v.amount(o.cost).unwrap_or(0);
+                    st.rate.cur = st.rate.cur.saturating_sub(amount);
+                }
+            }
+            let Some(r) = &cfg.refusals else { return };
             let (total, n) = st.refusals.add(now, r.window_ns, refused);
             let holds = share(st, SignalKind::Refusals, r, now, total, n);
             let a = &mut st.active[SignalKind::Refusals as usize];
@@ -671,10 +743,10 @@ fn roll(r: &mut Rate, w: u64, alpha: f64) {
         return;
     }
     let gap = w - r.window;
-    r.baseline += alpha * (r.cur as f64 - r.baseline);
+    r.ewma += alpha * (r.cur as f64 - r.ewma);
     // Idle windows pull the baseline towards zero; after thousands it is zero anyway.
     let idle = (gap - 1).min(100_000) as i32;
-    r.baseline *= (1.0 - alpha).powi(idle);
+    r.ewma *= (1.0 - alpha).powi(idle);
     r.windows = r.windows.saturating_add(gap);
     r.cur = 0;
     r.window = w;
@@ -697,7 +769,8 @@ fn share(st: &mut State, k: SignalKind, r: &Ratio, now: u64, total: f64, hits: f
 fn hold(st: &mut State, k: SignalKind, r: &Response, now: u64, value: f64, threshold: f64) {
     let a = &mut st.active[k as usize];
     a.fresh |= a.until_ns <= now;
-    a.until_ns = now.saturating_add(r.cooldown_ns);
+    // Never shorter: a concurrent request may bring an older `now`.
+    a.until_ns = a.until_ns.max(now.saturating_add(r.cooldown_ns));
     a.value = value;
     a.threshold = threshold;
 }
@@ -724,6 +797,21 @@ fn active(cfg: &Compiled, st: &mut State, now: u64, hits: &mut Vec<SignalHit>) {
         let Some(r) = cfg.response(k) else { continue };
         hits.push(hit(k, r.action, a, now));
     }
+}
+
+/// A user message's pointer: the first two segments of a field's (`/messages/3` of
+/// `/messages/3/content/0/text`), or the whole name when shorter.
+fn message_of(pointer: &[u8]) -> &[u8] {
+    let mut slashes = 0;
+    for (i, &b) in pointer.iter().enumerate() {
+        if b == b'/' {
+            slashes += 1;
+            if slashes == 3 {
+                return &pointer[..i];
+            }
+        }
+    }
+    pointer
 }
 
 fn shard_of(principal: &str) -> usize {
@@ -766,6 +854,9 @@ pub(crate) struct Fingerprint {
     /// A hash of the last bytes seen, so long prompts differing past the words
     /// fingerprinted are still not identical.
     tail: u64,
+    /// The user message the words come from (a hash of its JSON pointer's first two
+    /// segments, `/messages/3`).
+    message: u64,
 }
 
 impl Default for Fingerprint {
@@ -779,6 +870,7 @@ impl Default for Fingerprint {
             exact: 0,
             bytes: 0,
             tail: 0,
+            message: 0,
         }
     }
 }
@@ -792,7 +884,26 @@ impl Fingerprint {
         };
     }
 
-    /// Adds a user prompt text.
+    /// Notes the field a text comes from (its JSON pointer): a field of another user
+    /// message than the last one starts the fingerprint afresh, so it is of the request's
+    /// last user message. A conversation re-sends its earlier turns, which would make every
+    /// turn a near-duplicate of the one before.
+    pub fn field(&mut self, pointer: &[u8]) {
+        if !self.on {
+            return;
+        }
+        let key = fnv1a(message_of(pointer));
+        if key != self.message {
+            if self.words > 0 || self.bytes > 0 {
+                self.reset(true);
+            }
+            self.message = key;
+        }
+    }
+
+    /// Adds a user prompt text: its first [`HEAD_WORDS`] words and, of longer texts, the
+    /// last [`TAIL_WORDS`] (found scanning back from the end, so the middle of a long text
+    /// is never read). A template's slots vary at either end; the cost stays bounded.
     pub fn text(&mut self, t: &[u8]) {
         if !self.on {
             return;
@@ -800,26 +911,55 @@ impl Fingerprint {
         self.bytes += t.len() as u64;
         let tail = &t[t.len().saturating_sub(32)..];
         self.tail = fnv1a(tail) ^ self.tail.rotate_left(7);
-        if self.words >= MAX_WORDS {
-            return;
-        }
-        // One pass, one table load per byte: a word's bytes are folded into a rotating
+        // Forward: one table load per byte, a word's bytes folded into a rotating
         // accumulator (cheap; `mix` spreads it once per word).
+        let mut head = 0;
         let mut h = 0u64;
-        for &b in t {
+        let mut end = 0;
+        for (i, &b) in t.iter().enumerate() {
             let c = WORD_BYTE[b as usize];
             if c != 0 {
                 h = h.rotate_left(7) ^ u64::from(c);
             } else if h != 0 {
                 self.word(mix(h));
                 h = 0;
-                if self.words >= MAX_WORDS {
-                    return;
+                head += 1;
+                end = i;
+                if head == HEAD_WORDS || self.words >= MAX_WORDS {
+                    break;
                 }
             }
         }
-        if h != 0 {
-            self.word(mix(h));
+        if head < HEAD_WORDS && self.words < MAX_WORDS {
+            if h != 0 {
+                self.word(mix(h));
+            }
+            return;
+        }
+        // Backward from the end to `end`, the last words. The forward fold of a word
+        // `c0..cn` is the XOR of each `ci` rotated left by `7 (n - 1 - i)`, so read
+        // backwards it is the XOR of the k-th byte from the end rotated by `7 k`: the same
+        // hash in one pass, wherever the word is.
+        let mut i = t.len();
+        let mut n = 0;
+        while n < TAIL_WORDS && i > end && self.words < MAX_WORDS {
+            while i > end && WORD_BYTE[t[i - 1] as usize] == 0 {
+                i -= 1;
+            }
+            let (mut h, mut r) = (0u64, 0u32);
+            while i > end {
+                let c = WORD_BYTE[t[i - 1] as usize];
+                if c == 0 {
+                    break;
+                }
+                h ^= u64::from(c).rotate_left(r);
+                r = (r + 7) & 63;
+                i -= 1;
+            }
+            if h != 0 {
+                self.word(mix(h));
+                n += 1;
+            }
         }
     }
 
@@ -917,21 +1057,90 @@ mod tests {
 
     #[test]
     fn votes_survive_lane_overflow() {
-        // More than 255 identical words: the lanes flush before a byte wraps, so every
-        // bit of the word's hash wins its vote.
-        let text = "alpha ".repeat(250);
+        // More than 255 votes for each bit: the lanes flush before a byte wraps, so every
+        // bit of the word's hash wins its vote, and a bit never set loses.
+        let h = mix(0x1234_5678);
         let mut f = Fingerprint::default();
         f.reset(true);
-        f.text(text.as_bytes());
-        let (sim, _) = f.finish().unwrap();
+        for _ in 0..700 {
+            f.word(h);
+        }
+        assert_eq!(f.finish().unwrap().0, h);
+        let mut off = Fingerprint::default();
+        off.reset(false);
+        off.text(b"alpha");
+        assert_eq!(off.finish(), None);
+    }
+
+    #[test]
+    fn long_texts_are_read_at_both_ends_only() {
+        let words = |from: usize, n: usize| -> String {
+            (from..from + n).map(|i| format!("w{i} ")).collect()
+        };
+        let long = |mid: &str, end: &str| {
+            print(&format!("{}{mid}{}{end}", words(0, 100), words(500, 100)))
+        };
+        let a = long(&words(1_000, 2_000), "Answer with one word.");
+        let b = long(&words(1_000, 2_000), "Answer with two words.");
+        // One word differs at the end, 128 are read: close, and not identical.
+        assert!(
+            (a.0 ^ b.0).count_ones() <= 6,
+            "{}",
+            (a.0 ^ b.0).count_ones()
+        );
+        assert_ne!(a.1, b.1);
+        // The middle is not read: other words there change only the identity.
+        let d = long(&words(5_000, 2_000), "Answer with one word.");
+        assert_eq!(a.0, d.0);
+        // A different ending of many words moves the fingerprint further.
+        let c = long(&words(1_000, 2_000), &words(9_000, 40));
+        assert!((a.0 ^ c.0).count_ones() > (a.0 ^ b.0).count_ones());
+        // A text of up to 128 words is read whole; a longer one, 128 words of it.
+        for (n, read) in [(100, 100), (129, 128), (3_000, 128)] {
+            let mut f = Fingerprint::default();
+            f.reset(true);
+            f.text(&b"w ".repeat(n));
+            assert_eq!(f.words, read, "{n}");
+        }
+    }
+
+    #[test]
+    fn words_read_backwards_hash_as_read_forwards() {
+        let head: String = (0..64).map(|i| format!("w{i} ")).collect();
+        // `Supercalifragilistic` is read backwards here (after the 64 head words)...
+        let mut a = Fingerprint::default();
+        a.reset(true);
+        a.text(format!("{head}Supercalifragilistic-expialidocious").as_bytes());
+        // ...and forwards here (a text of its own).
+        let mut b = Fingerprint::default();
+        b.reset(true);
+        b.text(head.as_bytes());
+        b.text(b"Supercalifragilistic expialidocious");
+        a.flush();
+        b.flush();
+        assert_eq!(a.words, 66);
+        assert_eq!(a.votes, b.votes);
+    }
+
+    #[test]
+    fn the_fingerprint_is_of_the_last_user_message() {
+        let mut f = Fingerprint::default();
+        f.reset(true);
+        f.field(b"/messages/1/content");
+        f.text(b"What is the capital of France?");
+        f.field(b"/messages/3/content/0/text");
+        f.text(b"And of Spain?");
+        f.field(b"/messages/3/content/1/text");
+        f.text(b"Answer briefly.");
+        let last = f.finish().unwrap();
         let mut g = Fingerprint::default();
         g.reset(true);
-        g.text(b"alpha");
-        assert_eq!(sim, g.finish().unwrap().0);
-        let mut h = Fingerprint::default();
-        h.reset(false);
-        h.text(b"alpha");
-        assert_eq!(h.finish(), None);
+        g.field(b"/messages/0/content");
+        g.text(b"And of Spain?");
+        g.text(b"Answer briefly.");
+        assert_eq!(last.0, g.finish().unwrap().0);
+        assert_eq!(message_of(b"/messages/12/content/0/text"), b"/messages/12");
+        assert_eq!(message_of(b"/prompt"), b"/prompt");
     }
 
     fn signals(yaml: &str) -> Signals {
@@ -992,11 +1201,11 @@ mod tests {
         // Refusals: 2 of 10 stays silent, the 3rd refusal of 11 fires once.
         let mut out = Vec::new();
         for i in 0..10 {
-            s.outcome("q", i * SEC, i < 2, &mut out);
+            s.outcome("q", i * SEC, i < 2, None, &mut out);
         }
         assert!(out.is_empty());
-        s.outcome("q", 10 * SEC, true, &mut out);
-        s.outcome("q", 11 * SEC, true, &mut out);
+        s.outcome("q", 10 * SEC, true, None, &mut out);
+        s.outcome("q", 11 * SEC, true, None, &mut out);
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(out[0].signal, SignalKind::Refusals);
     }
@@ -1029,6 +1238,8 @@ mod tests {
             ("logprobs: {ratio: 0.5, window: soon}", "logprobs.window"),
             ("tighten: {factor: 1}", "tighten.factor"),
             ("maxPrincipals: 0", "maxPrincipals"),
+            ("maxPrincipals: 2000000", "maxPrincipals"),
+            ("velocity: {min: 0}", "velocity.min"),
         ] {
             let s: SignalSettings = serde_saphyr::from_str(yaml).unwrap();
             let e = Signals::new(&s).unwrap_err();

@@ -247,7 +247,10 @@ fn the_costliest_principals_and_clients_are_ranked() {
     );
     assert!(t.contains(r#"edgeward_top_client_cost_micro_usd{client="127.0.0.3",rank="2"} "#));
     // Three principals and three clients, each ranked by tokens too.
-    for name in ["edgeward_top_principal_tokens", "edgeward_top_client_tokens"] {
+    for name in [
+        "edgeward_top_principal_tokens",
+        "edgeward_top_client_tokens",
+    ] {
         assert!(t.contains(&format!("# TYPE {name} gauge")), "{name}");
         assert_eq!(
             t.lines()

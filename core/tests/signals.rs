@@ -159,33 +159,53 @@ fn benign_prompts(n: usize) -> Vec<String> {
         })
         .take(n)
         .collect();
-    let topics = [
-        "the French revolution",
-        "photosynthesis",
-        "a binary search tree in Rust",
-        "how vaccines train the immune system",
-        "the plot of Moby Dick",
-        "compound interest on a 30 year mortgage",
-        "why the sky is blue",
-        "setting up a PostgreSQL replica",
-        "the rules of cricket",
-        "baking sourdough bread at home",
-        "the causes of inflation",
-        "writing a cover letter for a nursing job",
-    ];
-    let asks = [
-        "Explain {} to a ten year old.",
-        "Give me three surprising facts about {}.",
-        "Write a short poem about {}.",
-        "What are common misconceptions about {}? Be specific.",
-        "Summarise {} in two sentences, then list sources I could read.",
-        "I have an exam tomorrow on {}; quiz me with five questions.",
+    // Unrelated questions, written by hand; reused in order when more are needed (exact
+    // repeats are retries, which the duplicates signal does not count).
+    const OWN: [&str; 40] = [
+        "What is the boiling point of water at the top of Mount Everest?",
+        "Write a haiku about a cat watching rain through a window.",
+        "How do I reverse a linked list in Python without recursion?",
+        "Summarise the causes of the First World War in one paragraph.",
+        "Which vitamins are fat-soluble, and why does that matter for supplements?",
+        "Draft a polite email asking my landlord to fix the heating.",
+        "Explain the difference between TCP and UDP with an everyday analogy.",
+        "What should I pack for a three-day hiking trip in the Alps in October?",
+        "Translate 'where is the train station' into Japanese and Portuguese.",
+        "Give me a recipe for a vegan lasagna that serves six people.",
+        "Why do leaves change colour in autumn?",
+        "Is it better to pay off a car loan early or invest the money?",
+        "Write a limerick about a forgetful astronaut.",
+        "How does a transformer neural network use attention?",
+        "List five board games that work well for two players.",
+        "What were the main achievements of the Meiji Restoration?",
+        "Help me plan a birthday party for a seven year old who loves dinosaurs.",
+        "Explain what a p-value is to a journalist.",
+        "How can I improve my sleep if I work night shifts?",
+        "Compare the climates of Lisbon and Dublin for someone moving there.",
+        "Write a SQL query that finds the second highest salary per department.",
+        "What are the rules for offside in football, simply put?",
+        "Suggest names for a bakery that specialises in rye bread.",
+        "How do noise-cancelling headphones work?",
+        "What is the plot of Pride and Prejudice, without spoilers for the ending?",
+        "My tomato plants have yellow leaves; what could be wrong?",
+        "Describe the water cycle for a primary school poster.",
+        "What questions should I ask at the end of a job interview?",
+        "Convert 72 degrees Fahrenheit to Celsius and show the steps.",
+        "Outline a 20-minute bodyweight workout for beginners.",
+        "Why is the Roman concrete in old harbours still standing?",
+        "Explain Git rebase versus merge for a new team member.",
+        "Recommend three science fiction novels about first contact.",
+        "What documents do I need to renew a passport abroad?",
+        "How do bees communicate where flowers are?",
+        "Write a short bedtime story about a lighthouse keeper and a seal.",
+        "What is the difference between weather and climate?",
+        "How should I store fresh herbs so they last longer?",
+        "Explain compound interest with a worked example of 1,000 dollars.",
+        "Give feedback on this opening line: 'The city never slept, and neither did Mara.'",
     ];
     let mut i = 0;
     while out.len() < n {
-        let t = topics[i % topics.len()];
-        let a = asks[(i / topics.len()) % asks.len()];
-        out.push(a.replace("{}", t));
+        out.push(OWN[i % OWN.len()].to_string());
         i += 1;
     }
     out
@@ -216,7 +236,7 @@ fn fired(lines: &Lines, who: &str, signal: &str) -> usize {
 #[test]
 fn velocity_fires_on_a_sudden_flood_not_on_steady_use_of_the_same_volume() {
     let r = rig(policy(
-        "    velocity: {window: 1m, baseline: 30m, warmup: 10m, factor: 4, min: 5000, action: deny, cooldown: 5m}",
+        "    velocity: {window: 1m, baseline: 30m, warmup: 10m, factor: 4, min: 1000, action: deny, cooldown: 5m}",
         "",
     ));
     // Both send 600 requests of the same cost in an hour: `honest` ten a minute, `abuser`
@@ -300,6 +320,17 @@ fn duplicates_fire_on_a_templated_probe_not_on_varied_prompts_or_retries() {
     for i in 0..240u64 {
         r.at(2 * MIN + i * SEC / 4)
             .send("honest", &chat("What is the capital of Australia?", 50));
+    }
+    // A long conversation within a minute: every turn re-sends the earlier ones, and
+    // only the last user message is fingerprinted.
+    let mut messages = vec![serde_json::json!({"role": "system", "content": "Be brief."})];
+    for (turn, p) in prompts.iter().take(30).enumerate() {
+        messages.push(serde_json::json!({"role": "user", "content": p}));
+        let body =
+            serde_json::json!({"model": "gpt-4o-mini", "max_tokens": 50, "messages": messages});
+        r.at(4 * MIN + turn as u64 * SEC).send("honest", &body);
+        messages
+            .push(serde_json::json!({"role": "assistant", "content": format!("Answer {turn}.")}));
     }
     assert_eq!(fired(&r.lines, "honest", "duplicates"), 0);
     assert_eq!(fired(&r.lines, "abuser", "duplicates"), 1);
@@ -498,4 +529,47 @@ fn heavy_hitter_window_comes_from_the_policy() {
     ))
     .unwrap_err();
     assert!(e.to_string().contains("spec.heavyHitters.capacity"), "{e}");
+}
+
+#[test]
+fn a_sustained_flood_stays_refused_across_cooldowns() {
+    let r = rig(policy(
+        "    velocity: {window: 1m, baseline: 30m, warmup: 10m, factor: 4, min: 1000, action: deny, cooldown: 5m}",
+        "",
+    ));
+    let body = chat("Summarise the attached contract in plain English.", 800);
+    for i in 0..150u64 {
+        assert!(r.at(i * 12 * SEC).send("abuser", &body).is_allowed());
+    }
+    // Ten times the usual rate for 40 minutes. Refused requests do not count as spending,
+    // so the baseline does not learn the flood and each cooldown ends in a new episode.
+    let (mut admitted, mut total) = (0, 0);
+    for i in 0..2_000u64 {
+        let d = r.at(30 * MIN + i * 40 * MIN / 2_000).send("abuser", &body);
+        admitted += usize::from(d.is_allowed());
+        total += 1;
+    }
+    assert!(
+        admitted * 100 / total < 15,
+        "{admitted} of {total} admitted"
+    );
+    assert!(fired(&r.lines, "abuser", "velocity") >= 4);
+}
+
+#[test]
+fn tightening_never_makes_a_request_impossible() {
+    let r = rig(policy(
+        "    tighten: {factor: 4}\n    logprobs: {ratio: 0.5, min: 1, action: tighten}",
+        "  limits:\n    - {name: rps, key: [principal], unit: requests, rate: {limit: 3, per: 1s}}",
+    ));
+    let mut lp = chat("hi", 10);
+    lp["logprobs"] = true.into();
+    // Tightened from the first request: each counts 4 against a burst of 3, clamped to 3,
+    // so one request a second passes instead of none.
+    let mut allowed = 0;
+    for s in 0..5 {
+        allowed += usize::from(r.at(s * SEC).send("abuser", &lp).is_allowed());
+        allowed += usize::from(r.at(s * SEC).send("abuser", &lp).is_allowed());
+    }
+    assert_eq!(allowed, 5);
 }

@@ -49,6 +49,7 @@ impl CostScratch {
             self.prompt.add(&ByteClasses::of(f.value));
             self.prompt_fields += 1;
             if f.role == Some(Role::User) {
+                self.print.field(f.name);
                 self.print.text(f.value);
             }
         }
