@@ -798,6 +798,47 @@ impl Engine {
         )
     }
 
+    /// The body to answer a refused request with (`None` when it is allowed), from the
+    /// policy's `response` template: by default the OpenAI error shape,
+    /// `{"error":{"message":...,"type":...,"code":...}}`, with the reason, an error type
+    /// for the status and the reason's stable code. Values are JSON-escaped when the
+    /// content type is JSON. Every binding answers refusals with this body and
+    /// [`refusal_content_type`](Engine::refusal_content_type).
+    pub fn refusal_body(&self, d: &Decision, request_id: Option<&str>) -> Option<String> {
+        let Action::Deny { status, reason } = &d.action else {
+            return None;
+        };
+        let r = &self.inner.policy.document.spec.response;
+        let json = r.content_type.to_ascii_lowercase().contains("json");
+        let text = |s: &str| -> String {
+            if json {
+                let q = serde_json::to_string(s).unwrap_or_default();
+                q[1..q.len() - 1].to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        let kind = match status {
+            401 => "authentication_error",
+            403 if matches!(reason, Reason::AccessDenied) => "permission_error",
+            429 => "rate_limit_error",
+            500..=599 => "server_error",
+            _ => "invalid_request_error",
+        };
+        Some(
+            r.body
+                .replace("{reason}", &text(&reason.to_string()))
+                .replace("{code}", reason.code())
+                .replace("{type}", kind)
+                .replace("{request_id}", &text(request_id.unwrap_or(""))),
+        )
+    }
+
+    /// The content type of [`refusal_body`](Engine::refusal_body).
+    pub fn refusal_content_type(&self) -> &str {
+        &self.inner.policy.document.spec.response.content_type
+    }
+
     /// A signal that fired (see [`crate::signals`]) as one event line.
     pub fn signal_event_json(&self, d: &Decision, h: &crate::signals::SignalHit) -> String {
         let unit = match self

@@ -468,7 +468,10 @@ pub struct BlockResponse {
     pub status: u16,
     /// Body content type.
     pub content_type: String,
-    /// Body text; `{reason}` and `{request_id}` are substituted by hosts that support it.
+    /// Body text (see [`crate::Engine::refusal_body`]): `{reason}` becomes the reason,
+    /// `{code}` its stable code, `{type}` an OpenAI error type for the status
+    /// (`authentication_error`, `permission_error`, `rate_limit_error`,
+    /// `invalid_request_error`, `server_error`) and `{request_id}` the host's request id.
     pub body: String,
 }
 
@@ -477,7 +480,7 @@ impl Default for BlockResponse {
         BlockResponse {
             status: 403,
             content_type: "application/json".into(),
-            body: r#"{"error":{"message":"Request blocked by policy: {reason}","type":"invalid_request_error","code":"request_blocked"}}"#.into(),
+            body: r#"{"error":{"message":"Request refused by policy: {reason}","type":"{type}","code":"{code}"}}"#.into(),
         }
     }
 }
