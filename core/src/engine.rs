@@ -834,6 +834,19 @@ impl Engine {
         )
     }
 
+    /// The request body to forward for an allowed decision: `Ok(None)` to forward the
+    /// original bytes, or the body with the decision's rewrites (a clamped output limit,
+    /// stripped parameters, `stream_options.include_usage` set) applied, members the
+    /// rewrites do not touch kept byte for byte. An error means the body cannot carry the
+    /// change: refuse the request rather than forward it unchanged.
+    pub fn rewrite_body(
+        &self,
+        d: &Decision,
+        body: &[u8],
+    ) -> Result<Option<Vec<u8>>, crate::error::RewriteError> {
+        crate::cost::rewrite::rewrite_body(&d.rewrites, body)
+    }
+
     /// The content type of [`refusal_body`](Engine::refusal_body).
     pub fn refusal_content_type(&self) -> &str {
         &self.inner.policy.document.spec.response.content_type

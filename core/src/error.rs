@@ -311,6 +311,66 @@ impl fmt::Debug for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// Why the parameter rewrites could not be applied to a request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RewriteErrorKind {
+    /// The body is not JSON (invalid syntax or UTF-8, trailing bytes).
+    MalformedJson,
+    /// The body is JSON but not an object.
+    NotAnObject,
+}
+
+impl RewriteErrorKind {
+    /// The stable code of this kind.
+    pub fn code(self) -> &'static str {
+        match self {
+            RewriteErrorKind::MalformedJson => "rewrite.malformed_json",
+            RewriteErrorKind::NotAnObject => "rewrite.not_an_object",
+        }
+    }
+}
+
+/// A request body could not be rewritten: the host must refuse it rather than forward it
+/// with the parameters the policy clamps or strips.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RewriteError(Box<(RewriteErrorKind, String)>);
+
+impl RewriteError {
+    pub(crate) fn new(kind: RewriteErrorKind, message: impl Into<String>) -> RewriteError {
+        RewriteError(Box::new((kind, message.into())))
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> RewriteErrorKind {
+        self.0 .0
+    }
+
+    /// The stable code, e.g. `rewrite.malformed_json`.
+    pub fn code(&self) -> &'static str {
+        self.0 .0.code()
+    }
+
+    /// A human-readable explanation.
+    pub fn message(&self) -> &str {
+        &self.0 .1
+    }
+}
+
+impl fmt::Display for RewriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {}", self.code(), self.message())
+    }
+}
+
+impl fmt::Debug for RewriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for RewriteError {}
+
 /// Every stable error code, for bindings that list them (as pydantic-core does).
 pub fn all_error_codes() -> Vec<&'static str> {
     use BundleErrorKind as B;
@@ -341,6 +401,14 @@ pub fn all_error_codes() -> Vec<&'static str> {
         .map(|k| k.code())
         .chain(b.iter().map(|k| k.code()))
         .chain(u.iter().map(|k| k.code()))
+        .chain(
+            [
+                RewriteErrorKind::MalformedJson,
+                RewriteErrorKind::NotAnObject,
+            ]
+            .iter()
+            .map(|k| k.code()),
+        )
         .chain(crate::limits::StoreErrorKind::ALL.iter().map(|k| k.code()))
         .collect()
 }

@@ -50,8 +50,8 @@ pub use decision::{
 };
 pub use engine::{Config, Engine, EngineBuilder, EngineStats, HeavyBy, RuleTestFailure, Scratch};
 pub use error::{
-    BundleError, BundleErrorKind, CompileError, CompileErrorKind, SourceLocation, UsageError,
-    UsageErrorKind,
+    BundleError, BundleErrorKind, CompileError, CompileErrorKind, RewriteError, RewriteErrorKind,
+    SourceLocation, UsageError, UsageErrorKind,
 };
 pub use field::{
     Field, FieldFlags, FieldKind, FieldKindSet, FieldSink, Finding, ParseLimits, Role,

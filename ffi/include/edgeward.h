@@ -64,6 +64,9 @@ typedef enum {
   EW_ERR_NOT_FOUND = 8,
   // A bug inside edgeward was caught at the boundary; the message says where.
   EW_ERR_PANIC = 9,
+  // The request body cannot carry the decision's parameter changes (`rewrite.*`):
+  // refuse the request rather than forward it unchanged.
+  EW_ERR_REWRITE = 10,
 } ew_status;
 
 // What to do with a parameter before forwarding.
@@ -430,6 +433,20 @@ ew_status ew_decision_refusal(const ew_engine *e,
                               ew_bytes request_id,
                               ew_str *out_body,
                               ew_str *out_content_type);
+
+// The body to forward for an allowed decision with parameter changes
+// (`ew_decision_rewrite_count` > 0): the request body with each change applied, members
+// it does not touch kept byte for byte. Free it with `ew_string_free`.
+// `EW_ERR_NOT_FOUND`: nothing to change, forward the original body;
+// `EW_ERR_REWRITE`: the body is not a JSON object, refuse the request.
+//
+// # Safety
+// Pointers follow the rules of the header's top comment.
+ew_status ew_decision_rewrite_body(const ew_engine *e,
+                                   const ew_decision *d,
+                                   const uint8_t *body,
+                                   size_t len,
+                                   ew_string *out_body);
 
 // Settles the decision with the usage reported in a (non-streamed) JSON response body:
 // refunds or tops up token and cost limits, releases concurrency, counts the usage in

@@ -50,6 +50,9 @@ pub enum ew_status {
     EW_ERR_NOT_FOUND = 8,
     /// A bug inside edgeward was caught at the boundary; the message says where.
     EW_ERR_PANIC = 9,
+    /// The request body cannot carry the decision's parameter changes (`rewrite.*`):
+    /// refuse the request rather than forward it unchanged.
+    EW_ERR_REWRITE = 10,
 }
 
 use ew_status::*;
@@ -291,6 +294,12 @@ impl From<BundleError> for Fail {
 impl From<StoreError> for Fail {
     fn from(e: StoreError) -> Fail {
         Fail::new(EW_ERR_STORE, e.code(), e.to_string())
+    }
+}
+
+impl From<edgeward::RewriteError> for Fail {
+    fn from(e: edgeward::RewriteError) -> Fail {
+        Fail::new(EW_ERR_REWRITE, e.code(), e.to_string())
     }
 }
 
@@ -1036,6 +1045,41 @@ pub unsafe extern "C" fn ew_decision_refusal(
         body_slot.write(ew_str::of(body));
         type_slot.write(ew_str::of(e.engine.refusal_content_type()));
         Ok(())
+    })
+}
+
+/// The body to forward for an allowed decision with parameter changes
+/// (`ew_decision_rewrite_count` > 0): the request body with each change applied, members
+/// it does not touch kept byte for byte. Free it with `ew_string_free`.
+/// `EW_ERR_NOT_FOUND`: nothing to change, forward the original body;
+/// `EW_ERR_REWRITE`: the body is not a JSON object, refuse the request.
+///
+/// # Safety
+/// Pointers follow the rules of the header's top comment.
+#[no_mangle]
+pub unsafe extern "C" fn ew_decision_rewrite_body(
+    e: *const ew_engine,
+    d: *const ew_decision,
+    body: *const u8,
+    len: usize,
+    out_body: *mut ew_string,
+) -> ew_status {
+    boundary(|| {
+        let e = engine(e)?;
+        let h = decision(d)?;
+        let body = raw_bytes(body, len, "body")?;
+        let slot = out(out_body, "out_body")?;
+        match e.engine.rewrite_body(&h.d, body)? {
+            None => Err(Fail::new(
+                EW_ERR_NOT_FOUND,
+                "ffi.not_found",
+                "the decision changes no parameter",
+            )),
+            Some(b) => {
+                slot.write(owned(String::from_utf8(b).unwrap_or_default()));
+                Ok(())
+            }
+        }
     })
 }
 

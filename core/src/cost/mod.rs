@@ -12,6 +12,7 @@
 //! against real numbers instead of the estimate.
 
 pub mod params;
+pub mod rewrite;
 pub(crate) mod stage;
 pub mod tokens;
 pub mod usage;

@@ -176,6 +176,16 @@ static void test_decisions(const ew_engine *e) {
   CHECK(str_eq(rw.param, "max_tokens"));
   CHECK(rw.action == EW_REWRITE_SET && rw.value == 64);
   CHECK(ew_decision_rewrite(d, 1, &rw) == EW_ERR_ARGUMENT);
+  {
+    const char *req_body = "{\"model\":\"gpt-4o-mini\",\"max_tokens\":100,\"n\":1}";
+    ew_string fwd = {NULL, 0};
+    CHECK(ew_decision_rewrite_body(e, d, (const uint8_t *)req_body, strlen(req_body), &fwd) ==
+          EW_OK);
+    CHECK(fwd.ptr && strcmp(fwd.ptr, "{\"model\":\"gpt-4o-mini\",\"max_tokens\":64,\"n\":1}") == 0);
+    ew_string_free(fwd);
+    CHECK(ew_decision_rewrite_body(e, d, (const uint8_t *)"[1]", 3, &fwd) == EW_ERR_REWRITE);
+    CHECK(strcmp(ew_last_error_code(), "rewrite.not_an_object") == 0);
+  }
   ew_str id;
   CHECK(ew_decision_reservation(d, &id) == EW_OK);
   CHECK(id.len == 32);
@@ -228,6 +238,10 @@ static void test_decisions(const ew_engine *e) {
   CHECK(str_has(body, "\"code\":\"anomaly_score\""));
   CHECK(str_eq(ctype, "application/json"));
   CHECK(ew_decision_reservation(d, &id) == EW_ERR_NOT_FOUND);
+  {
+    ew_string fwd = {NULL, 0};
+    CHECK(ew_decision_rewrite_body(e, d, (const uint8_t *)"{}", 2, &fwd) == EW_ERR_NOT_FOUND);
+  }
   ew_decision_free(d);
 
   /* Malformed JSON is a finding, not an error; invalid UTF-8 in the body too. */
