@@ -25,6 +25,9 @@ core/test --check
 step "benches in Criterion test mode (one iteration each)"
 cargo test -p edgeward-benches --benches
 
+step "nginx module: edgeward in a real nginx (C ABI end to end)"
+bash integrations/nginx/test.sh
+
 step "CLI smoke tests"
 cargo run --quiet -p edgeward-cli -- check rulesets/policies/default.yaml
 cargo run --quiet -p edgeward-cli -- test

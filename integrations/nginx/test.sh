@@ -1,21 +1,16 @@
 #!/usr/bin/env bash
-# End-to-end test of the edgeward nginx module: builds libedgeward_ffi (release)
-# and the module against nginx-dev, loads it into the packaged nginx in front
+# End-to-end test of the edgeward nginx module: builds libedgeward_ffi (the
+# test build `cargo test --workspace` makes; EDGEWARD_PROFILE=release for a
+# release one) and the module against nginx-dev, loads it into the packaged nginx in front
 # of upstream.py with test-policy.yaml, and checks refusals, the clamped
 # output limit, the token budget and the settlement of streamed answers.
 #   integrations/nginx/test.sh
-# Skips (exit 0) while integrations/nginx/edgeward/config does not exist.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 module_dir="$here/edgeward"
 policy="$here/test-policy.yaml"
-
-if [ ! -f "$module_dir/config" ]; then
-    echo "skip: the edgeward nginx module is not there yet ($module_dir/config is missing)"
-    exit 0
-fi
 
 # shellcheck source=integrations/nginx/lib.sh
 . "$here/lib.sh"
@@ -57,11 +52,22 @@ show_logs() {
 trap cleanup EXIT
 
 # --- build -------------------------------------------------------------------
-(cd "$repo" && cargo build --release -p edgeward-ffi)
+# The library `cargo test --workspace` builds (same profile and features, so nothing is
+# rebuilt when the README test command ran it first); EDGEWARD_PROFILE=release builds and
+# uses a release one instead (for measurements).
+profile=${EDGEWARD_PROFILE:-debug}
+if [ "$profile" = release ]; then
+    (cd "$repo" && cargo build --release -p edgeward-ffi)
+    lib_sub=release
+else
+    (cd "$repo" && cargo test --workspace --no-run --quiet 2>/dev/null) \
+        || (cd "$repo" && cargo test --workspace --no-run)
+    lib_sub=debug/deps
+fi
 target_dir=$(cd "$repo" && cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
 EDGEWARD_DIR="$repo" \
-EDGEWARD_LIB_DIR="$target_dir/release" \
+EDGEWARD_LIB_DIR="$target_dir/$lib_sub" \
 EDGEWARD_INCLUDE_DIR="$repo/ffi/include" \
     "$NGINX_DIR/build-module.sh" "$module_dir" "$work/modules" >/dev/null
 so="$work/modules/ngx_http_edgeward_module.so"
