@@ -14,7 +14,8 @@
 #       static: an extra nginx server answering a canned completion, so the
 #       upstream costs little and the proxy's own cost shows
 #   NGINX_WORKERS=1                          worker_processes of each nginx
-#   EDGEWARD_SO=path/to/ngx_http_edgeward_module.so
+#   EDGEWARD_SO=path/to/ngx_http_edgeward_module.so (default: built here from a
+#       release libedgeward_ffi when missing)
 #   KEEP=1                                   keep the temp dir (configs, logs)
 set -euo pipefail
 
@@ -185,14 +186,18 @@ conf b-modsecurity "load_module $MODSEC_SO;" \
     modsecurity_rules_file $work/modsec.conf;" ""
 names=(a-nginx b-modsecurity)
 
+if [ ! -f "$EDGEWARD_SO" ] && [ -f "$here/edgeward/config" ]; then
+    repo=$(cd "$here/../.." && pwd)
+    (cd "$repo" && cargo build --release -p edgeward-ffi)
+    target_dir=$(cd "$repo" && cargo metadata --format-version 1 --no-deps \
+        | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
+    EDGEWARD_LIB_DIR="$target_dir/release" EDGEWARD_INCLUDE_DIR="$repo/ffi/include" \
+        "$here/build-module.sh" "$here/edgeward" "$(dirname "$EDGEWARD_SO")" >/dev/null
+fi
 if [ -f "$EDGEWARD_SO" ]; then
-    # >>> EDGEWARD PLACEHOLDER >>>
-    # The edgeward module's directives go here once the C ABI (ffi crate,
-    # ffi/include/edgeward.h) and the module exist (issue 7), e.g. a policy
-    # file in the http block and `edgeward on;` in the location.
-    EDGEWARD_HTTP_CONF=${EDGEWARD_HTTP_CONF:-"    # edgeward http-level directives: TODO"}
-    EDGEWARD_LOC_CONF=${EDGEWARD_LOC_CONF:-"            # edgeward location directives: TODO"}
-    # <<< EDGEWARD PLACEHOLDER <<<
+    # The module with bench-policy.yaml (built-in rules, cost, a limit that never refuses).
+    EDGEWARD_HTTP_CONF=${EDGEWARD_HTTP_CONF:-"    edgeward_policy $here/bench-policy.yaml;"}
+    EDGEWARD_LOC_CONF=${EDGEWARD_LOC_CONF:-"            edgeward on;"}
     conf c-edgeward "load_module $EDGEWARD_SO;" \
         "$EDGEWARD_HTTP_CONF" "$EDGEWARD_LOC_CONF"
     names+=(c-edgeward)
