@@ -809,11 +809,18 @@ impl Engine {
             return None;
         };
         let r = &self.inner.policy.document.spec.response;
-        let json = r.content_type.to_ascii_lowercase().contains("json");
+        let ct = r.content_type.to_ascii_lowercase();
+        // Values may quote the request (a model name): escaped for the body's language.
         let text = |s: &str| -> String {
-            if json {
+            if ct.contains("json") {
                 let q = serde_json::to_string(s).unwrap_or_default();
                 q[1..q.len() - 1].to_string()
+            } else if ct.contains("html") || ct.contains("xml") {
+                s.replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+                    .replace('"', "&quot;")
+                    .replace('\'', "&#39;")
             } else {
                 s.to_string()
             }
@@ -825,13 +832,26 @@ impl Engine {
             500..=599 => "server_error",
             _ => "invalid_request_error",
         };
-        Some(
-            r.body
-                .replace("{reason}", &text(&reason.to_string()))
-                .replace("{code}", reason.code())
-                .replace("{type}", kind)
-                .replace("{request_id}", &text(request_id.unwrap_or(""))),
-        )
+        // One pass over the template, so a value that contains `{code}` is not expanded.
+        let mut out = String::with_capacity(r.body.len() + 64);
+        let mut rest = r.body.as_str();
+        while let Some(i) = rest.find('{') {
+            out.push_str(&rest[..i]);
+            let tail = &rest[i..];
+            let (value, used) = [
+                ("{reason}", text(&reason.to_string())),
+                ("{code}", reason.code().to_string()),
+                ("{type}", kind.to_string()),
+                ("{request_id}", text(request_id.unwrap_or(""))),
+            ]
+            .into_iter()
+            .find(|(p, _)| tail.starts_with(p))
+            .map_or(("{".to_string(), 1), |(p, v)| (v, p.len()));
+            out.push_str(&value);
+            rest = &tail[used..];
+        }
+        out.push_str(rest);
+        Some(out)
     }
 
     /// The request body to forward for an allowed decision: `Ok(None)` to forward the

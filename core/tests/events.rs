@@ -228,3 +228,20 @@ fn refusals_have_a_body_in_the_openai_error_shape() {
         "no (body_too_large, invalid_request_error) id=r\"1"
     );
 }
+
+#[test]
+fn refusal_templates_are_filled_in_one_pass_and_escaped_for_html() {
+    let p = Policy::from_text(
+        "apiVersion: edgeward.dev/v1\nkind: Policy\nmetadata: {name: t}\nspec:\n  response: {status: 403, contentType: text/html, body: \"<p>{reason} [{code}] {request_id} {unknown}</p>\"}\n",
+    )
+    .unwrap();
+    let e = Engine::new(&p).unwrap();
+    let big = vec![b'a'; 20 << 20];
+    let d = e.inspect(&Request::new(b"POST", b"/x").with_body(&big));
+    let body = e.refusal_body(&d, Some("<b>{code}</b>")).unwrap();
+    assert!(body.starts_with("<p>body larger than"), "{body}");
+    assert!(body.contains("[body_too_large]"), "{body}");
+    // The request id is escaped and its `{code}` is not expanded; unknown braces stay.
+    assert!(body.contains("&lt;b&gt;{code}&lt;/b&gt;"), "{body}");
+    assert!(body.ends_with("{unknown}</p>"), "{body}");
+}

@@ -213,8 +213,9 @@ typedef struct {
   uint64_t output_tokens;
   // Reasoning tokens.
   uint64_t reasoning_tokens;
-  // Where the numbers came from.
-  ew_usage_source source;
+  // Where the numbers came from: an `ew_usage_source` value (an integer here, so a
+  // value C made up is an error, not undefined behaviour).
+  uint32_t source;
 } ew_usage;
 
 #ifdef __cplusplus

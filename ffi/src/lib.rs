@@ -202,8 +202,9 @@ pub struct ew_usage {
     pub output_tokens: u64,
     /// Reasoning tokens.
     pub reasoning_tokens: u64,
-    /// Where the numbers came from.
-    pub source: ew_usage_source,
+    /// Where the numbers came from: an `ew_usage_source` value (an integer here, so a
+    /// value C made up is an error, not undefined behaviour).
+    pub source: u32,
 }
 
 /// The outcome of a settlement.
@@ -220,6 +221,14 @@ pub enum ew_settled {
 pub struct ew_engine {
     engine: Engine,
 }
+
+// The header promises engines are shared between threads and decisions read from
+// several: checked here, not assumed.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<ew_engine>();
+    shared::<ew_decision>();
+};
 
 /// Per-thread buffers for `ew_inspect`. Not thread-safe: one per worker thread.
 pub struct ew_scratch {
@@ -318,7 +327,9 @@ fn set_last(code: &str, message: &str) {
     // Interior NULs cannot be in a C string; they never occur in our messages, but a
     // policy path or rule text quoted in one could hold them.
     let clean = |s: &str| CString::new(s.replace('\0', "\\0")).unwrap_or_default();
-    LAST.with(|l| *l.borrow_mut() = (clean(code), clean(message)));
+    // `try_with`: during thread teardown the slot is gone; losing the message beats a
+    // panic, which would abort inside an `extern "C"` function.
+    let _ = LAST.try_with(|l| *l.borrow_mut() = (clean(code), clean(message)));
 }
 
 /// Runs an entry point: catches panics and records failures for `ew_last_error`.
@@ -384,6 +395,9 @@ fn decision<'a>(d: *const ew_decision) -> Result<&'a ew_decision, Fail> {
 }
 
 fn out<'a, T>(p: *mut T, what: &str) -> Result<&'a mut std::mem::MaybeUninit<T>, Fail> {
+    if !p.is_null() && !p.is_aligned() {
+        return Err(Fail::argument(format!("{what} is not aligned")));
+    }
     // SAFETY: a non-NULL out-pointer points to writable memory for one `T` (the header's
     // contract); it is written through `MaybeUninit`, so it need not be initialised.
     unsafe { p.cast::<std::mem::MaybeUninit<T>>().as_mut() }.ok_or_else(|| Fail::null(what))
@@ -420,14 +434,16 @@ pub extern "C" fn ew_version() -> *const c_char {
 /// thread has failed. Valid until the next failing call on this thread.
 #[no_mangle]
 pub extern "C" fn ew_last_error() -> *const c_char {
-    LAST.with(|l| l.borrow().1.as_ptr())
+    LAST.try_with(|l| l.borrow().1.as_ptr())
+        .unwrap_or(c"".as_ptr())
 }
 
 /// The calling thread's last error code (`policy.invalid_value`, `store.timeout`,
 /// `ffi.null`, ...), NUL-terminated; empty when none. Valid like `ew_last_error`.
 #[no_mangle]
 pub extern "C" fn ew_last_error_code() -> *const c_char {
-    LAST.with(|l| l.borrow().0.as_ptr())
+    LAST.try_with(|l| l.borrow().0.as_ptr())
+        .unwrap_or(c"".as_ptr())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -837,6 +853,11 @@ pub unsafe extern "C" fn ew_decision_header(
             d.d.headers
                 .get(index)
                 .ok_or_else(|| Fail::argument(format!("header index {index} out of range")))?;
+        if std::ptr::eq(out_name, out_value) {
+            return Err(Fail::argument(
+                "out_name and out_value are the same pointer",
+            ));
+        }
         let name = out(out_name, "out_name")?;
         let value = out(out_value, "out_value")?;
         name.write(ew_str::of(n));
@@ -1035,6 +1056,11 @@ pub unsafe extern "C" fn ew_decision_refusal(
                 "the request is allowed",
             ));
         }
+        if std::ptr::eq(out_body, out_content_type) {
+            return Err(Fail::argument(
+                "out_body and out_content_type are the same pointer",
+            ));
+        }
         let body_slot = out(out_body, "out_body")?;
         let type_slot = out(out_content_type, "out_content_type")?;
         let body = h.refusal.get_or_init(|| {
@@ -1086,19 +1112,20 @@ pub unsafe extern "C" fn ew_decision_rewrite_body(
 // ---------------------------------------------------------------------------------------
 // Settlement.
 
-fn usage_of(u: &ew_usage) -> Usage {
-    Usage {
+fn usage_of(u: &ew_usage) -> Result<Usage, Fail> {
+    Ok(Usage {
         prompt_tokens: u.prompt_tokens,
         cached_prompt_tokens: u.cached_prompt_tokens,
         cache_creation_tokens: u.cache_creation_tokens,
         output_tokens: u.output_tokens,
         reasoning_tokens: u.reasoning_tokens,
         source: match u.source {
-            ew_usage_source::EW_USAGE_REPORTED => UsageSource::Reported,
-            ew_usage_source::EW_USAGE_COUNTED => UsageSource::Counted,
-            ew_usage_source::EW_USAGE_PARTIAL => UsageSource::Partial,
+            0 => UsageSource::Reported,
+            1 => UsageSource::Counted,
+            2 => UsageSource::Partial,
+            other => return Err(Fail::argument(format!("usage source {other} is unknown"))),
         },
-    }
+    })
 }
 
 fn to_c(u: &Usage) -> ew_usage {
@@ -1112,7 +1139,7 @@ fn to_c(u: &Usage) -> ew_usage {
             UsageSource::Reported => ew_usage_source::EW_USAGE_REPORTED,
             UsageSource::Counted => ew_usage_source::EW_USAGE_COUNTED,
             _ => ew_usage_source::EW_USAGE_PARTIAL,
-        },
+        } as u32,
     }
 }
 
@@ -1186,7 +1213,7 @@ pub unsafe extern "C" fn ew_settle_usage(
         let h = decision(d)?;
         // SAFETY: a non-NULL usage pointer points to a readable `ew_usage` for the call.
         let u = unsafe { usage.as_ref() }.ok_or_else(|| Fail::null("usage"))?;
-        settle(e, h, &usage_of(u), out_settled)
+        settle(e, h, &usage_of(u)?, out_settled)
     })
 }
 

@@ -1,9 +1,10 @@
 //! The body a host forwards after the parameter policy clamped or stripped parameters:
 //! the decision's rewrites applied to the request's JSON object.
 //!
-//! Members the rewrites do not touch keep their exact bytes and their order (values are
-//! copied as raw JSON, not re-serialised), so a forwarded body differs from the original
-//! only where the policy said it must.
+//! Members the rewrites do not touch keep their order and their values' exact bytes (values
+//! are copied as raw JSON, not re-serialised; keys are written back in their plain JSON
+//! spelling, so an escaped key such as `"\u006dodel"` becomes `"model"`), so a forwarded
+//! body differs from the original only where the policy said it must.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -98,6 +99,15 @@ fn apply_object(json: &str, rewrites: &[(&str, RewriteAction)]) -> Result<String
                     key(&mut out, k);
                     out.push_str(&text);
                 }
+            }
+            None if !nested.is_empty()
+                && !v.get().trim_start().starts_with('{')
+                && nested.iter().all(|(_, a)| value(*a).is_none()) =>
+            {
+                // Only removals below a member that is not an object: nothing to remove.
+                sep(&mut out);
+                key(&mut out, k);
+                out.push_str(v.get());
             }
             None if !nested.is_empty() => {
                 sep(&mut out);
@@ -226,6 +236,14 @@ mod tests {
             r#"{"max_tokens":5,"max_tokens":5}"#
         );
         assert_eq!(rewrite_body(&[], b"not json").unwrap(), None);
+        // Removing below a member that is not an object leaves it alone.
+        assert_eq!(
+            apply(
+                &[rw("stream_options.include_usage", RewriteAction::Remove)],
+                r#"{"stream_options":null}"#
+            ),
+            r#"{"stream_options":null}"#
+        );
     }
 
     #[test]

@@ -6,13 +6,14 @@
  * usage: test_edgeward POLICY_FILE BUNDLE_FILE
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "edgeward.h"
 
-static int failures = 0;
+static atomic_int failures = 0; /* CHECK runs on several threads */
 
 #define CHECK(cond)                                                                  \
   do {                                                                               \
@@ -195,6 +196,7 @@ static void test_decisions(const ew_engine *e) {
   CHECK(name.len > 0 && value.len > 0);
   CHECK(ew_decision_header(d, 999, &name, &value) == EW_ERR_ARGUMENT);
   CHECK(ew_decision_header(d, 0, NULL, &value) == EW_ERR_NULL);
+  CHECK(ew_decision_header(d, 0, &name, &name) == EW_ERR_ARGUMENT);
   ew_str json = ew_decision_json(d);
   CHECK(str_has(json, "\"action\":\"allow\""));
   ew_str event;
@@ -332,6 +334,9 @@ static void test_limits_and_streams(const ew_engine *e) {
   CHECK(ew_settle_usage(e, d, &zero, &settled) == EW_OK);
   CHECK(settled == EW_SETTLE_UNKNOWN); /* double settle: no effect */
   CHECK(ew_settle_usage(e, d, NULL, &settled) == EW_ERR_NULL);
+  ew_usage bogus = zero;
+  bogus.source = 77;
+  CHECK(ew_settle_usage(e, d, &bogus, &settled) == EW_ERR_ARGUMENT);
   ew_decision_free(d);
 
   /* Unsettled reservations hold the 400-token budget until one is refused with 429 and

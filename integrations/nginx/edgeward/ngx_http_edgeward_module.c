@@ -53,6 +53,7 @@ static ngx_int_t ngx_http_edgeward_refuse(ngx_http_request_t *r, ew_decision *d)
 static ngx_int_t ngx_http_edgeward_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, const char *message);
 static void ngx_http_edgeward_settle(ngx_http_edgeward_ctx_t *ctx);
+static void ngx_http_edgeward_settle_zero(ngx_http_edgeward_ctx_t *ctx);
 static void ngx_http_edgeward_cleanup(void *data);
 static ngx_int_t ngx_http_edgeward_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_http_edgeward_body_filter(ngx_http_request_t *r, ngx_chain_t *in);
@@ -165,9 +166,13 @@ ngx_http_edgeward_handler(ngx_http_request_t *r)
     if (ngx_http_edgeward_engine == NULL) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "edgeward: no engine (edgeward_policy not set?)");
-        return ngx_http_edgeward_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                       "guard_unavailable",
-                                       "the request guard is not configured");
+        /* Our own answer, then stop: NGX_OK from an access handler would mean
+         * "allowed" and let the request through after the 503. */
+        rc = ngx_http_edgeward_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                     "guard_unavailable",
+                                     "the request guard is not configured");
+        ngx_http_finalize_request(r, rc);
+        return NGX_DONE;
     }
 
     cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_edgeward_ctx_t));
@@ -217,7 +222,8 @@ ngx_http_edgeward_body_ready(ngx_http_request_t *r)
         return;
     }
 
-    ctx->status = rc;
+    /* Answered here: a re-entry (internal redirect) must not read NGX_OK as "allow". */
+    ctx->status = NGX_DONE;
     ngx_http_finalize_request(r, rc);
 }
 
@@ -366,8 +372,18 @@ ngx_http_edgeward_decide(ngx_http_request_t *r, ngx_http_edgeward_ctx_t *ctx)
     req.headers_len = n;
     req.body.ptr = body;
     req.body.len = body_len;
-    req.peer.ptr = r->connection->addr_text.data;
-    req.peer.len = r->connection->addr_text.len;
+    /* The peer as an IP address; a unix socket has none. */
+    req.peer.ptr = NULL;
+    req.peer.len = 0;
+    if (r->connection->sockaddr->sa_family == AF_INET
+#if (NGX_HAVE_INET6)
+        || r->connection->sockaddr->sa_family == AF_INET6
+#endif
+       )
+    {
+        req.peer.ptr = r->connection->addr_text.data;
+        req.peer.len = r->connection->addr_text.len;
+    }
     req.identity.ptr = NULL;
     req.identity.len = 0;
 
@@ -399,7 +415,9 @@ ngx_http_edgeward_decide(ngx_http_request_t *r, ngx_http_edgeward_ctx_t *ctx)
                 return NGX_HTTP_INTERNAL_SERVER_ERROR;
             }
         } else if (st != EW_ERR_NOT_FOUND) {
-            /* The body cannot carry the clamped parameters: never forward it as is. */
+            /* The body cannot carry the clamped parameters: never forward it as is,
+             * and give back what it reserved. */
+            ngx_http_edgeward_settle_zero(ctx);
             return ngx_http_edgeward_error(r, NGX_HTTP_BAD_REQUEST,
                                            ew_last_error_code(),
                                            "the request body cannot be rewritten");
@@ -516,7 +534,8 @@ ngx_http_edgeward_error(ngx_http_request_t *r, ngx_uint_t status, const char *co
     u_char  *body, *last;
     size_t   len;
 
-    len = sizeof("{\"error\":{\"message\":\"\",\"type\":\"server_error\",\"code\":\"\"}}")
+    len = sizeof("{\"error\":{\"message\":\"\",\"type\":\"invalid_request_error\","
+                 "\"code\":\"\"}}")
           + ngx_strlen(message) + ngx_strlen(code);
     body = ngx_pnalloc(r->pool, len);
     if (body == NULL) {
@@ -533,7 +552,40 @@ ngx_http_edgeward_error(ngx_http_request_t *r, ngx_uint_t status, const char *co
 }
 
 
-/* Settles the reservation once, with what the response showed. */
+/* Settles with the estimate: what was reserved stays charged (the response's usage is
+ * unknown) and concurrency is released now instead of at the lease's end. */
+static ew_status
+ngx_http_edgeward_settle_estimate(ngx_http_edgeward_ctx_t *ctx)
+{
+    ew_cost   c;
+    ew_usage  u;
+
+    ngx_memzero(&u, sizeof(u));
+    u.source = EW_USAGE_PARTIAL;
+    if (ew_decision_cost(ctx->decision, &c) == EW_OK) {
+        u.prompt_tokens = c.prompt_tokens;
+        u.output_tokens = c.output_tokens_reserved;
+    }
+
+    return ew_settle_usage(ngx_http_edgeward_engine, ctx->decision, &u, NULL);
+}
+
+
+/* Settles with zero usage: the model was never reached, the reservation is refunded. */
+static void
+ngx_http_edgeward_settle_zero(ngx_http_edgeward_ctx_t *ctx)
+{
+    ew_usage  zero;
+
+    ngx_memzero(&zero, sizeof(zero));
+    zero.source = EW_USAGE_REPORTED;
+    (void) ew_settle_usage(ngx_http_edgeward_engine, ctx->decision, &zero, NULL);
+    ctx->settled = 1;
+}
+
+
+/* Settles the reservation once, with what the response showed; when it showed nothing
+ * readable, with the estimate. */
 static void
 ngx_http_edgeward_settle(ngx_http_edgeward_ctx_t *ctx)
 {
@@ -547,6 +599,7 @@ ngx_http_edgeward_settle(ngx_http_edgeward_ctx_t *ctx)
     ctx->settled = 1;
     log = ctx->request->connection->log;
 
+    st = EW_ERR_NOT_FOUND;
     if (ctx->tracker) {
         st = ew_usage_tracker_finish(ctx->tracker, &u);
         if (st == EW_OK) {
@@ -555,14 +608,15 @@ ngx_http_edgeward_settle(ngx_http_edgeward_ctx_t *ctx)
     } else if (ctx->json && !ctx->too_big && ctx->resp_len > 0) {
         st = ew_settle_body(ngx_http_edgeward_engine, ctx->decision, ctx->resp,
                             ctx->resp_len, NULL);
-    } else {
-        return;
     }
 
-    if (st != EW_OK && st != EW_ERR_NOT_FOUND) {
-        ngx_log_error(NGX_LOG_WARN, log, 0,
-                      "edgeward: settlement failed (the estimate stands): %s: %s",
-                      ew_last_error_code(), ew_last_error());
+    if (st != EW_OK) {
+        if (st != EW_ERR_NOT_FOUND) {
+            ngx_log_error(NGX_LOG_WARN, log, 0,
+                          "edgeward: no usage in the response (%s: %s); settled with "
+                          "the estimate", ew_last_error_code(), ew_last_error());
+        }
+        (void) ngx_http_edgeward_settle_estimate(ctx);
     }
 }
 
@@ -571,19 +625,19 @@ static void
 ngx_http_edgeward_cleanup(void *data)
 {
     ngx_http_edgeward_ctx_t  *ctx = data;
-    ew_usage                  zero;
+    ngx_http_request_t       *r = ctx->request;
 
-    if (ctx->decision && !ctx->settled) {
-        if (ctx->tracker) {
-            /* An aborted stream: settled with the usage seen so far. */
-            ngx_http_edgeward_settle(ctx);
-        } else if (ctx->request->headers_out.status == 0
-                   || ctx->request->headers_out.status >= NGX_HTTP_INTERNAL_SERVER_ERROR)
+    if (ctx->decision && !ctx->settled && ngx_http_edgeward_engine) {
+        if (r->upstream == NULL || r->upstream->state == NULL
+            || r->upstream->state->status == 0
+            || r->upstream->state->status >= NGX_HTTP_INTERNAL_SERVER_ERROR)
         {
-            /* The model was never reached: the reservation is refunded. */
-            ngx_memzero(&zero, sizeof(zero));
-            zero.source = EW_USAGE_REPORTED;
-            (void) ew_settle_usage(ngx_http_edgeward_engine, ctx->decision, &zero, NULL);
+            /* No answer from the model server: refunded. */
+            ngx_http_edgeward_settle_zero(ctx);
+        } else {
+            /* Answered, but not to the end (an aborted stream, a body never seen):
+             * what was seen, else the estimate. */
+            ngx_http_edgeward_settle(ctx);
         }
     }
 
@@ -606,7 +660,7 @@ ngx_http_edgeward_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_edgeward_module);
+    ctx = ngx_http_edgeward_get_ctx(r);
     if (ctx == NULL || ctx->decision == NULL || ctx->settled) {
         return ngx_http_next_header_filter(r);
     }
@@ -623,8 +677,20 @@ ngx_http_edgeward_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
 
+    if (r->headers_out.content_encoding && r->headers_out.content_encoding->value.len
+        && ngx_strncasecmp(r->headers_out.content_encoding->value.data,
+                           (u_char *) "identity", sizeof("identity") - 1) != 0)
+    {
+        /* A compressed answer's usage cannot be read: settled with the estimate. */
+        return ngx_http_next_header_filter(r);
+    }
+
+    /* File buffers (proxy_buffering to temporary files, sendfile) are read into memory
+     * on their way here, so every byte of the answer is seen. */
+    r->filter_need_in_memory = 1;
+
     type = &r->headers_out.content_type;
-    if (type->len >= sizeof("text/event-stream") - 1
+    if (ctx->tracker == NULL && type->len >= sizeof("text/event-stream") - 1
         && ngx_strncasecmp(type->data, (u_char *) "text/event-stream",
                            sizeof("text/event-stream") - 1) == 0)
     {
@@ -653,7 +719,7 @@ ngx_http_edgeward_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         return ngx_http_next_body_filter(r, in);
     }
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_edgeward_module);
+    ctx = ngx_http_edgeward_get_ctx(r);
     if (ctx == NULL || ctx->decision == NULL || ctx->settled
         || (ctx->tracker == NULL && !ctx->json))
     {
