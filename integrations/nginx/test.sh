@@ -32,6 +32,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 work=$(mktemp -d)
+# nginx workers run as an unprivileged user: they must reach the temp paths inside.
+chmod 755 "$work"
 prefixes=()
 cleanup() {
     local rc=$?
@@ -78,9 +80,11 @@ up_port=$(free_port)
 start_upstream "$up_port"
 upstream="http://127.0.0.1:$up_port"
 
-# start_edgeward_nginx NAME PORT: an nginx with the module and the test policy
+# start_edgeward_nginx NAME PORT [nopolicy]: an nginx with the module and the
+# test policy (or, with nopolicy, the module switched on without a policy)
 start_edgeward_nginx() {
-    local prefix="$work/$1" port=$2
+    local prefix="$work/$1" port=$2 policy_line="edgeward_policy $policy;"
+    if [ "${3:-}" = nopolicy ]; then policy_line=""; fi
     mkdir -p "$prefix"
     prefixes+=("$prefix")
     {
@@ -90,7 +94,7 @@ start_edgeward_nginx() {
 events { worker_connections 256; }
 http {
 $(nginx_http_head)
-    edgeward_policy $policy;
+    $policy_line
     client_max_body_size 1m;
     client_body_buffer_size 1m;
     client_body_in_single_buffer on;
@@ -101,6 +105,12 @@ $(nginx_http_head)
             proxy_pass $upstream;
             proxy_http_version 1.1;
             proxy_buffering off;
+        }
+        location /small/ {
+            edgeward on;
+            client_body_buffer_size 1k;
+            client_body_in_single_buffer off;
+            proxy_pass $upstream/;
         }
         location / {
             edgeward off;
@@ -320,6 +330,38 @@ else
     bad "streamed usage settlement: expected 10 or 11 streams to fit, got $streams (<= 9: reservations not settled; more: usage not charged)"
 fi
 check "streams: then refused with" 429 "$refusal"
+
+# --- nginx 3: failures ----------------------------------------------------------
+# A fresh budget of 600. A request the model server fails (502) never reached the
+# model: its reservation (P + 64) is refunded, so 20 of them never exhaust the budget
+# (held, at most 9 would fit before a 429).
+ng3_port=$(free_port)
+start_edgeward_nginx nginx3 "$ng3_port"
+api3="http://127.0.0.1:$ng3_port/v1/chat/completions"
+failed=0 limited=0
+for _ in $(seq 20); do
+    call "$api3" "${auth[@]}" "${json[@]}" -H 'X-Fail: 502' -d "$(chat Hello 64)"
+    case "$status" in
+        502) failed=$((failed + 1)) ;;
+        429) limited=$((limited + 1)) ;;
+    esac
+done
+check "upstream failures: all 20 forwarded and failed" 20 "$failed"
+check "upstream failures: refunded (never over budget)" 0 "$limited"
+call "$api3" "${auth[@]}" "${json[@]}" -d "$(chat Hello 64)"
+check "after the failures: a request still fits" 200 "$status"
+# A body the location keeps in a temporary file cannot be inspected: 413, in the
+# same JSON error shape.
+big=$(python3 -c 'import json; print(json.dumps({"model":"gpt-4o-mini","messages":[{"role":"user","content":"x " * 4000}]}))')
+call "http://127.0.0.1:$ng3_port/small/v1/chat/completions" "${auth[@]}" "${json[@]}" -d "$big"
+refused "body in a temporary file" 413 body_too_large
+# The module switched on without a policy: 503 in the JSON shape, and nothing forwarded.
+ng4_port=$(free_port)
+start_edgeward_nginx nginx4 "$ng4_port" nopolicy
+curl -s -o /dev/null -d 'marker-before' "$upstream/v1/chat/completions" || true
+call "http://127.0.0.1:$ng4_port/v1/chat/completions" "${json[@]}" -d '{"marker":"no-engine"}'
+refused "no policy" 503 guard_unavailable
+check "no policy: nothing forwarded" marker-before "$(curl -s "$upstream/last")"
 
 # --- logs ----------------------------------------------------------------------
 for prefix in "${prefixes[@]}"; do

@@ -110,6 +110,11 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] != "/v1/chat/completions":
             self._error(404, "not found")
             return
+        fail = self.headers.get("X-Fail")
+        if fail and fail.isdigit():
+            # A failing model server, on request: the status asked for.
+            self._error(int(fail), "failure requested")
+            return
         try:
             req = json.loads(body or b"{}")
             if not isinstance(req, dict):
