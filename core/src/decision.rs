@@ -34,6 +34,23 @@ pub enum Stage {
     Signals,
 }
 
+impl Stage {
+    /// The stage's name, as it appears in the decision JSON and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Route => "route",
+            Stage::Identity => "identity",
+            Stage::Access => "access",
+            Stage::Size => "size",
+            Stage::Inspect => "inspect",
+            Stage::Params => "params",
+            Stage::Cost => "cost",
+            Stage::Limits => "limits",
+            Stage::Signals => "signals",
+        }
+    }
+}
+
 /// Why a request was denied. Each variant has a stable [`code`](Reason::code).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "code", rename_all = "snake_case")]

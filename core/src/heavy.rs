@@ -91,11 +91,10 @@ impl<const N: usize> HeavyHitters<N> {
     }
 
     fn shard(&self, key: &str) -> &Mutex<[SpaceSaving; N]> {
-        // FNV-1a: cheap, and keys are identities the policy admitted, not chosen to
-        // collide (a skewed shard only costs accuracy, not correctness).
-        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+        // A fixed-seed foldhash, as the limit stores pick their shards: a skewed shard
+        // only costs accuracy, not correctness.
+        use std::hash::BuildHasher as _;
+        let h = foldhash::fast::FixedState::with_seed(0x4ea7_4b17_7e55_1a3d).hash_one(key);
         &self.shards[(h % SHARDS as u64) as usize]
     }
 

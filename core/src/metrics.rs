@@ -40,20 +40,6 @@ const STAGES: [Stage; 9] = [
     Stage::Signals,
 ];
 
-fn stage_name(s: Stage) -> &'static str {
-    match s {
-        Stage::Route => "route",
-        Stage::Identity => "identity",
-        Stage::Access => "access",
-        Stage::Size => "size",
-        Stage::Inspect => "inspect",
-        Stage::Params => "params",
-        Stage::Cost => "cost",
-        Stage::Limits => "limits",
-        Stage::Signals => "signals",
-    }
-}
-
 /// Upper bounds of the inspect latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [
     5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3,
@@ -231,7 +217,7 @@ impl Metrics {
                             out,
                             "edgeward_decisions_total{{route=\"{}\",action=\"{action}\",stage=\"{}\"}} {v}",
                             escape(route),
-                            stage_name(*stage)
+                            Stage::as_str(*stage)
                         );
                     }
                 }

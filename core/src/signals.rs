@@ -815,17 +815,18 @@ fn message_of(pointer: &[u8]) -> &[u8] {
 }
 
 fn shard_of(principal: &str) -> usize {
-    (fnv1a(principal.as_bytes()) as usize) % SHARDS
+    (hash(principal.as_bytes()) as usize) % SHARDS
 }
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(FNV_OFFSET, |h, &c| {
-        (h ^ u64::from(c)).wrapping_mul(FNV_PRIME)
-    })
+/// A fixed-seed foldhash (as the limit stores use): shard choice and the fingerprint's
+/// message and tail hashes, which must not change between calls.
+fn hash(b: &[u8]) -> u64 {
+    use std::hash::BuildHasher as _;
+    foldhash::fast::FixedState::with_seed(0x51e7_a15b_0f1d_0e5c).hash_one(b)
 }
+
+/// An odd multiplier that spreads the running identity hash over its bits.
+const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// MurmurHash3's finaliser: spreads a word hash over all 64 bits, which SimHash's
 /// per-bit votes need.
@@ -892,7 +893,7 @@ impl Fingerprint {
         if !self.on {
             return;
         }
-        let key = fnv1a(message_of(pointer));
+        let key = hash(message_of(pointer));
         if key != self.message {
             if self.words > 0 || self.bytes > 0 {
                 self.reset(true);
@@ -910,7 +911,7 @@ impl Fingerprint {
         }
         self.bytes += t.len() as u64;
         let tail = &t[t.len().saturating_sub(32)..];
-        self.tail = fnv1a(tail) ^ self.tail.rotate_left(7);
+        self.tail = hash(tail) ^ self.tail.rotate_left(7);
         // Forward: one table load per byte, a word's bytes folded into a rotating
         // accumulator (cheap; `mix` spreads it once per word).
         let mut head = 0;
@@ -970,7 +971,7 @@ impl Fingerprint {
         }
         self.in_lanes += 1;
         self.words += 1;
-        self.exact = (self.exact ^ h).wrapping_mul(FNV_PRIME).rotate_left(5);
+        self.exact = (self.exact ^ h).wrapping_mul(SPREAD).rotate_left(5);
         if self.in_lanes == 255 {
             self.flush();
         }

@@ -7,15 +7,12 @@ use edgeward::events::EventSink;
 use edgeward::limits::Settled;
 use edgeward::{Engine, Policy, Request, Usage};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+mod common;
 
 const KEY: &str = "sk-live-alice-0123456789";
 
 fn policy(events: &str) -> Policy {
-    let sha: String = Sha256::digest(KEY.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha = common::key_sha256(KEY);
     Policy::from_text(&format!(
         r#"
 apiVersion: edgeward.dev/v1
@@ -101,10 +98,7 @@ fn a_decision_event_names_the_caller_but_never_its_credential() {
     assert_eq!(v["limits"][0]["name"], "tokens");
     assert!(v["inspect_us"].as_f64().unwrap() > 0.0);
     // Neither the key, nor its hash, nor the prompt.
-    let sha: String = Sha256::digest(KEY.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha = common::key_sha256(KEY);
     assert!(!line.contains(KEY) && !line.contains(&sha), "{line}");
     assert!(!line.contains("quarterly"), "{line}");
     assert!(v.get("prompt").is_none());

@@ -7,7 +7,7 @@ use std::path::Path;
 use edgeward::{Engine, Policy, PrincipalSource, Reason, Request, Stage};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
-use sha2::{Digest, Sha256};
+mod common;
 
 const HS_SECRET: &str = "test-secret-of-at-least-thirty-two-bytes!";
 
@@ -18,12 +18,7 @@ fn data(name: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-fn sha(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use common::key_sha256 as sha;
 
 fn now() -> u64 {
     std::time::SystemTime::now()

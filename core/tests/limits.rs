@@ -10,18 +10,13 @@ use edgeward::limits::{
     StoreErrorKind,
 };
 use edgeward::{Decision, Engine, Policy, Reason, Request, Stage, Usage};
-use sha2::{Digest, Sha256};
+mod common;
 
 const S: u64 = 1_000_000_000;
 /// 2026-11-27 12:00:00 UTC.
 const NOON: u64 = 1_795_780_800 * S;
 
-fn sha(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use common::key_sha256 as sha;
 
 fn policy(limits: &str) -> Policy {
     let text = format!(

@@ -11,7 +11,6 @@ use edgeward::events::EventSink;
 use edgeward::limits::FakeClock;
 use edgeward::{Decision, Engine, Policy, Request, Usage};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 const SEC: u64 = 1_000_000_000;
 const MIN: u64 = 60 * SEC;
@@ -19,12 +18,7 @@ const START: u64 = 1_780_000_000 * SEC;
 
 /// Two callers: `abuser` and `honest`, with keys `sk-abuser-…` and `sk-honest-…`.
 fn policy(signals: &str, extra: &str) -> Policy {
-    let sha = |k: &str| -> String {
-        Sha256::digest(k.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
+    let sha = common::key_sha256;
     Policy::from_text(&format!(
         r#"
 apiVersion: edgeward.dev/v1

@@ -286,6 +286,10 @@ impl Fail {
     fn argument(message: impl Into<String>) -> Fail {
         Fail::new(EW_ERR_ARGUMENT, "ffi.argument", message)
     }
+
+    fn not_found(message: impl Into<String>) -> Fail {
+        Fail::new(EW_ERR_NOT_FOUND, "ffi.not_found", message)
+    }
 }
 
 impl From<CompileError> for Fail {
@@ -401,6 +405,13 @@ fn out<'a, T>(p: *mut T, what: &str) -> Result<&'a mut std::mem::MaybeUninit<T>,
     // SAFETY: a non-NULL out-pointer points to writable memory for one `T` (the header's
     // contract); it is written through `MaybeUninit`, so it need not be initialised.
     unsafe { p.cast::<std::mem::MaybeUninit<T>>().as_mut() }.ok_or_else(|| Fail::null(what))
+}
+
+/// Item `index` of a decision's list (headers, matches, rewrites).
+fn at<'a, T>(items: &'a [T], index: usize, what: &str) -> Result<&'a T, Fail> {
+    items
+        .get(index)
+        .ok_or_else(|| Fail::argument(format!("{what} index {index} out of range")))
 }
 
 fn boxed<T>(v: T) -> *mut T {
@@ -788,23 +799,8 @@ pub unsafe extern "C" fn ew_decision_reason(d: *const ew_decision) -> ew_str {
 #[no_mangle]
 pub unsafe extern "C" fn ew_decision_stage(d: *const ew_decision) -> ew_str {
     value(ew_str::of(""), || {
-        ew_str::of(decision(d).map_or("", |d| stage_name(d.d.stage)))
+        ew_str::of(decision(d).map_or("", |d| d.d.stage.as_str()))
     })
-}
-
-fn stage_name(s: edgeward::Stage) -> &'static str {
-    use edgeward::Stage::*;
-    match s {
-        Route => "route",
-        Identity => "identity",
-        Access => "access",
-        Size => "size",
-        Inspect => "inspect",
-        Params => "params",
-        Cost => "cost",
-        Limits => "limits",
-        Signals => "signals",
-    }
 }
 
 /// Seconds after which a refused request may be retried (the `Retry-After` value); -1
@@ -849,10 +845,7 @@ pub unsafe extern "C" fn ew_decision_header(
 ) -> ew_status {
     boundary(|| {
         let d = decision(d)?;
-        let (n, v) =
-            d.d.headers
-                .get(index)
-                .ok_or_else(|| Fail::argument(format!("header index {index} out of range")))?;
+        let (n, v) = at(&d.d.headers, index, "header")?;
         if std::ptr::eq(out_name, out_value) {
             return Err(Fail::argument(
                 "out_name and out_value are the same pointer",
@@ -887,10 +880,7 @@ pub unsafe extern "C" fn ew_decision_match(
 ) -> ew_status {
     boundary(|| {
         let d = decision(d)?;
-        let m =
-            d.d.matches
-                .get(index)
-                .ok_or_else(|| Fail::argument(format!("match index {index} out of range")))?;
+        let m = at(&d.d.matches, index, "match")?;
         out(out_match, "out_match")?.write(ew_match {
             rule_id: m.rule_id,
             score: m.score,
@@ -913,13 +903,10 @@ pub unsafe extern "C" fn ew_decision_cost(
 ) -> ew_status {
     boundary(|| {
         let d = decision(d)?;
-        let c = d.d.cost.as_ref().ok_or_else(|| {
-            Fail::new(
-                EW_ERR_NOT_FOUND,
-                "ffi.not_found",
-                "the decision has no cost",
-            )
-        })?;
+        let c =
+            d.d.cost
+                .as_ref()
+                .ok_or_else(|| Fail::not_found("the decision has no cost"))?;
         out(out_cost, "out_cost")?.write(ew_cost {
             prompt_tokens: c.prompt_tokens,
             output_tokens_reserved: c.output_tokens_reserved,
@@ -952,10 +939,7 @@ pub unsafe extern "C" fn ew_decision_rewrite(
 ) -> ew_status {
     boundary(|| {
         let d = decision(d)?;
-        let r =
-            d.d.rewrites
-                .get(index)
-                .ok_or_else(|| Fail::argument(format!("rewrite index {index} out of range")))?;
+        let r = at(&d.d.rewrites, index, "rewrite")?;
         let (action, v) = match r.action {
             RewriteAction::Set(v) => (ew_rewrite_action::EW_REWRITE_SET, v),
             RewriteAction::SetFalse => (ew_rewrite_action::EW_REWRITE_SET_FALSE, 0),
@@ -983,13 +967,10 @@ pub unsafe extern "C" fn ew_decision_reservation(
 ) -> ew_status {
     boundary(|| {
         let h = decision(d)?;
-        let r = h.d.reservation.as_ref().ok_or_else(|| {
-            Fail::new(
-                EW_ERR_NOT_FOUND,
-                "ffi.not_found",
-                "the decision has no reservation",
-            )
-        })?;
+        let r =
+            h.d.reservation
+                .as_ref()
+                .ok_or_else(|| Fail::not_found("the decision has no reservation"))?;
         let id = h.reservation.get_or_init(|| r.id().to_string());
         out(out_id, "out_id")?.write(ew_str::of(id));
         Ok(())
@@ -1050,11 +1031,7 @@ pub unsafe extern "C" fn ew_decision_refusal(
         let id = std::str::from_utf8(bytes(request_id, "request_id")?)
             .map_err(|_| Fail::new(EW_ERR_UTF8, "ffi.utf8", "request_id is not UTF-8"))?;
         if h.d.is_allowed() {
-            return Err(Fail::new(
-                EW_ERR_NOT_FOUND,
-                "ffi.not_found",
-                "the request is allowed",
-            ));
+            return Err(Fail::not_found("the request is allowed"));
         }
         if std::ptr::eq(out_body, out_content_type) {
             return Err(Fail::argument(
@@ -1096,11 +1073,7 @@ pub unsafe extern "C" fn ew_decision_rewrite_body(
         let body = raw_bytes(body, len, "body")?;
         let slot = out(out_body, "out_body")?;
         match e.engine.rewrite_body(&h.d, body)? {
-            None => Err(Fail::new(
-                EW_ERR_NOT_FOUND,
-                "ffi.not_found",
-                "the decision changes no parameter",
-            )),
+            None => Err(Fail::not_found("the decision changes no parameter")),
             Some(b) => {
                 slot.write(owned(String::from_utf8(b).unwrap_or_default()));
                 Ok(())
@@ -1186,11 +1159,7 @@ pub unsafe extern "C" fn ew_settle_body(
         let h = decision(d)?;
         let body = raw_bytes(body, len, "body")?;
         let usage = e.engine.usage_from_body(&h.d, body).ok_or_else(|| {
-            Fail::new(
-                EW_ERR_NOT_FOUND,
-                "ffi.not_found",
-                "the decision's route serves no known usage format",
-            )
+            Fail::not_found("the decision's route serves no known usage format")
         })??;
         settle(e, h, &usage, out_settled)
     })
@@ -1233,25 +1202,29 @@ pub unsafe extern "C" fn ew_usage_tracker_new(
         let e = engine(e)?;
         let h = decision(d)?;
         let slot = out(out_tracker, "out_tracker")?;
-        let t = e.engine.usage_tracker(&h.d).ok_or_else(|| {
-            Fail::new(
-                EW_ERR_NOT_FOUND,
-                "ffi.not_found",
-                "the decision's route serves no known stream format",
-            )
-        })?;
+        let t = e
+            .engine
+            .usage_tracker(&h.d)
+            .ok_or_else(|| Fail::not_found("the decision's route serves no known stream format"))?;
         slot.write(boxed(ew_usage_tracker { tracker: Some(t) }));
         Ok(())
     })
 }
 
-fn tracker<'a>(t: *mut ew_usage_tracker) -> Result<&'a mut UsageTracker, Fail> {
+/// The tracker inside a handle; `None` once finished.
+fn tracker_slot<'a>(t: *mut ew_usage_tracker) -> Result<&'a mut Option<UsageTracker>, Fail> {
     // SAFETY: a non-NULL tracker came from `ew_usage_tracker_new`, is not freed, and is
     // used by one thread at a time (the header's contract).
     let t = unsafe { t.as_mut() }.ok_or_else(|| Fail::null("tracker"))?;
-    t.tracker
-        .as_mut()
-        .ok_or_else(|| Fail::argument("the tracker was finished"))
+    Ok(&mut t.tracker)
+}
+
+fn finished() -> Fail {
+    Fail::argument("the tracker was finished")
+}
+
+fn tracker<'a>(t: *mut ew_usage_tracker) -> Result<&'a mut UsageTracker, Fail> {
+    tracker_slot(t)?.as_mut().ok_or_else(finished)
 }
 
 /// Feeds a chunk of the response stream (never buffered whole).
@@ -1298,14 +1271,7 @@ pub unsafe extern "C" fn ew_usage_tracker_finish(
 ) -> ew_status {
     boundary(|| {
         let slot = out(out_usage, "out_usage")?;
-        tracker(t)?;
-        // SAFETY: checked non-NULL and live just above, same contract.
-        let handle = unsafe { t.as_mut() }.ok_or_else(|| Fail::null("tracker"))?;
-        let u = handle
-            .tracker
-            .take()
-            .ok_or_else(|| Fail::argument("the tracker was finished"))?
-            .finish();
+        let u = tracker_slot(t)?.take().ok_or_else(finished)?.finish();
         slot.write(to_c(&u));
         Ok(())
     })

@@ -7,6 +7,15 @@ use base64::Engine as _;
 use edgeward::{Decision, Engine, Request, Scratch};
 use serde::Deserialize;
 
+/// The SHA-256 of an API key in hex, as policies list keys.
+pub fn key_sha256(key: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The repository root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
