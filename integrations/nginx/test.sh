@@ -372,6 +372,28 @@ check "after the failures: a request still fits" 200 "$status"
 big=$(python3 -c 'import json; print(json.dumps({"model":"gpt-4o-mini","messages":[{"role":"user","content":"x " * 4000}]}))')
 call "http://127.0.0.1:$ng3_port/small/v1/chat/completions" "${auth[@]}" "${json[@]}" -d "$big"
 refused "body in a temporary file" 413 body_too_large
+# A body the clamp cannot be written into: never forwarded as it is (it would carry
+# max_tokens 5000), refused with 400 in the JSON shape, its reservation refunded.
+# Inspection reads it (an invalid UTF-8 byte in a prompt is a low-scored finding, the
+# members are all there); the rewrite needs the body to be UTF-8 JSON text. Ten of them:
+# each reserves P + 64 >= 65 tokens, and unrefunded at most 8 would fit in what is left
+# (600 - 51), so ten 400s (no 429) show the refund.
+printf '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"caf\xe9 au lait"}],"max_tokens":5000}' \
+    >"$work/latin1.json"
+curl -s -o /dev/null -d 'marker-before-rewrite' "$upstream/v1/chat/completions" || true
+n400=0
+for _ in $(seq 10); do
+    call "$api3" "${auth[@]}" "${json[@]}" --data-binary @"$work/latin1.json"
+    [ "$status" = 400 ] && n400=$((n400 + 1))
+done
+check "clamp needed, body not rewritable: 10 of 10 refused with 400 (refunded, never 429)" 10 "$n400"
+refused "clamp needed, body not rewritable (not UTF-8)" 400 rewrite.malformed_json
+# Malformed JSON does not get that far: the rules score it (invalid_json) and refuse it.
+printf '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}],"max_tokens":5000} {"x":1}' \
+    >"$work/trailing.json"
+call "$api3" "${auth[@]}" "${json[@]}" --data-binary @"$work/trailing.json"
+refused "malformed JSON asking 5000 tokens" 403 anomaly_score
+check "bodies not rewritten never reached the upstream" marker-before-rewrite "$(curl -s "$upstream/last")"
 # The module switched on without a policy: 503 in the JSON shape, and nothing forwarded.
 ng4_port=$(free_port)
 start_edgeward_nginx nginx4 "$ng4_port" nopolicy
@@ -398,7 +420,9 @@ python3 -c 'import base64, hashlib; print("tester:{SHA}" + base64.b64encode(hash
     >"$work/htpasswd"
 sock="$work/edgeward.sock"
 ng5_port=$(free_port)
+ng5b_port=$(free_port)
 # 127.0.0.1 must log in (auth_basic); 127.0.0.2 is let in by its address (satisfy any).
+# The unix-socket server mirrors; the last server reaches the upstream through try_files.
 SERVERS="
     server {
         listen 127.0.0.1:$ng5_port;
@@ -415,6 +439,22 @@ SERVERS="
     server {
         listen unix:$sock;
         location /v1/ {
+            edgeward on;
+            mirror /_mirror;
+            proxy_pass $upstream;
+        }
+        location = /_mirror {
+            internal;
+            proxy_pass $upstream/mirror;
+        }
+    }
+    server {
+        listen 127.0.0.1:$ng5b_port;
+        location /v1/ {
+            edgeward on;
+            try_files /no-such-file @model;
+        }
+        location @model {
             edgeward on;
             proxy_pass $upstream;
         }
@@ -470,6 +510,37 @@ call "${uapi[@]}" "${xkey[@]}" "${json[@]}" -d "$pi_body"
 refused "unix socket: prompt injection" 403 anomaly_score
 call "${uapi[@]}" "${json[@]}" -d "$benign"
 refused "unix socket: no API key" 401 ""
+
+# mirror runs after the guard: a refused request is never mirrored, an admitted one is
+# mirrored with the clamped body.
+curl -s -o /dev/null -d 'marker-before-mirror' "$upstream/mirror" || true
+call "${uapi[@]}" "${xkey[@]}" "${json[@]}" -d "$(chat "Write a long story about a lighthouse." 5000)"
+check "mirror: admitted" 200 "$status"
+mirrored_64() { curl -s "$upstream/mirrored" -o "$work/mirrored" && [ "$(jget "$work/mirrored" max_tokens)" = 64 ]; }
+for _ in $(seq 30); do mirrored_64 && break; sleep 0.1; done
+check "mirror: the copy carries the clamped max_tokens" 64 "$(jget "$work/mirrored" max_tokens)"
+curl -s -o /dev/null -d 'marker-before-mirror' "$upstream/mirror" || true
+call "${uapi[@]}" "${xkey[@]}" "${json[@]}" -d "$pi_body"
+check "mirror: prompt injection refused" 403 "$status"
+sleep 0.3
+check "mirror: the refused request was not mirrored" marker-before-mirror "$(curl -s "$upstream/mirrored")"
+
+# try_files redirects to @model, where the module is on too: the context found again
+# keeps the request from being inspected (and charged) twice, so 127.0.0.3's budget of 3
+# admits 3 requests, not 1 or 2.
+admitted=0 refusal=none
+for _ in $(seq 5); do
+    call "http://127.0.0.1:$ng5b_port/v1/chat/completions" --interface 127.0.0.3 \
+        "${xkey[@]}" "${json[@]}" -d "$benign"
+    if [ "$status" != 200 ]; then
+        refusal=$status
+        break
+    fi
+    admitted=$((admitted + 1))
+done
+check "try_files to a named location: charged once (3 of 3 admitted)" 3 "$admitted"
+check "try_files to a named location: the 4th over budget" 429 "$refusal"
+check "try_files to a named location: forwarded through @model" "$benign" "$(curl -s "$upstream/last")"
 
 # --- nginx 6: the policy is the one compiled with the configuration -------------
 # Workers use the engine compiled when the configuration was read: editing the file
