@@ -7,13 +7,14 @@
  *
  * In the precontent phase, after nginx's own access checks (allow/deny, auth_basic,
  * auth_request) have let the request in, the whole request body is read (keep it in
- * memory: client_body_buffer_size = client_max_body_size) and the request inspected. A refusal
- * is answered here with the decision's status, headers (Retry-After, RateLimit) and a
- * JSON body in the OpenAI error shape. An allowed request goes on, its body rewritten
- * when the policy clamps or strips parameters. The response is watched on its way out:
- * a JSON body's usage, or a server-sent-events stream fed chunk by chunk to a usage
- * tracker (never buffered), settles the request's reservation. A request whose upstream
- * failed is settled with zero usage; an aborted stream with what was seen.
+ * memory: client_body_buffer_size = client_max_body_size) and the request inspected.
+ * A refusal is answered here with the decision's status, headers (Retry-After,
+ * RateLimit) and a JSON body in the OpenAI error shape. An allowed request goes on, its
+ * body rewritten when the policy clamps or strips parameters. The response is watched
+ * on its way out: a JSON body's usage, or a server-sent-events stream fed chunk by chunk
+ * to a usage tracker (never buffered), settles the request's reservation. A request
+ * whose upstream failed is settled with zero usage; an aborted stream with what was
+ * seen.
  */
 
 #include <ngx_config.h>
@@ -790,9 +791,10 @@ ngx_http_edgeward_policy_error(ngx_conf_t *cf, ngx_str_t *policy)
     if (ngx_strstr(message, "redis") != NULL) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "edgeward: policy \"%V\": %s: %s; the nginx module is built "
-                           "without Redis on purpose: a Redis round trip would block the "
-                           "worker's event loop and every connection on it, so limits are "
-                           "counted in each worker's memory (remove spec.store.redis)",
+                           "without Redis on purpose: a Redis round trip would block "
+                           "the worker's event loop and every connection on it, so "
+                           "limits are counted in each worker's memory (remove "
+                           "spec.store.redis)",
                            policy, code, message);
         return;
     }
@@ -943,14 +945,14 @@ ngx_http_edgeward_init(ngx_conf_t *cf)
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
-    /* The precontent phase, not the access phase: a dynamic module's access handler runs
-     * before the static ones (allow/deny, auth_basic, auth_request), so a request nginx
-     * later refused with 401/403 had already been inspected and charged. Here every
-     * access check, under `satisfy all` or `satisfy any`, has let the request in. Handlers
-     * pushed last run first, so this one also runs before try_files and mirror: a
-     * refused request is never mirrored, a mirrored one carries the clamped body, and
-     * the context found again after try_files' internal redirect keeps it from being
-     * inspected twice. */
+    /* The precontent phase, not the access phase: a dynamic module's access handler
+     * runs before the static ones (allow/deny, auth_basic, auth_request), so a request
+     * nginx later refused with 401/403 had already been inspected and charged. Here
+     * every access check, under `satisfy all` or `satisfy any`, has let the request in.
+     * Handlers pushed last run first, so this one also runs before try_files and
+     * mirror: a refused request is never mirrored, a mirrored one carries the clamped
+     * body, and the context found again after try_files' internal redirect keeps it
+     * from being inspected twice. */
     h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
     if (h == NULL) {
         return NGX_ERROR;
