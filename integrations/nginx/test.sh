@@ -406,6 +406,7 @@ check "no policy: nothing forwarded" marker-before "$(curl -s "$upstream/last")"
 # The test policy plus a budget of 3 requests a day per client address. A request counter
 # is final at admission (settling refunds tokens, never requests), so a request the guard
 # admitted and nginx then refused would have used up one of the 3 for good.
+# (test-policy.yaml ends with its list of limits: appended lines extend it.)
 tight="$work/tight-policy.yaml"
 {
     cat "$policy"
@@ -601,6 +602,7 @@ if wait_for 10 reload_failed; then ok "reload with a broken policy: refused by t
 check "reload refused: the old configuration still serves" 32 "$(clamped_to)"
 
 # --- the Redis store: refused at configuration time ---------------------------
+# (test-policy.yaml ends inside `spec`: an appended two-space key is one of spec's.)
 redis_policy="$work/redis-policy.yaml"
 {
     cat "$policy"
