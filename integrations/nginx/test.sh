@@ -153,12 +153,14 @@ auth=(-H "Authorization: Bearer $key")
 json=(-H 'Content-Type: application/json')
 
 # call URL CURL_ARGS...: the status in $status, the answer in $work/body and
-# its headers in $work/headers
+# its headers in $work/headers (000 when there was none: a module that leaves nginx
+# without a worker fails the checks instead of hanging the test)
 status=000
 call() {
     local url=$1
     shift
-    status=$(curl -s -o "$work/body" -D "$work/headers" -w '%{http_code}' "$@" "$url") || status=000
+    status=$(curl -s --max-time 30 -o "$work/body" -D "$work/headers" -w '%{http_code}' \
+        "$@" "$url") || status=000
 }
 
 # jget FILE PATH: the JSON value at a dotted path (a.0.b), strings bare;
