@@ -1,7 +1,7 @@
-//! Builds tests/c/test_edgeward.c against the static library with warnings as errors and
-//! AddressSanitizer (LeakSanitizer included: every allocation, Rust's too, goes through the
-//! intercepted `malloc`), then runs it: every C function, misuse included, with zero
-//! sanitizer errors and zero leaks.
+//! Builds tests/c/test_edgeward.c against the static library with warnings as errors, then
+//! runs it twice: with AddressSanitizer (LeakSanitizer included: every allocation, Rust's
+//! too, goes through the intercepted `malloc`) and under Valgrind (memcheck, full leak
+//! check): every C function, misuse included, with zero errors and zero leaks.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,40 +54,83 @@ fn static_lib() -> PathBuf {
         .map_or(lib.clone(), |p| p.join("libedgeward_ffi.a"))
 }
 
+/// A scratch directory with the test's policy and its bundle, removed on drop.
+struct Fixture {
+    dir: PathBuf,
+    policy: PathBuf,
+    bundle: PathBuf,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("edgeward-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let policy = dir.join("policy.yaml");
+        std::fs::write(&policy, self::policy()).unwrap();
+        let bundle = dir.join("policy.bundle");
+        let engine =
+            edgeward::Engine::new(&edgeward::Policy::from_text(&self::policy()).unwrap()).unwrap();
+        std::fs::write(&bundle, engine.to_bundle()).unwrap();
+        Fixture {
+            dir,
+            policy,
+            bundle,
+        }
+    }
+
+    /// Compiles the C test with warnings as errors and `flags`, against the static library.
+    fn compile(&self, flags: &[&str]) -> PathBuf {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let lib = static_lib();
+        assert!(lib.exists(), "{} (built with the crate)", lib.display());
+        let exe = self.dir.join("test_edgeward");
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let build = Command::new(&cc)
+            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"])
+            .args(flags)
+            .arg("-I")
+            .arg(src.join("include"))
+            .arg(src.join("tests/c/test_edgeward.c"))
+            .arg(&lib)
+            .args(["-lpthread", "-ldl", "-lm", "-o"])
+            .arg(&exe)
+            .output()
+            .expect("a C compiler (cc)");
+        assert!(
+            build.status.success(),
+            "compile:\n{}",
+            String::from_utf8_lossy(&build.stderr)
+        );
+        exe
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Asserts the C test ran to its end; `(stdout, stderr)` for more checks.
+fn passed(run: &std::process::Output) -> (String, String) {
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(
+        run.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        run.status.code()
+    );
+    assert!(stdout.contains("all C ABI checks passed"), "{stdout}");
+    (stdout, stderr)
+}
+
 #[test]
 fn the_c_test_program_passes_under_address_sanitizer() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let lib = static_lib();
-    assert!(lib.exists(), "{} (built with the crate)", lib.display());
-    let tmp = std::env::temp_dir().join(format!("edgeward-c-api-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).unwrap();
-    let policy_file = tmp.join("policy.yaml");
-    std::fs::write(&policy_file, policy()).unwrap();
-    let bundle_file = tmp.join("policy.bundle");
-    let engine = edgeward::Engine::new(&edgeward::Policy::from_text(&policy()).unwrap()).unwrap();
-    std::fs::write(&bundle_file, engine.to_bundle()).unwrap();
-
-    let exe = tmp.join("test_edgeward");
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let build = Command::new(&cc)
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"])
-        .args(["-fsanitize=address", "-fno-omit-frame-pointer"])
-        .arg("-I")
-        .arg(dir.join("include"))
-        .arg(dir.join("tests/c/test_edgeward.c"))
-        .arg(&lib)
-        .args(["-lpthread", "-ldl", "-lm", "-o"])
-        .arg(&exe)
-        .output()
-        .expect("a C compiler (cc)");
-    assert!(
-        build.status.success(),
-        "compile:\n{}",
-        String::from_utf8_lossy(&build.stderr)
-    );
+    let f = Fixture::new("c-api-asan");
+    let exe = f.compile(&["-fsanitize=address", "-fno-omit-frame-pointer"]);
     let run = Command::new(&exe)
-        .arg(&policy_file)
-        .arg(&bundle_file)
+        .arg(&f.policy)
+        .arg(&f.bundle)
         // Leaks fail the run; Rust's thread-local and lazily built statics that live for
         // the process are reachable, not leaked.
         .env(
@@ -96,15 +139,42 @@ fn the_c_test_program_passes_under_address_sanitizer() {
         )
         .output()
         .expect("run the C test");
-    let _ = std::fs::remove_dir_all(&tmp);
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        run.status.code()
-    );
-    assert!(stdout.contains("all C ABI checks passed"), "{stdout}");
+    let (_, stderr) = passed(&run);
     assert!(!stderr.contains("AddressSanitizer"), "{stderr}");
     assert!(!stderr.contains("LeakSanitizer"), "{stderr}");
+}
+
+/// Valgrind sees what AddressSanitizer cannot: reads of uninitialized memory, and the
+/// program as built without instrumentation. Skipped where valgrind is not installed,
+/// except in CI (`CI` set), which installs it.
+#[test]
+fn the_c_test_program_passes_under_valgrind() {
+    let found = Command::new("valgrind").arg("--version").output();
+    if !found.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "valgrind is not installed (CI installs it: .ci/run)"
+        );
+        eprintln!("valgrind not installed: skipped");
+        return;
+    }
+    let f = Fixture::new("c-api-valgrind");
+    let exe = f.compile(&["-O1"]);
+    let run = Command::new("valgrind")
+        .args([
+            "--quiet",
+            "--error-exitcode=33",
+            "--leak-check=full",
+            // Definitely and indirectly lost blocks are leaks; Rust's statics and thread
+            // locals that live as long as the process are reachable or possibly lost.
+            "--errors-for-leak-kinds=definite,indirect",
+            "--show-leak-kinds=definite,indirect",
+        ])
+        .arg(&exe)
+        .arg(&f.policy)
+        .arg(&f.bundle)
+        .output()
+        .expect("run valgrind");
+    // Any error or leak exits 33, which `passed` reports with valgrind's output.
+    passed(&run);
 }

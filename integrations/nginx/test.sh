@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# End-to-end test of the edgeward nginx module: builds libedgeward_ffi (the
-# test build `cargo test --workspace` makes; EDGEWARD_PROFILE=release for a
-# release one) and the module against nginx-dev, loads it into the packaged nginx in front
-# of upstream.py with test-policy.yaml, and checks refusals, the clamped
-# output limit, the token budget and the settlement of streamed answers.
+# End-to-end test of the edgeward nginx module: builds libedgeward_ffi the way the
+# module ships it (without the `redis` feature; EDGEWARD_PROFILE=release for a release
+# build) and the module against nginx-dev, loads it into the packaged nginx in front of
+# upstream.py with test-policy.yaml, and checks refusals, the clamped output limit, the
+# token budget, the settlement of streamed answers, the order against nginx's own access
+# checks, unix-socket clients, and that the policy changes only on reload.
 #   integrations/nginx/test.sh
 set -euo pipefail
 
@@ -54,22 +55,20 @@ show_logs() {
 trap cleanup EXIT
 
 # --- build -------------------------------------------------------------------
-# The library `cargo test --workspace` builds (same profile and features, so nothing is
-# rebuilt when the README test command ran it first); EDGEWARD_PROFILE=release builds and
-# uses a release one instead (for measurements).
+# The module's library leaves out the `redis` feature: a Redis round trip blocks, and a
+# blocked nginx worker stalls every connection it serves (NOTES.md). It is built in a target
+# directory of its own because the C ABI test links the default-feature libedgeward_ffi.a,
+# a file of the same name that one build would overwrite for the other.
 profile=${EDGEWARD_PROFILE:-debug}
-if [ "$profile" = release ]; then
-    (cd "$repo" && cargo build --release -p edgeward-ffi)
-    lib_sub=release
-else
-    (cd "$repo" && cargo test --workspace --no-run --quiet 2>/dev/null) \
-        || (cd "$repo" && cargo test --workspace --no-run)
-    lib_sub=debug/deps
-fi
 target_dir=$(cd "$repo" && cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
+module_target="$target_dir/nginx-module"
+profile_flag=()
+[ "$profile" = release ] && profile_flag=(--release)
+(cd "$repo" && cargo build --quiet "${profile_flag[@]}" -p edgeward-ffi \
+    --no-default-features --features tiktoken --target-dir "$module_target")
 EDGEWARD_DIR="$repo" \
-EDGEWARD_LIB_DIR="$target_dir/$lib_sub" \
+EDGEWARD_LIB_DIR="$module_target/$profile" \
 EDGEWARD_INCLUDE_DIR="$repo/ffi/include" \
     "$NGINX_DIR/build-module.sh" "$module_dir" "$work/modules" >/dev/null
 so="$work/modules/ngx_http_edgeward_module.so"
@@ -80,13 +79,13 @@ up_port=$(free_port)
 start_upstream "$up_port"
 upstream="http://127.0.0.1:$up_port"
 
-# start_edgeward_nginx NAME PORT [nopolicy]: an nginx with the module and the
-# test policy (or, with nopolicy, the module switched on without a policy)
-start_edgeward_nginx() {
-    local prefix="$work/$1" port=$2 policy_line="edgeward_policy $policy;"
+# write_conf NAME PORT [POLICY|nopolicy]: $work/NAME/nginx.conf, an nginx with the module
+# and the test policy (or POLICY, or with nopolicy the module switched on without one);
+# $SERVERS, when set, replaces the default server block
+write_conf() {
+    local prefix="$work/$1" port=$2 policy_line="edgeward_policy ${3:-$policy};"
     if [ "${3:-}" = nopolicy ]; then policy_line=""; fi
-    mkdir -p "$prefix"
-    prefixes+=("$prefix")
+    mkdir -p "$prefix/logs"
     {
         echo "load_module $so;"
         nginx_conf_head
@@ -98,8 +97,16 @@ $(nginx_http_head)
     client_max_body_size 1m;
     client_body_buffer_size 1m;
     client_body_in_single_buffer on;
+${SERVERS:-$(default_server "$port")}
+}
+CONF
+    } >"$prefix/nginx.conf"
+}
+
+default_server() {
+    cat <<CONF
     server {
-        listen 127.0.0.1:$port;
+        listen 127.0.0.1:$1;
         location /v1/ {
             edgeward on;
             proxy_pass $upstream;
@@ -117,10 +124,20 @@ $(nginx_http_head)
             proxy_pass $upstream;
         }
     }
-}
 CONF
-    } >"$prefix/nginx.conf"
-    start_nginx "$prefix"
+}
+
+# start_edgeward_nginx NAME PORT [POLICY|nopolicy]: write_conf, then start it
+start_edgeward_nginx() {
+    write_conf "$@"
+    prefixes+=("$work/$1")
+    start_nginx "$work/$1"
+}
+
+# nginx_t NAME: `nginx -t` of that configuration; its output in $work/NAME/t.out
+nginx_t() {
+    "$NGINX_BIN" -t -p "$work/$1/" -c "$work/$1/nginx.conf" -e "$work/$1/logs/t.log" \
+        >"$work/$1/t.out" 2>&1
 }
 
 # --- helpers -----------------------------------------------------------------
@@ -136,12 +153,14 @@ auth=(-H "Authorization: Bearer $key")
 json=(-H 'Content-Type: application/json')
 
 # call URL CURL_ARGS...: the status in $status, the answer in $work/body and
-# its headers in $work/headers
+# its headers in $work/headers (000 when there was none: a module that leaves nginx
+# without a worker fails the checks instead of hanging the test)
 status=000
 call() {
     local url=$1
     shift
-    status=$(curl -s -o "$work/body" -D "$work/headers" -w '%{http_code}' "$@" "$url") || status=000
+    status=$(curl -s --max-time 30 -o "$work/body" -D "$work/headers" -w '%{http_code}' \
+        "$@" "$url") || status=000
 }
 
 # jget FILE PATH: the JSON value at a dotted path (a.0.b), strings bare;
@@ -355,6 +374,28 @@ check "after the failures: a request still fits" 200 "$status"
 big=$(python3 -c 'import json; print(json.dumps({"model":"gpt-4o-mini","messages":[{"role":"user","content":"x " * 4000}]}))')
 call "http://127.0.0.1:$ng3_port/small/v1/chat/completions" "${auth[@]}" "${json[@]}" -d "$big"
 refused "body in a temporary file" 413 body_too_large
+# A body the clamp cannot be written into: never forwarded as it is (it would carry
+# max_tokens 5000), refused with 400 in the JSON shape, its reservation refunded.
+# Inspection reads it (an invalid UTF-8 byte in a prompt is a low-scored finding, the
+# members are all there); the rewrite needs the body to be UTF-8 JSON text. Ten of them:
+# each reserves P + 64 >= 65 tokens, and unrefunded at most 8 would fit in what is left
+# (600 - 51), so ten 400s (no 429) show the refund.
+printf '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"caf\xe9 au lait"}],"max_tokens":5000}' \
+    >"$work/latin1.json"
+curl -s -o /dev/null -d 'marker-before-rewrite' "$upstream/v1/chat/completions" || true
+n400=0
+for _ in $(seq 10); do
+    call "$api3" "${auth[@]}" "${json[@]}" --data-binary @"$work/latin1.json"
+    [ "$status" = 400 ] && n400=$((n400 + 1))
+done
+check "clamp needed, body not rewritable: 10 of 10 refused with 400 (refunded, never 429)" 10 "$n400"
+refused "clamp needed, body not rewritable (not UTF-8)" 400 rewrite.malformed_json
+# Malformed JSON does not get that far: the rules score it (invalid_json) and refuse it.
+printf '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}],"max_tokens":5000} {"x":1}' \
+    >"$work/trailing.json"
+call "$api3" "${auth[@]}" "${json[@]}" --data-binary @"$work/trailing.json"
+refused "malformed JSON asking 5000 tokens" 403 anomaly_score
+check "bodies not rewritten never reached the upstream" marker-before-rewrite "$(curl -s "$upstream/last")"
 # The module switched on without a policy: 503 in the JSON shape, and nothing forwarded.
 ng4_port=$(free_port)
 start_edgeward_nginx nginx4 "$ng4_port" nopolicy
@@ -363,9 +404,226 @@ call "http://127.0.0.1:$ng4_port/v1/chat/completions" "${json[@]}" -d '{"marker"
 refused "no policy" 503 guard_unavailable
 check "no policy: nothing forwarded" marker-before "$(curl -s "$upstream/last")"
 
+# --- nginx 5: nginx's own access checks first; a unix-socket listener ----------
+# The test policy plus a budget of 3 requests a day per client address. A request counter
+# is final at admission (settling refunds tokens, never requests), so a request the guard
+# admitted and nginx then refused would have used up one of the 3 for good.
+# (test-policy.yaml ends with its list of limits: appended lines extend it.)
+tight="$work/tight-policy.yaml"
+{
+    cat "$policy"
+    cat <<'YAML'
+    - name: per-address
+      key: [client_ip]
+      unit: requests
+      budget: {limit: 3, per: day}
+YAML
+} >"$tight"
+python3 -c 'import base64, hashlib; print("tester:{SHA}" + base64.b64encode(hashlib.sha1(b"open-sesame").digest()).decode())' \
+    >"$work/htpasswd"
+sock="$work/edgeward.sock"
+ng5_port=$(free_port)
+ng5b_port=$(free_port)
+# 127.0.0.1 must log in (auth_basic); 127.0.0.2 is let in by its address (satisfy any).
+# The unix-socket server mirrors; the last server reaches the upstream through try_files.
+SERVERS="
+    server {
+        listen 127.0.0.1:$ng5_port;
+        location /v1/ {
+            satisfy any;
+            allow 127.0.0.2;
+            deny all;
+            auth_basic edgeward-test;
+            auth_basic_user_file $work/htpasswd;
+            edgeward on;
+            proxy_pass $upstream;
+        }
+    }
+    server {
+        listen unix:$sock;
+        location /v1/ {
+            edgeward on;
+            mirror /_mirror;
+            proxy_pass $upstream;
+        }
+        location = /_mirror {
+            internal;
+            proxy_pass $upstream/mirror;
+        }
+    }
+    server {
+        listen 127.0.0.1:$ng5b_port;
+        location /v1/ {
+            edgeward on;
+            try_files /no-such-file @model;
+        }
+        location @model {
+            edgeward on;
+            proxy_pass $upstream;
+        }
+    }" start_edgeward_nginx nginx5 "$ng5_port" "$tight"
+api5="http://127.0.0.1:$ng5_port/v1/chat/completions"
+xkey=(-H "X-Api-Key: $key")
+login=(-u tester:open-sesame)
+
+# Ten requests with a valid API key but no (or a wrong) login: nginx answers 401 itself.
+curl -s -o /dev/null -d 'marker-before-auth' "$upstream/v1/chat/completions" || true
+n401=0
+for i in $(seq 10); do
+    creds=()
+    [ "$i" -gt 5 ] && creds=(-u tester:wrong)
+    call "$api5" "${creds[@]}" "${xkey[@]}" "${json[@]}" -d "$benign"
+    [ "$status" = 401 ] && n401=$((n401 + 1))
+done
+check "auth_basic: 10 requests without a valid login refused by nginx" 10 "$n401"
+check "auth_basic: nginx's own 401" 'Basic realm="edgeward-test"' "$(header www-authenticate)"
+check "auth_basic: refused requests never reached the upstream" marker-before-auth "$(curl -s "$upstream/last")"
+call "$api5" "${login[@]}" "${xkey[@]}" "${json[@]}" -d "$pi_body"
+refused "auth_basic passed: prompt injection still inspected" 403 anomaly_score
+# satisfy any: let in by address without a login, and inspected all the same.
+call "$api5" --interface 127.0.0.2 "${xkey[@]}" "${json[@]}" -d "$pi_body"
+refused "satisfy any, let in by address: prompt injection" 403 anomaly_score
+call "$api5" --interface 127.0.0.2 "${xkey[@]}" "${json[@]}" -d "$benign"
+check "satisfy any, let in by address: benign" 200 "$status"
+# 127.0.0.1's budget of 3 is whole: nginx's ten 401s (and the refused injection) took none.
+admitted=0 refusal=none
+for _ in $(seq 6); do
+    call "$api5" "${login[@]}" "${xkey[@]}" "${json[@]}" -d "$benign"
+    if [ "$status" != 200 ]; then
+        refusal=$status
+        break
+    fi
+    admitted=$((admitted + 1))
+done
+check "auth_basic: requests refused by nginx were not charged (3 of 3 admitted)" 3 "$admitted"
+check "auth_basic: the 4th over the per-address budget" 429 "$refusal"
+
+# A unix-socket client has no address: the module passes no peer, and a limit keyed by
+# client_ip does not apply (core: a key part the request lacks skips the limit), so more
+# than 3 go through; the other checks (identity, rules, token budget) do apply.
+uapi=(http://localhost/v1/chat/completions --unix-socket "$sock")
+ok_unix=0
+for _ in $(seq 5); do
+    call "${uapi[@]}" "${xkey[@]}" "${json[@]}" -d "$benign"
+    [ "$status" = 200 ] && ok_unix=$((ok_unix + 1))
+done
+check "unix socket: 5 of 5 admitted (no address, the per-address limit does not apply)" 5 "$ok_unix"
+check "unix socket: the upstream's answer" chat.completion "$(jget "$work/body" object)"
+call "${uapi[@]}" "${xkey[@]}" "${json[@]}" -d "$pi_body"
+refused "unix socket: prompt injection" 403 anomaly_score
+call "${uapi[@]}" "${json[@]}" -d "$benign"
+refused "unix socket: no API key" 401 ""
+
+# mirror runs after the guard: a refused request is never mirrored, an admitted one is
+# mirrored with the clamped body.
+curl -s -o /dev/null -d 'marker-before-mirror' "$upstream/mirror" || true
+call "${uapi[@]}" "${xkey[@]}" "${json[@]}" -d "$(chat "Write a long story about a lighthouse." 5000)"
+check "mirror: admitted" 200 "$status"
+mirrored_64() { curl -s "$upstream/mirrored" -o "$work/mirrored" && [ "$(jget "$work/mirrored" max_tokens)" = 64 ]; }
+for _ in $(seq 30); do mirrored_64 && break; sleep 0.1; done
+check "mirror: the copy carries the clamped max_tokens" 64 "$(jget "$work/mirrored" max_tokens)"
+curl -s -o /dev/null -d 'marker-before-mirror' "$upstream/mirror" || true
+call "${uapi[@]}" "${xkey[@]}" "${json[@]}" -d "$pi_body"
+check "mirror: prompt injection refused" 403 "$status"
+sleep 0.3
+check "mirror: the refused request was not mirrored" marker-before-mirror "$(curl -s "$upstream/mirrored")"
+
+# try_files redirects to @model, where the module is on too: the context found again
+# keeps the request from being inspected (and charged) twice, so 127.0.0.3's budget of 3
+# admits 3 requests, not 1 or 2.
+admitted=0 refusal=none
+for _ in $(seq 5); do
+    call "http://127.0.0.1:$ng5b_port/v1/chat/completions" --interface 127.0.0.3 \
+        "${xkey[@]}" "${json[@]}" -d "$benign"
+    if [ "$status" != 200 ]; then
+        refusal=$status
+        break
+    fi
+    admitted=$((admitted + 1))
+done
+check "try_files to a named location: charged once (3 of 3 admitted)" 3 "$admitted"
+check "try_files to a named location: the 4th over budget" 429 "$refusal"
+check "try_files to a named location: forwarded through @model" "$benign" "$(curl -s "$upstream/last")"
+
+# --- nginx 6: the policy is the one compiled with the configuration -------------
+# Workers use the engine compiled when the configuration was read: editing the file
+# changes nothing until a reload (not even in a worker respawned meanwhile), and a reload
+# with a broken file fails and leaves the old configuration serving.
+live="$work/live-policy.yaml"
+cp "$policy" "$live"
+ng6_port=$(free_port)
+start_edgeward_nginx nginx6 "$ng6_port" "$live"
+api6="http://127.0.0.1:$ng6_port/v1/chat/completions"
+long=$(chat "Write a long story about a lighthouse." 5000)
+clamped_to() {  # the max_tokens the upstream saw for a request asking 5000
+    call "$api6" "${auth[@]}" "${json[@]}" -d "$long"
+    [ "$status" = 200 ] || { echo "status $status"; return; }
+    curl -s "$upstream/last" -o "$work/last"
+    jget "$work/last" max_tokens
+}
+workers_of() {  # the child processes of a pid
+    local d
+    for d in /proc/[0-9]*; do
+        [ "$(sed 's/.*) //' "$d/stat" 2>/dev/null | cut -d' ' -f2)" = "$1" ] && echo "${d#/proc/}"
+    done
+    true
+}
+# wait_for SECONDS COMMAND...: until COMMAND succeeds
+wait_for() {
+    local tries=$(($1 * 10))
+    shift
+    until "$@"; do
+        tries=$((tries - 1))
+        [ "$tries" -gt 0 ] || return 1
+        sleep 0.1
+    done
+}
+master6=$(cat "$work/nginx6/nginx.pid")
+check "policy at start: clamped to" 64 "$(clamped_to)"
+sed -i 's/maxOutputTokens: 64/maxOutputTokens: 32/' "$live"
+check "policy edited on disk, no reload: still" 64 "$(clamped_to)"
+worker=$(workers_of "$master6")
+kill -QUIT "$worker"  # a worker that goes is respawned by the master
+new_worker() { local w; w=$(workers_of "$master6"); [ -n "$w" ] && [ "$w" != "$worker" ]; }
+wait_for 10 new_worker || bad "no worker respawned after the old one quit"
+check "policy edited, worker respawned: still" 64 "$(clamped_to)"
+"$NGINX_BIN" -p "$work/nginx6/" -c "$work/nginx6/nginx.conf" -e "$work/nginx6/logs/error.log" -s reload
+is32() { [ "$(clamped_to)" = 32 ]; }
+wait_for 10 is32 || true
+check "nginx -s reload: the edited policy" 32 "$(clamped_to)"
+printf 'spec: [\n' >>"$live"
+if nginx_t nginx6; then
+    bad "nginx -t accepted a broken policy"
+else
+    check "nginx -t: the broken policy named" 1 "$(grep -c 'edgeward: policy ".*live-policy.yaml"' "$work/nginx6/t.out" || true)"
+fi
+echo 'edgeward: policy' >"$work/nginx6/expected-errors"
+"$NGINX_BIN" -p "$work/nginx6/" -c "$work/nginx6/nginx.conf" -e "$work/nginx6/logs/error.log" -s reload
+reload_failed() { grep -q '\[emerg\].*edgeward: policy' "$work/nginx6/logs/error.log"; }
+if wait_for 10 reload_failed; then ok "reload with a broken policy: refused by the master"; else bad "reload with a broken policy: no [emerg] in the log"; fi
+check "reload refused: the old configuration still serves" 32 "$(clamped_to)"
+
+# --- the Redis store: refused at configuration time ---------------------------
+# (test-policy.yaml ends inside `spec`: an appended two-space key is one of spec's.)
+redis_policy="$work/redis-policy.yaml"
+{
+    cat "$policy"
+    printf '  store:\n    redis: {url: "redis://127.0.0.1:9/"}\n'
+} >"$redis_policy"
+write_conf redis "$(free_port)" "$redis_policy"
+if nginx_t redis; then
+    bad "nginx -t accepted a policy with a Redis store"
+else
+    check "nginx -t: a Redis store refused, and why" 1 \
+        "$(grep -c 'edgeward: policy .*redis.*built without Redis on purpose: a Redis round trip would block' "$work/redis/t.out" || true)"
+fi
+
 # --- logs ----------------------------------------------------------------------
+# (expected-errors: fixed strings of errors a check provoked on purpose)
 for prefix in "${prefixes[@]}"; do
-    if grep -E '\[(alert|emerg|crit)\]' "$prefix/logs/error.log"; then
+    touch "$prefix/expected-errors"
+    if grep -E '\[(alert|emerg|crit)\]' "$prefix/logs/error.log" \
+        | grep -v -F -f "$prefix/expected-errors"; then
         bad "$prefix error.log has alerts"
     fi
 done

@@ -12,7 +12,9 @@ POST /v1/chat/completions
         then data: [DONE]
     completion_tokens = min(max_tokens or max_completion_tokens or 50, 50)
     prompt_tokens is a rough count: words in the messages' text contents
-GET /last     the raw body of the last POST (application/json; empty before)
+POST /mirror  a mirror's copy (nginx `mirror`): kept apart, answers {}
+GET /last     the raw body of the last POST other than /mirror (empty before)
+GET /mirrored the raw body of the last POST /mirror (empty before)
 GET /health   "ok"
 
 Standard library only.
@@ -30,6 +32,7 @@ WORDS = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do "
 
 _last_lock = threading.Lock()
 _last_body = b""
+_mirrored_body = b""
 _chunk_delay = 0.02
 
 
@@ -89,9 +92,9 @@ class Handler(BaseHTTPRequestHandler):
             self.rfile.readline()  # CRLF after the chunk
 
     def do_GET(self):
-        if self.path == "/last":
+        if self.path in ("/last", "/mirrored"):
             with _last_lock:
-                body = _last_body
+                body = _last_body if self.path == "/last" else _mirrored_body
             self._send(200, body)
         elif self.path == "/health":
             self._send(200, "ok\n", "text/plain")
@@ -99,12 +102,17 @@ class Handler(BaseHTTPRequestHandler):
             self._error(404, "not found")
 
     def do_POST(self):
-        global _last_body
+        global _last_body, _mirrored_body
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             body = self._read_chunked()
         else:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length > 0 else b""
+        if self.path.split("?", 1)[0] == "/mirror":
+            with _last_lock:
+                _mirrored_body = body
+            self._send(200, "{}")
+            return
         with _last_lock:
             _last_body = body
         if self.path.split("?", 1)[0] != "/v1/chat/completions":

@@ -1,17 +1,20 @@
 /*
  * ngx_http_edgeward_module: edgeward inside nginx, through its C ABI (edgeward.h).
  *
- *   edgeward_policy PATH;   (http) the policy file; loaded once per worker process
+ *   edgeward_policy PATH;   (http) the policy file, compiled when the configuration is
+ *                           read (nginx -t, start, reload); workers inherit that engine
  *   edgeward on|off;        (http, server, location) inspect requests here
  *
- * In the access phase the whole request body is read (keep it in memory:
- * client_body_buffer_size = client_max_body_size) and the request inspected. A refusal
- * is answered here with the decision's status, headers (Retry-After, RateLimit) and a
- * JSON body in the OpenAI error shape. An allowed request goes on, its body rewritten
- * when the policy clamps or strips parameters. The response is watched on its way out:
- * a JSON body's usage, or a server-sent-events stream fed chunk by chunk to a usage
- * tracker (never buffered), settles the request's reservation. A request whose upstream
- * failed is settled with zero usage; an aborted stream with what was seen.
+ * In the precontent phase, after nginx's own access checks (allow/deny, auth_basic,
+ * auth_request) have let the request in, the whole request body is read (keep it in
+ * memory: client_body_buffer_size = client_max_body_size) and the request inspected.
+ * A refusal is answered here with the decision's status, headers (Retry-After,
+ * RateLimit) and a JSON body in the OpenAI error shape. An allowed request goes on, its
+ * body rewritten when the policy clamps or strips parameters. The response is watched
+ * on its way out: a JSON body's usage, or a server-sent-events stream fed chunk by chunk
+ * to a usage tracker (never buffered), settles the request's reservation. A request
+ * whose upstream failed is settled with zero usage; an aborted stream with what was
+ * seen.
  */
 
 #include <ngx_config.h>
@@ -25,6 +28,7 @@
 
 typedef struct {
     ngx_str_t   policy;
+    ew_engine  *engine;    /* compiled from the policy with this configuration */
 } ngx_http_edgeward_main_conf_t;
 
 typedef struct {
@@ -32,7 +36,7 @@ typedef struct {
 } ngx_http_edgeward_loc_conf_t;
 
 typedef struct {
-    ngx_int_t          status;     /* the access phase's answer once decided */
+    ngx_int_t          status;     /* the phase handler's answer once decided */
     unsigned           decided:1;
     unsigned           settled:1;
     unsigned           json:1;     /* a JSON response: keep it for its usage */
@@ -64,8 +68,10 @@ static char *ngx_http_edgeward_merge_loc_conf(ngx_conf_t *cf, void *parent, void
 static ngx_int_t ngx_http_edgeward_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_edgeward_init_process(ngx_cycle_t *cycle);
 static void ngx_http_edgeward_exit_process(ngx_cycle_t *cycle);
+static void ngx_http_edgeward_free_engine(void *data);
 
-/* Per worker process: the engine and the one scratch (workers are single-threaded). */
+/* Per worker process: a reference to the configuration's engine and the one scratch
+ * (workers are single-threaded). */
 static ew_engine   *ngx_http_edgeward_engine;
 static ew_scratch  *ngx_http_edgeward_scratch;
 
@@ -166,8 +172,8 @@ ngx_http_edgeward_handler(ngx_http_request_t *r)
     if (ngx_http_edgeward_engine == NULL) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "edgeward: no engine (edgeward_policy not set?)");
-        /* Our own answer, then stop: NGX_OK from an access handler would mean
-         * "allowed" and let the request through after the 503. */
+        /* Our own answer, then stop: NGX_OK would move on to the content phase and
+         * let the request through after the 503. */
         rc = ngx_http_edgeward_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                      "guard_unavailable",
                                      "the request guard is not configured");
@@ -416,10 +422,19 @@ ngx_http_edgeward_decide(ngx_http_request_t *r, ngx_http_edgeward_ctx_t *ctx)
             }
         } else if (st != EW_ERR_NOT_FOUND) {
             /* The body cannot carry the clamped parameters: never forward it as is,
-             * and give back what it reserved. */
+             * and give back what it reserved. The code is copied first: settling may
+             * fail and replace the thread's last error. */
+            const char  *code = ew_last_error_code();
+            u_char      *copy = ngx_pnalloc(r->pool, ngx_strlen(code) + 1);
+
+            if (copy == NULL) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+            (void) ngx_cpystrn(copy, (u_char *) code, ngx_strlen(code) + 1);
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "edgeward: body not rewritten: %s: %s", code, ew_last_error());
             ngx_http_edgeward_settle_zero(ctx);
-            return ngx_http_edgeward_error(r, NGX_HTTP_BAD_REQUEST,
-                                           ew_last_error_code(),
+            return ngx_http_edgeward_error(r, NGX_HTTP_BAD_REQUEST, (const char *) copy,
                                            "the request body cannot be rewritten");
         }
     }
@@ -766,12 +781,35 @@ ngx_http_edgeward_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 }
 
 
+/* Why a policy did not compile, with what to do when the cause is the Redis store. */
+static void
+ngx_http_edgeward_policy_error(ngx_conf_t *cf, ngx_str_t *policy)
+{
+    const char  *code = ew_last_error_code();
+    const char  *message = ew_last_error();
+
+    if (ngx_strstr(message, "redis") != NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "edgeward: policy \"%V\": %s: %s; the nginx module is built "
+                           "without Redis on purpose: a Redis round trip would block "
+                           "the worker's event loop and every connection on it, so "
+                           "limits are counted in each worker's memory (remove "
+                           "spec.store.redis)",
+                           policy, code, message);
+        return;
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "edgeward: policy \"%V\": %s: %s",
+                       policy, code, message);
+}
+
+
 static char *
 ngx_http_edgeward_policy(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_edgeward_main_conf_t  *mcf = conf;
     ngx_str_t                      *value;
-    ew_engine                      *e;
+    ngx_pool_cleanup_t             *cln;
     u_char                         *path;
 
     if (mcf->policy.data) {
@@ -785,24 +823,47 @@ ngx_http_edgeward_policy(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    /* Compiled once here so that `nginx -t` reports policy errors; each worker compiles
-     * its own engine when it starts. */
     path = ngx_pnalloc(cf->pool, mcf->policy.len + 1);
     if (path == NULL) {
         return NGX_CONF_ERROR;
     }
     (void) ngx_cpystrn(path, mcf->policy.data, mcf->policy.len + 1);
+    mcf->policy.data = path;
 
-    if (ew_engine_from_policy_file((const char *) path, &e) != EW_OK) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "edgeward: policy \"%V\": %s: %s",
-                           &mcf->policy, ew_last_error_code(), ew_last_error());
+    /* `nginx -s reload|quit|stop` reads the configuration only to find the pid file: a
+     * policy broken on disk must not keep it from signalling. */
+    if (ngx_process == NGX_PROCESS_SIGNALLER) {
+        return NGX_CONF_OK;
+    }
+
+    /* Compiled here, once per configuration, and never read again: `nginx -t` checks
+     * exactly what is compiled, every worker (also one respawned later) forks with this
+     * engine, and an edit of the file on disk takes effect on reload or not at all,
+     * never in some workers only. A reload that fails to compile keeps the old cycle,
+     * hence the old engine, serving. */
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    ew_engine_free(e);
-    mcf->policy.data = path;
+    if (ew_engine_from_policy_file((const char *) path, &mcf->engine) != EW_OK) {
+        mcf->engine = NULL;
+        ngx_http_edgeward_policy_error(cf, &mcf->policy);
+        return NGX_CONF_ERROR;
+    }
+
+    cln->handler = ngx_http_edgeward_free_engine;
+    cln->data = mcf->engine;
 
     return NGX_CONF_OK;
+}
+
+
+/* The configuration's reference, dropped with its cycle (after a reload, on exit). */
+static void
+ngx_http_edgeward_free_engine(void *data)
+{
+    ew_engine_free(data);
 }
 
 
@@ -812,17 +873,14 @@ ngx_http_edgeward_init_process(ngx_cycle_t *cycle)
     ngx_http_edgeward_main_conf_t  *mcf;
 
     mcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_edgeward_module);
-    if (mcf == NULL || mcf->policy.data == NULL) {
+    if (mcf == NULL || mcf->engine == NULL) {
         return NGX_OK;
     }
 
-    if (ew_engine_from_policy_file((const char *) mcf->policy.data,
-                                   &ngx_http_edgeward_engine) != EW_OK)
-    {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "edgeward: policy \"%V\": %s: %s",
-                      &mcf->policy, ew_last_error_code(), ew_last_error());
-        return NGX_ERROR;
-    }
+    /* The worker's own reference: the engine stays while its requests are cleaned up,
+     * whatever order the cycle's pool goes in at exit. Limits and budgets are counted in
+     * this process's copy of the engine (the master never inspects). */
+    ngx_http_edgeward_engine = ew_engine_clone(mcf->engine);
 
     if (ew_scratch_new(ngx_http_edgeward_engine, &ngx_http_edgeward_scratch) != EW_OK) {
         ngx_http_edgeward_scratch = NULL; /* ew_inspect uses its pool */
@@ -887,7 +945,15 @@ ngx_http_edgeward_init(ngx_conf_t *cf)
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
-    h = ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers);
+    /* The precontent phase, not the access phase: a dynamic module's access handler
+     * runs before the static ones (allow/deny, auth_basic, auth_request), so a request
+     * nginx later refused with 401/403 had already been inspected and charged. Here
+     * every access check, under `satisfy all` or `satisfy any`, has let the request in.
+     * Handlers pushed last run first, so this one also runs before try_files and
+     * mirror: a refused request is never mirrored, a mirrored one carries the clamped
+     * body, and the context found again after try_files' internal redirect keeps it
+     * from being inspected twice. */
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
     if (h == NULL) {
         return NGX_ERROR;
     }
