@@ -41,6 +41,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// [`ew_engine_from_policy_file_with`] flag: refuse a policy whose limits are counted in a
+// network store (`spec.store.redis`). Every store call is a blocking round trip, which an
+// event-loop host (nginx: one thread serving thousands of connections) must never make;
+// the policy is refused before any connection is opened, with status `EW_ERR_POLICY` and
+// code `ffi.blocking_store`.
+#define EW_ENGINE_NO_BLOCKING_STORE 1
+
 // What a call did. Stable numbers: new ones are only ever added.
 typedef enum {
   // Success; out-parameters were written.
@@ -239,6 +246,14 @@ const char *ew_last_error_code(void);
 // # Safety
 // Pointers follow the rules of the header's top comment.
 ew_status ew_engine_from_policy_file(const char *path, ew_engine **out_engine);
+
+// [`ew_engine_from_policy_file`] with `flags` (a bitwise OR of `EW_ENGINE_*` constants; 0
+// for none). Unknown flags are refused (`EW_ERR_ARGUMENT`), so a host built against a newer
+// header never gets a check silently skipped.
+//
+// # Safety
+// Pointers follow the rules of the header's top comment.
+ew_status ew_engine_from_policy_file_with(const char *path, uint32_t flags, ew_engine **out_engine);
 
 // Builds an engine from policy text (YAML or JSON, UTF-8) that references no files.
 //

@@ -495,6 +495,56 @@ pub unsafe extern "C" fn ew_engine_from_policy_file(
     })
 }
 
+/// [`ew_engine_from_policy_file_with`] flag: refuse a policy whose limits are counted in a
+/// network store (`spec.store.redis`). Every store call is a blocking round trip, which an
+/// event-loop host (nginx: one thread serving thousands of connections) must never make;
+/// the policy is refused before any connection is opened, with status `EW_ERR_POLICY` and
+/// code `ffi.blocking_store`.
+pub const EW_ENGINE_NO_BLOCKING_STORE: u32 = 1;
+
+/// [`ew_engine_from_policy_file`] with `flags` (a bitwise OR of `EW_ENGINE_*` constants; 0
+/// for none). Unknown flags are refused (`EW_ERR_ARGUMENT`), so a host built against a newer
+/// header never gets a check silently skipped.
+///
+/// # Safety
+/// Pointers follow the rules of the header's top comment.
+#[no_mangle]
+pub unsafe extern "C" fn ew_engine_from_policy_file_with(
+    path: *const c_char,
+    flags: u32,
+    out_engine: *mut *mut ew_engine,
+) -> ew_status {
+    new_engine(out_engine, || {
+        if flags & !EW_ENGINE_NO_BLOCKING_STORE != 0 {
+            return Err(Fail::argument(format!("unknown engine flags {flags:#x}")));
+        }
+        if path.is_null() {
+            return Err(Fail::null("path"));
+        }
+        // SAFETY: a non-NULL `path` is a NUL-terminated string valid for the call.
+        let path = unsafe { CStr::from_ptr(path) };
+        let path = path
+            .to_str()
+            .map_err(|_| Fail::new(EW_ERR_UTF8, "ffi.utf8", "path is not UTF-8"))?;
+        let policy = Policy::from_file(path)?;
+        let redis = policy
+            .document
+            .spec
+            .store
+            .as_ref()
+            .is_some_and(|s| s.redis.is_some());
+        if flags & EW_ENGINE_NO_BLOCKING_STORE != 0 && redis {
+            return Err(Fail::new(
+                EW_ERR_POLICY,
+                "ffi.blocking_store",
+                "spec.store.redis: this host runs an event loop that a Redis round trip \
+                 would block, so limits must be counted in process (remove spec.store)",
+            ));
+        }
+        Ok(Engine::new(&policy)?)
+    })
+}
+
 /// Builds an engine from policy text (YAML or JSON, UTF-8) that references no files.
 ///
 /// # Safety

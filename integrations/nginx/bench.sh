@@ -190,11 +190,8 @@ if [ ! -f "$EDGEWARD_SO" ] && [ -f "$here/edgeward/config" ]; then
     repo=$(cd "$here/../.." && pwd)
     target_dir=$(cd "$repo" && cargo metadata --format-version 1 --no-deps \
         | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
-    # The library as the module ships it: without Redis (its client blocks), in a target
-    # directory of its own (test.sh and NOTES.md say why).
-    (cd "$repo" && cargo build --release -p edgeward-ffi --no-default-features \
-        --features tiktoken --target-dir "$target_dir/nginx-module")
-    EDGEWARD_LIB_DIR="$target_dir/nginx-module/release" EDGEWARD_INCLUDE_DIR="$repo/ffi/include" \
+    (cd "$repo" && cargo build --release -p edgeward-ffi)
+    EDGEWARD_LIB_DIR="$target_dir/release" EDGEWARD_INCLUDE_DIR="$repo/ffi/include" \
         "$here/build-module.sh" "$here/edgeward" "$(dirname "$EDGEWARD_SO")" >/dev/null
 fi
 if [ -f "$EDGEWARD_SO" ]; then

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# End-to-end test of the edgeward nginx module: builds libedgeward_ffi the way the
-# module ships it (without the `redis` feature; EDGEWARD_PROFILE=release for a release
-# build) and the module against nginx-dev, loads it into the packaged nginx in front of
-# upstream.py with test-policy.yaml, and checks refusals, the clamped output limit, the
+# End-to-end test of the edgeward nginx module: builds libedgeward_ffi (the test profile's;
+# EDGEWARD_PROFILE=release for a release build) and the module against nginx-dev, loads
+# it into the packaged nginx in front of upstream.py with test-policy.yaml, and checks refusals, the clamped output limit, the
 # token budget, the settlement of streamed answers, the order against nginx's own access
 # checks, unix-socket clients, and that the policy changes only on reload.
 #   integrations/nginx/test.sh
@@ -55,20 +54,23 @@ show_logs() {
 trap cleanup EXIT
 
 # --- build -------------------------------------------------------------------
-# The module's library leaves out the `redis` feature: a Redis round trip blocks, and a
-# blocked nginx worker stalls every connection it serves (NOTES.md). It is built in a target
-# directory of its own because the C ABI test links the default-feature libedgeward_ffi.a,
-# a file of the same name that one build would overwrite for the other.
+# The library `cargo test --workspace` builds (same profile and features, so nothing is
+# rebuilt when the README test command ran it first); EDGEWARD_PROFILE=release builds and
+# uses a release one instead (for measurements). The module asks the C ABI to refuse a
+# Redis store (EW_ENGINE_NO_BLOCKING_STORE): a round trip would block the event loop.
 profile=${EDGEWARD_PROFILE:-debug}
+if [ "$profile" = release ]; then
+    (cd "$repo" && cargo build --release -p edgeward-ffi)
+    lib_sub=release
+else
+    (cd "$repo" && cargo test --workspace --no-run --quiet 2>/dev/null) \
+        || (cd "$repo" && cargo test --workspace --no-run)
+    lib_sub=debug/deps
+fi
 target_dir=$(cd "$repo" && cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
-module_target="$target_dir/nginx-module"
-profile_flag=()
-[ "$profile" = release ] && profile_flag=(--release)
-(cd "$repo" && cargo build --quiet "${profile_flag[@]}" -p edgeward-ffi \
-    --no-default-features --features tiktoken --target-dir "$module_target")
 EDGEWARD_DIR="$repo" \
-EDGEWARD_LIB_DIR="$module_target/$profile" \
+EDGEWARD_LIB_DIR="$target_dir/$lib_sub" \
 EDGEWARD_INCLUDE_DIR="$repo/ffi/include" \
     "$NGINX_DIR/build-module.sh" "$module_dir" "$work/modules" >/dev/null
 so="$work/modules/ngx_http_edgeward_module.so"
@@ -615,7 +617,7 @@ if nginx_t redis; then
     bad "nginx -t accepted a policy with a Redis store"
 else
     check "nginx -t: a Redis store refused, and why" 1 \
-        "$(grep -c 'edgeward: policy .*redis.*built without Redis on purpose: a Redis round trip would block' "$work/redis/t.out" || true)"
+        "$(grep -c 'edgeward: policy .*ffi.blocking_store: spec.store.redis: this host runs an event loop' "$work/redis/t.out" || true)"
 fi
 
 # --- logs ----------------------------------------------------------------------

@@ -5,11 +5,15 @@
  *
  * usage: test_edgeward POLICY_FILE BUNDLE_FILE
  */
+
+/* mkstemp, write, close, unlink (POSIX; -std=c11 alone hides them). */
+#define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "edgeward.h"
 
@@ -104,6 +108,34 @@ static void test_engines(const char *policy_file, const char *bundle_file) {
   CHECK(strlen(ew_last_error()) > 0);
   CHECK(ew_engine_from_policy_file(NULL, &e) == EW_ERR_NULL);
   CHECK(strcmp(ew_last_error_code(), "ffi.null") == 0);
+  /* With flags: none and the event-loop flag take an in-process policy; an unknown flag
+   * is refused; the event-loop flag refuses a Redis store before connecting anywhere. */
+  e = NULL;
+  CHECK(ew_engine_from_policy_file_with(policy_file, 0, &e) == EW_OK);
+  ew_engine_free(e);
+  e = NULL;
+  CHECK(ew_engine_from_policy_file_with(policy_file, EW_ENGINE_NO_BLOCKING_STORE, &e) == EW_OK);
+  ew_engine_free(e);
+  e = NULL;
+  CHECK(ew_engine_from_policy_file_with(policy_file, 0x80, &e) == EW_ERR_ARGUMENT);
+  CHECK(strcmp(ew_last_error_code(), "ffi.argument") == 0);
+  CHECK(e == NULL);
+  char redis_path[] = "/tmp/edgeward-redis-policy-XXXXXX";
+  int fd = mkstemp(redis_path);
+  CHECK(fd >= 0);
+  if (fd >= 0) {
+    const char *redis = "apiVersion: edgeward.dev/v1\nkind: Policy\nmetadata: {name: r}\n"
+                        "spec:\n  store: {redis: {url: 'redis://127.0.0.1:1'}}\n";
+    CHECK(write(fd, redis, strlen(redis)) == (ssize_t)strlen(redis));
+    close(fd);
+    CHECK(ew_engine_from_policy_file_with(redis_path, EW_ENGINE_NO_BLOCKING_STORE, &e) ==
+          EW_ERR_POLICY);
+    CHECK(strcmp(ew_last_error_code(), "ffi.blocking_store") == 0);
+    CHECK(strstr(ew_last_error(), "spec.store.redis") != NULL);
+    CHECK(e == NULL);
+    unlink(redis_path);
+  }
+  CHECK(ew_engine_from_policy_file_with(NULL, 0, &e) == EW_ERR_NULL);
   e = NULL;
   /* From text: invalid, invalid UTF-8, NULL with a length, empty. */
   const char *bad = "apiVersion: edgeward.dev/v1\nkind: Policy\nmetadata: {name: x}\n"

@@ -781,26 +781,15 @@ ngx_http_edgeward_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 }
 
 
-/* Why a policy did not compile, with what to do when the cause is the Redis store. */
+/* Why a policy did not compile. A Redis store is refused by the C ABI itself
+ * (EW_ENGINE_NO_BLOCKING_STORE, code ffi.blocking_store) before any connection is made:
+ * every store call would be a blocking round trip in the worker's event loop, stalling
+ * every connection on it, so limits are counted in each worker's memory. */
 static void
 ngx_http_edgeward_policy_error(ngx_conf_t *cf, ngx_str_t *policy)
 {
-    const char  *code = ew_last_error_code();
-    const char  *message = ew_last_error();
-
-    if (ngx_strstr(message, "redis") != NULL) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "edgeward: policy \"%V\": %s: %s; the nginx module is built "
-                           "without Redis on purpose: a Redis round trip would block "
-                           "the worker's event loop and every connection on it, so "
-                           "limits are counted in each worker's memory (remove "
-                           "spec.store.redis)",
-                           policy, code, message);
-        return;
-    }
-
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "edgeward: policy \"%V\": %s: %s",
-                       policy, code, message);
+                       policy, ew_last_error_code(), ew_last_error());
 }
 
 
@@ -846,7 +835,10 @@ ngx_http_edgeward_policy(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (ew_engine_from_policy_file((const char *) path, &mcf->engine) != EW_OK) {
+    if (ew_engine_from_policy_file_with((const char *) path, EW_ENGINE_NO_BLOCKING_STORE,
+                                        &mcf->engine)
+        != EW_OK)
+    {
         mcf->engine = NULL;
         ngx_http_edgeward_policy_error(cf, &mcf->policy);
         return NGX_CONF_ERROR;
