@@ -1,0 +1,1 @@
+from edgeward._native import __version__
