@@ -89,9 +89,10 @@ pub(crate) struct PyRewrite {
 #[pymethods]
 impl PyRewrite {
     fn __repr__(&self) -> String {
+        let value = self.value.map_or("None".to_string(), |v| v.to_string());
         format!(
-            "Rewrite(param={:?}, action={:?}, value={:?})",
-            self.param, self.action, self.value
+            "Rewrite(param={:?}, action={:?}, value={value})",
+            self.param, self.action
         )
     }
 }
