@@ -26,7 +26,7 @@ MAX_COMPLETION = 20
 CHUNK_DELAY = 0.3
 CHUNKS = 4
 
-last: dict[str, bytes] = {"body": b""}
+last: dict[str, bytes] = {"body": b"", "content-length": b""}
 
 
 def completion_tokens(req: dict[str, Any]) -> int:
@@ -39,6 +39,7 @@ def completion_tokens(req: dict[str, Any]) -> int:
 async def chat(request: Request) -> Response:
     body = await request.body()
     last["body"] = body
+    last["content-length"] = request.headers.get("content-length", "").encode()
     if request.headers.get("x-raise"):
         raise RuntimeError("the model server crashed")
     fail = request.headers.get("x-fail")
@@ -76,7 +77,9 @@ async def chat(request: Request) -> Response:
 
 
 async def last_body(request: Request) -> Response:
-    return Response(last["body"], media_type="application/json")
+    return Response(
+        last["body"], media_type="application/json", headers={"x-test-content-length": last["content-length"].decode()}
+    )
 
 
 app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/last", last_body)])
