@@ -2,6 +2,7 @@
 
     VIRTUAL_ENV=target/py target/py/bin/maturin develop --release -m bindings-python/Cargo.toml
     target/py/bin/python bindings-python/bench.py [--rounds N] [--no-core]
+    valgrind --tool=callgrind target/py/bin/python bindings-python/bench.py --loop N
 
 The request is the core bench's ``inspect/benign/4KiB`` (benches/src/lib.rs:
 ``chat_body_with(4096, false, Text::Triggers)`` and ``HEADERS``), rebuilt here byte for
@@ -103,6 +104,13 @@ def main() -> int:
     ap.add_argument("--number", type=int, default=5000, help="calls per round")
     ap.add_argument("--no-core", action="store_true", help="skip the cargo bench")
     ap.add_argument("--allow-debug", action="store_true")
+    ap.add_argument(
+        "--loop",
+        type=int,
+        metavar="N",
+        help="only build the engine and inspect N times (for callgrind: run with N and 0, "
+        "subtract, compare with benches/examples/events_count plain N)",
+    )
     args = ap.parse_args()
     if edgeward._native._debug_build and not args.allow_debug:  # type: ignore[attr-defined]
         print("the extension is a debug build: maturin develop --release first", file=sys.stderr)
@@ -113,6 +121,10 @@ def main() -> int:
     engine = edgeward.Engine.default()
     d = engine.inspect(b"POST", b"/v1/chat/completions", HEADERS, body)
     assert d.allowed, d.to_json()
+    if args.loop is not None:
+        for _ in range(args.loop):
+            engine.inspect(b"POST", b"/v1/chat/completions", HEADERS, body)
+        return 0
 
     print(f"machine: {platform.machine()} {platform.processor() or ''} {platform.platform()}, Python {platform.python_version()}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

@@ -28,7 +28,7 @@ fn error_codes() -> Vec<(&'static str, &'static str)> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // For bench.py, which refuses to time a debug build.
-    m.add("_debug_build", cfg!(debug_assertions))?;
+    m.setattr("_debug_build", cfg!(debug_assertions))?;
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<decision::PyDecision>()?;
     m.add_class::<decision::PyMatch>()?;
