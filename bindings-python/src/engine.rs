@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMapping, PyString};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMapping, PyString, PyTuple};
 
 use crate::decision::{PyDecision, PyReservation};
 use crate::errors::Fail;
@@ -59,7 +59,11 @@ fn header_data<'py>(h: &Bound<'py, PyAny>) -> PyResult<Vec<(Data<'py>, Data<'py>
     if h.is_none() {
         return Ok(out);
     }
-    let pairs = if let Ok(d) = h.cast::<PyDict>() {
+    // Lists and tuples first: the common case (ASGI's headers) skips the Mapping check,
+    // an `isinstance` against an abstract class.
+    let pairs = if h.is_instance_of::<PyList>() || h.is_instance_of::<PyTuple>() {
+        h.clone()
+    } else if let Ok(d) = h.cast::<PyDict>() {
         d.items().into_any()
     } else if let Ok(m) = h.cast::<PyMapping>() {
         m.items()?.into_any()
