@@ -28,6 +28,9 @@ cargo test -p edgeward-benches --benches
 step "nginx module: edgeward in a real nginx (C ABI end to end)"
 bash integrations/nginx/test.sh
 
+step "Python package: built into a virtualenv (dev profile), pytest (API, vectors, stubtest, ASGI in uvicorn)"
+bash bindings-python/test.sh
+
 step "CLI smoke tests"
 cargo run --quiet -p edgeward-cli -- check rulesets/policies/default.yaml
 cargo run --quiet -p edgeward-cli -- test
