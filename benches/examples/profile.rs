@@ -1,7 +1,9 @@
 //! Runs `inspect` on a chat request in a loop, for profilers (`perf record`, callgrind).
 //! Usage: `cargo run --release -p edgeward-benches --example profile -- [KiB] [iterations] [rule-id-prefix]`
 //! (`PLAIN=1` for neutral prose instead of trigger-word prose, `NOMEMO=1` to scan every
-//! field in full on every call).
+//! field in full on every call, `POLLUTE=BYTES` to write that many bytes of another buffer
+//! before each call, as a host's own work evicts the caches between requests, and `ONLY=1`
+//! to run that pollution alone, so that its cost can be taken off).
 //! With a rule-id prefix, only built-in rules whose id starts with it are loaded, to see
 //! what one rule file costs; with `-prefix`, all rules but those, to see what they add.
 use edgeward::{Config, Engine, Policy, Request};
@@ -44,11 +46,24 @@ fn main() {
         .with_headers(HEADERS)
         .with_body(&body);
     let mut scratch = engine.new_scratch();
+    let pollute: usize = std::env::var("POLLUTE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let only = std::env::var_os("ONLY").is_some();
+    let mut junk = vec![0u64; pollute / 8];
     let start = std::time::Instant::now();
     let mut denied = 0;
-    for _ in 0..iters {
-        denied += usize::from(!engine.inspect_with(&mut scratch, &req).is_allowed());
+    for it in 0..iters {
+        // One write per cache line: every line of the buffer is pulled into the caches.
+        for (k, x) in junk.iter_mut().enumerate().step_by(8) {
+            *x = x.wrapping_add((k ^ it) as u64);
+        }
+        if !only {
+            denied += usize::from(!engine.inspect_with(&mut scratch, &req).is_allowed());
+        }
     }
+    std::hint::black_box(&junk);
     let per = start.elapsed() / iters as u32;
     println!(
         "{kib} KiB, {} rules: {per:?} per inspect ({denied} denied)",
