@@ -482,17 +482,8 @@ pub unsafe extern "C" fn ew_engine_from_policy_file(
     path: *const c_char,
     out_engine: *mut *mut ew_engine,
 ) -> ew_status {
-    new_engine(out_engine, || {
-        if path.is_null() {
-            return Err(Fail::null("path"));
-        }
-        // SAFETY: a non-NULL `path` is a NUL-terminated string valid for the call.
-        let path = unsafe { CStr::from_ptr(path) };
-        let path = path
-            .to_str()
-            .map_err(|_| Fail::new(EW_ERR_UTF8, "ffi.utf8", "path is not UTF-8"))?;
-        Ok(Engine::new(&Policy::from_file(path)?)?)
-    })
+    // SAFETY: the same contract, passed on unchanged.
+    unsafe { ew_engine_from_policy_file_with(path, 0, out_engine) }
 }
 
 /// [`ew_engine_from_policy_file_with`] flag: refuse a policy whose limits are counted in a
