@@ -165,6 +165,23 @@ call() {
         "$@" "$url") || status=000
 }
 
+# admit_until_refused MAX CALL-ARGS...: sends the request up to MAX times; sets
+# `admitted` to the number answered 200 before the first other status, and `refusal` to
+# that status (none when every one was admitted)
+admit_until_refused() {
+    local max=$1
+    shift
+    admitted=0 refusal=none
+    for _ in $(seq "$max"); do
+        call "$@"
+        if [ "$status" != 200 ]; then
+            refusal=$status
+            return
+        fi
+        admitted=$((admitted + 1))
+    done
+}
+
 # jget FILE PATH: the JSON value at a dotted path (a.0.b), strings bare;
 # <not json> or <missing> otherwise
 jget() {
@@ -281,16 +298,7 @@ check "refused requests never reached the upstream" "$last_allowed" "$(curl -s "
 #   never charged: no refusal within 30.
 # Then a request is refused with 429 and Retry-After = seconds to midnight UTC.
 hello=$(chat "Hello" 64)
-admitted=0 refusal=none
-for _ in $(seq 30); do
-    call "$api" "${auth[@]}" "${json[@]}" -d "$hello"
-    if [ "$status" = 200 ]; then
-        admitted=$((admitted + 1))
-    else
-        refusal=$status
-        break
-    fi
-done
+admit_until_refused 30 "$api" "${auth[@]}" "${json[@]}" -d "$hello"
 echo "     budget: $admitted requests admitted, then [$refusal]"
 check "over budget: refused with" 429 "$refusal"
 if [ "$refusal" = 429 ]; then
@@ -488,15 +496,7 @@ refused "satisfy any, let in by address: prompt injection" 403 anomaly_score
 call "$api5" --interface 127.0.0.2 "${xkey[@]}" "${json[@]}" -d "$benign"
 check "satisfy any, let in by address: benign" 200 "$status"
 # 127.0.0.1's budget of 3 is whole: nginx's ten 401s (and the refused injection) took none.
-admitted=0 refusal=none
-for _ in $(seq 6); do
-    call "$api5" "${login[@]}" "${xkey[@]}" "${json[@]}" -d "$benign"
-    if [ "$status" != 200 ]; then
-        refusal=$status
-        break
-    fi
-    admitted=$((admitted + 1))
-done
+admit_until_refused 6 "$api5" "${login[@]}" "${xkey[@]}" "${json[@]}" -d "$benign"
 check "auth_basic: requests refused by nginx were not charged (3 of 3 admitted)" 3 "$admitted"
 check "auth_basic: the 4th over the per-address budget" 429 "$refusal"
 
@@ -533,16 +533,8 @@ check "mirror: the refused request was not mirrored" marker-before-mirror "$(cur
 # try_files redirects to @model, where the module is on too: the context found again
 # keeps the request from being inspected (and charged) twice, so 127.0.0.3's budget of 3
 # admits 3 requests, not 1 or 2.
-admitted=0 refusal=none
-for _ in $(seq 5); do
-    call "http://127.0.0.1:$ng5b_port/v1/chat/completions" --interface 127.0.0.3 \
-        "${xkey[@]}" "${json[@]}" -d "$benign"
-    if [ "$status" != 200 ]; then
-        refusal=$status
-        break
-    fi
-    admitted=$((admitted + 1))
-done
+admit_until_refused 5 "http://127.0.0.1:$ng5b_port/v1/chat/completions" --interface 127.0.0.3 \
+    "${xkey[@]}" "${json[@]}" -d "$benign"
 check "try_files to a named location: charged once (3 of 3 admitted)" 3 "$admitted"
 check "try_files to a named location: the 4th over budget" 429 "$refusal"
 check "try_files to a named location: forwarded through @model" "$benign" "$(curl -s "$upstream/last")"

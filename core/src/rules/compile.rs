@@ -293,18 +293,11 @@ impl KindPrefilter {
                 }
             }
         }
-        // ASCII literals first (a stable partition keeps the order within each part).
-        let mut order: Vec<usize> = (0..lits.len()).collect();
-        order.sort_by_key(|&i| !lits[i].is_ascii());
-        let narrow = order.iter().filter(|&&i| lits[i].is_ascii()).count();
-        let lits: Vec<Vec<u8>> = order
-            .iter()
-            .map(|&i| std::mem::take(&mut lits[i]))
-            .collect();
-        let lit_hits: Vec<Vec<Hit>> = order
-            .iter()
-            .map(|&i| std::mem::take(&mut lit_hits[i]))
-            .collect();
+        // ASCII literals first (a stable sort keeps the order within each part).
+        let mut entries: Vec<(Vec<u8>, Vec<Hit>)> = lits.into_iter().zip(lit_hits).collect();
+        entries.sort_by_key(|(l, _)| !l.is_ascii());
+        let narrow = entries.iter().filter(|(l, _)| l.is_ascii()).count();
+        let (lits, lit_hits): (Vec<Vec<u8>>, Vec<Vec<Hit>>) = entries.into_iter().unzip();
         let dfa = automaton(&lits[..narrow], prompt)?;
         let wide = automaton(&lits[narrow..], prompt)?;
         Ok(KindPrefilter {
