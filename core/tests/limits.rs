@@ -740,3 +740,58 @@ spec:
     );
     assert!(guess("x-api-key", "key-alice", "198.51.100.9").is_allowed());
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMITS: &str =
+        "    - {name: tokens, key: [tenant], unit: totalTokens, budget: {limit: 3000, per: hour}}
+    - {name: spend, key: [principal], unit: microUsd, budget: {limit: 2000, per: day}}
+    - {name: inflight, key: [principal], unit: concurrency, max: 3}";
+
+    /// What a caller sees of the limits: per limit, its name and what remains.
+    fn seen(d: &Decision) -> Vec<(String, u64)> {
+        d.limits
+            .iter()
+            .map(|l| (l.name.to_string(), l.remaining))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Settling is idempotent: a host that settles every reservation up to three times
+        /// (retries, a duplicate callback) leaves exactly the budgets of one that settles
+        /// each once, whatever the usage, the order and the time between calls.
+        #[test]
+        fn settle_is_idempotent(
+            steps in proptest::collection::vec((0u64..400, 0u64..80, 1usize..4, any::<bool>()), 1..24)
+        ) {
+            let (c1, c2) = (FakeClock::new(NOON), FakeClock::new(NOON));
+            let (once, many) = (engine(LIMITS, &c1), engine(LIMITS, &c2));
+            for (secs, output, repeats, settle) in steps {
+                let (d1, d2) = (alice(&once), alice(&many));
+                prop_assert_eq!(seen(&d1), seen(&d2));
+                prop_assert_eq!(d1.is_allowed(), d2.is_allowed());
+                if let (Some(r1), Some(r2)) = (d1.reservation.clone(), d2.reservation.clone()) {
+                    if settle {
+                        let u = Usage {
+                            prompt_tokens: d1.cost.as_ref().map_or(0, |c| c.prompt_tokens),
+                            output_tokens: output,
+                            ..Usage::default()
+                        };
+                        prop_assert_eq!(once.settle(&r1, &u).unwrap(), Settled::Settled);
+                        prop_assert_eq!(many.settle(&r2, &u).unwrap(), Settled::Settled);
+                        for _ in 1..repeats {
+                            prop_assert_eq!(many.settle(&r2, &u).unwrap(), Settled::Unknown);
+                        }
+                    }
+                }
+                c1.advance(secs * S);
+                c2.advance(secs * S);
+            }
+            prop_assert_eq!(seen(&alice(&once)), seen(&alice(&many)));
+        }
+    }
+}

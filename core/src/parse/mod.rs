@@ -31,6 +31,8 @@ pub struct ParseScratch {
     name: Vec<u8>,
     /// Decoded values.
     value: Vec<u8>,
+    /// The values of a repeated query or form parameter, joined (see `urlencoded`).
+    joined: Vec<u8>,
     /// `--boundary`, contiguous so one substring finder can search for it.
     delim: Vec<u8>,
     /// The JSON walker's stacks, pointer and per-nesting-level buffers.
@@ -50,6 +52,7 @@ impl ParseScratch {
     pub(crate) fn capacity(&self) -> usize {
         self.name.capacity()
             + self.value.capacity()
+            + self.joined.capacity()
             + self.delim.capacity()
             + self.json.capacity()
             + self.xml.capacity()

@@ -6,6 +6,8 @@
 //! back end that also splits on `;` sees `a=1;b=<payload>` as two pairs, and here the
 //! payload is still inspected, as part of `a`'s value.
 
+use std::hash::BuildHasher;
+
 use memchr::memchr;
 
 use super::{percent_decode, Emitter, ParseScratch};
@@ -63,20 +65,18 @@ fn walk_pairs(
         }
         f
     };
+    // Hashes of the distinct names seen so far (the first `NAMES` of them), to notice a
+    // name given twice.
+    let mut names = [0u64; NAMES];
+    let mut distinct = 0;
+    let mut repeated = 0u64;
     let mut rest = input;
     while !rest.is_empty() {
-        let (pair, next) = match memchr(b'&', rest) {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
-            None => (rest, &[][..]),
+        let Some((pair, next)) = next_pair(rest) else {
+            break;
         };
         rest = next;
-        if pair.is_empty() {
-            continue;
-        }
-        let (raw_name, raw_value) = match memchr(b'=', pair) {
-            Some(i) => (&pair[..i], &pair[i + 1..]),
-            None => (pair, &[][..]),
-        };
+        let (raw_name, raw_value) = split_pair(pair);
         if guessed {
             // Two fields at most, each no longer than its raw bytes.
             let limits = em.limits();
@@ -88,16 +88,25 @@ fn walk_pairs(
         }
         let (name, name_flags) = percent_decode(raw_name, true, &mut scratch.name);
         let name_flags = quiet(name_flags);
-        if !name.is_empty()
-            && !em.field(&Field {
+        if !name.is_empty() {
+            let h = name_hash(name);
+            match names[..distinct].iter().position(|&n| n == h) {
+                Some(k) => repeated |= 1 << k,
+                None if distinct < NAMES => {
+                    names[distinct] = h;
+                    distinct += 1;
+                }
+                None => {}
+            }
+            if !em.field(&Field {
                 kind: name_kind,
                 name,
                 value: name,
                 role: None,
                 flags: name_flags,
-            })
-        {
-            return;
+            }) {
+                return;
+            }
         }
         let (value, value_flags) = percent_decode(raw_value, true, &mut scratch.value);
         let value_flags = quiet(value_flags);
@@ -108,6 +117,95 @@ fn walk_pairs(
             role: None,
             flags: value_flags,
         }) {
+            return;
+        }
+    }
+    if repeated != 0 && !guessed {
+        let walked = &input[..input.len() - rest.len()];
+        join_repeated(walked, &names, repeated, value_kind, scratch, em);
+    }
+}
+
+/// How many distinct parameter names a walk remembers to notice repeats.
+const NAMES: usize = 64;
+
+fn name_hash(name: &[u8]) -> u64 {
+    foldhash::fast::FixedState::with_seed(0x9a7e_55e1_0c4b_2f31).hash_one(name)
+}
+
+/// The next non-empty `name=value` pair of `rest` and what follows it.
+fn next_pair(mut rest: &[u8]) -> Option<(&[u8], &[u8])> {
+    while !rest.is_empty() {
+        let (pair, next) = match memchr(b'&', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &[][..]),
+        };
+        if !pair.is_empty() {
+            return Some((pair, next));
+        }
+        rest = next;
+    }
+    None
+}
+
+fn split_pair(pair: &[u8]) -> (&[u8], &[u8]) {
+    match memchr(b'=', pair) {
+        Some(i) => (&pair[..i], &pair[i + 1..]),
+        None => (pair, &[][..]),
+    }
+}
+
+/// Emits, for each name given more than once, one more field: its values joined with
+/// commas, which is what ASP.NET and several other frameworks hand the application for
+/// `?id=a&id=b`. An attack split over the repetitions (`id=1' UNION/*&id=*/SELECT …`)
+/// only exists in that joined value, so the rules must see it.
+///
+/// Runs only when a repeat was seen, over the part of the input the walk reached; each
+/// repeated name costs one more pass over it.
+fn join_repeated(
+    walked: &[u8],
+    names: &[u64; NAMES],
+    repeated: u64,
+    kind: FieldKind,
+    scratch: &mut ParseScratch,
+    em: &mut Emitter<'_>,
+) {
+    for (k, &target) in names.iter().enumerate() {
+        if repeated & (1 << k) == 0 {
+            continue;
+        }
+        let mut joined = std::mem::take(&mut scratch.joined);
+        joined.clear();
+        let mut flags = FieldFlags::DECODED;
+        let mut raw_name = None;
+        let mut rest = walked;
+        while let Some((pair, next)) = next_pair(rest) {
+            rest = next;
+            let (raw, raw_value) = split_pair(pair);
+            let (name, _) = percent_decode(raw, true, &mut scratch.name);
+            if name.is_empty() || name_hash(name) != target {
+                continue;
+            }
+            if raw_name.is_some() {
+                joined.push(b',');
+            }
+            raw_name.get_or_insert(raw);
+            let (value, f) = percent_decode(raw_value, true, &mut scratch.value);
+            joined.extend_from_slice(value);
+            flags.set(f);
+        }
+        let ok = raw_name.is_none_or(|raw| {
+            let (name, _) = percent_decode(raw, true, &mut scratch.name);
+            em.field(&Field {
+                kind,
+                name,
+                value: &joined,
+                role: None,
+                flags,
+            })
+        });
+        scratch.joined = joined;
+        if !ok {
             return;
         }
     }
@@ -168,7 +266,9 @@ mod tests {
                 p("a", "2"),
                 p("flag", ""),
                 p("", "orphan"),
-                p("b", "")
+                p("b", ""),
+                // The repeated name's values joined, as ASP.NET hands them over.
+                p("a", "1,2"),
             ]
         );
         assert_eq!(
@@ -177,6 +277,27 @@ mod tests {
         );
         assert!(run(b"").fields.is_empty());
         assert!(run(b"&&&").fields.is_empty());
+    }
+
+    #[test]
+    fn repeated_parameters_are_also_seen_joined() {
+        let c = run(b"id=1%27+UNION%2F*&x=1&id=*%2FSELECT+pw&ID=3&x=2&id=");
+        assert_eq!(
+            c.pairs(FieldKind::Query)[6..],
+            [p("id", "1' UNION/*,*/SELECT pw,"), p("x", "1,2")]
+        );
+        let joined = &c.fields[c.fields.len() - 2];
+        assert!(joined.flags.has(FieldFlags::DECODED));
+        // Nothing repeated, nothing added; a joined value counts against the budgets.
+        assert_eq!(run(b"a=1&b=2").fields.len(), 4);
+        let c = run_with(
+            b"a=1&a=2",
+            ParseLimits {
+                max_fields: 4,
+                ..ParseLimits::default()
+            },
+        );
+        assert_eq!(c.findings, vec![Finding::TooManyFields]);
     }
 
     #[test]

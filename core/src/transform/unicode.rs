@@ -69,8 +69,33 @@ fn fold_at(input: &[u8], i: usize) -> (Fold, usize) {
             Some(c) => (fold_fast(c), len),
             None => (Fold::Keep, len),
         },
-        None => (Fold::Keep, 1),
+        None => match overlong_ascii(input, i) {
+            Some((b, len)) => (Fold::Ascii(b), len),
+            None => (Fold::Keep, 1),
+        },
     }
+}
+
+/// An overlong encoding of an ASCII character at `input[i]` (`C0 A7` for `'`, `E0 80 AE`
+/// for `.`), as the byte and the sequence's length. Such sequences are not UTF-8, but old
+/// and lenient decoders (IIS, early Java) turned them into the character they spell, which
+/// made them a classic way to slip quotes and dots past byte-level filters; folding them
+/// lets rules see what such a back end would see.
+#[inline(always)]
+fn overlong_ascii(input: &[u8], i: usize) -> Option<(u8, usize)> {
+    let cont = |k: usize| {
+        let c = *input.get(i + k)? ^ 0x80;
+        (c < 0x40).then_some(c)
+    };
+    // The code point's bits above the continuation bytes' must all be zero.
+    let (high, len) = match input[i] {
+        b0 @ (0xc0 | 0xc1) => (b0 & 1, 2),
+        0xe0 => (cont(1)?, 3),
+        0xf0 if cont(1)? == 0 => (cont(2)?, 4),
+        _ => return None,
+    };
+    let low = cont(len - 1)?;
+    (high < 2).then_some(((high << 6) | low, len))
 }
 
 /// The index of the first non-ASCII byte at or after `i`, or `input.len()`.
@@ -522,6 +547,29 @@ mod tests {
                     continue 'outer;
                 }
             }
+            // Overlong forms of ASCII: decoded bit by bit, whatever their length.
+            let lead_bits = [(2, 0x1f), (3, 0x0f), (4, 0x07)];
+            for (len, mask) in lead_bits {
+                let Some(seq) = input.get(i..i + len) else {
+                    break;
+                };
+                let marker = match len {
+                    2 => 0xc0,
+                    3 => 0xe0,
+                    _ => 0xf0,
+                };
+                if seq[0] & !mask != marker || seq[1..].iter().any(|&c| c & 0xc0 != 0x80) {
+                    continue;
+                }
+                let cp = seq[1..].iter().fold(u32::from(seq[0] & mask), |cp, &c| {
+                    (cp << 6) | u32::from(c & 0x3f)
+                });
+                if cp < 0x80 {
+                    out.push(cp as u8);
+                    i += len;
+                    continue 'outer;
+                }
+            }
             out.push(input[i]);
             i += 1;
         }
@@ -542,6 +590,15 @@ mod tests {
         assert_eq!(norm("ΑΡΙ"), "API");
         assert_eq!(norm("ig\u{200b}nore\u{200d} all\u{feff}"), "ignore all");
         assert_eq!(norm("sys\u{ad}tem"), "system");
+        // Overlong forms of ASCII decode to the character; other invalid bytes stay.
+        let raw = |b: &[u8]| run(Transform::NormalizeUnicode, b);
+        assert_eq!(raw(b"1\xc0\xa7 or \xc0\xa71"), b"1' or '1");
+        assert_eq!(raw(b"\xe0\x80\xae\xe0\x81\x81/\xf0\x80\x80\xaf"), b".A//");
+        assert_eq!(raw(b"\xc1\xbf\xc0\x80"), b"\x7f\x00");
+        assert_eq!(
+            raw(b"\xc0\xc0\xe0\x82\x80\xf0\x80\x82\x80\xc0"),
+            b"\xc0\xc0\xe0\x82\x80\xf0\x80\x82\x80\xc0"
+        );
         assert_eq!(
             norm("\u{202e}evil\u{202c}\u{2066}x\u{2069}\u{200e}"),
             "evilx"
@@ -562,8 +619,8 @@ mod tests {
         // Invalid UTF-8 passes through around folded characters.
         let mut v = b"\xff".to_vec();
         v.extend_from_slice("Ａ".as_bytes());
-        v.extend_from_slice(b"\xc0\xae");
-        assert_eq!(run(Transform::NormalizeUnicode, &v), b"\xffA\xc0\xae");
+        v.extend_from_slice(b"\xc0");
+        assert_eq!(run(Transform::NormalizeUnicode, &v), b"\xffA\xc0");
     }
 
     #[test]
