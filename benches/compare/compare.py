@@ -73,7 +73,9 @@ def crs_levels(corpora):
             for line in f:
                 if line.strip():
                     v = json.loads(line)
-                    levels[v["id"]] = v["rule_paranoia_level"]
+                    # Rows whose rule level is unknown (null) are never counted, as in eval.
+                    if isinstance(v.get("rule_paranoia_level"), int):
+                        levels[v["id"]] = v["rule_paranoia_level"]
     return levels
 
 
@@ -148,7 +150,7 @@ def main():
                     continue
                 attack = row.get("label") == "attack"
                 if stem == "crs_v4_regression" and attack and \
-                        levels.get(row["id"], PARANOIA + 1) > PARANOIA:
+                        levels.get(row.get("id"), PARANOIA + 1) > PARANOIA:
                     skipped_pl += 1
                     continue
                 nul_uri += "\0" in req[1]

@@ -44,6 +44,11 @@ typedef struct {
     size_t body_len;
 } request;
 
+/* MODSEC_HARNESS_LOG=1: ModSecurity's rule messages and refusal reasons go to stderr, to
+ * see why a row was refused; otherwise they go nowhere, since a connector's error log is
+ * I/O, not inspection. */
+static int log_on;
+
 static void die(const char *what) {
     fprintf(stderr, "modsec_harness: %s\n", what);
     exit(2);
@@ -128,6 +133,7 @@ static int modsec_stops(Transaction *t, int *status) {
     it.disruptive = 0;
     stop = msc_intervention(t, &it) && it.disruptive;
     if (stop) *status = it.status;
+    if (stop && it.log && log_on) fprintf(stderr, "%s\n", it.log);
     free(it.url);
     free(it.log);
     return stop;
@@ -184,8 +190,6 @@ static int ew_run(const ew_engine *e, ew_scratch *s, const request *r, int *stat
     return stop;
 }
 
-/* Rule messages go nowhere by default: a connector's error log is I/O, not inspection.
- * MODSEC_HARNESS_LOG=1 prints them to stderr, to see why a row was refused. */
 static void log_drop(void *data, const void *msg) {
     (void)data;
     (void)msg;
@@ -228,6 +232,7 @@ int main(int argc, char **argv) {
     repeat = strtol(argv[3], NULL, 10);
     warmup = strtol(argv[4], NULL, 10);
     if (repeat < 1 || warmup < 0) die("bad REPEAT or WARMUP");
+    log_on = getenv("MODSEC_HARNESS_LOG") != NULL;
     buf = slurp(argv[2], &len);
     reqs = parse(buf, buf + len, &n);
     warm = n < 50 ? n : 50;
@@ -257,7 +262,7 @@ int main(int argc, char **argv) {
         RulesSet *rules = msc_create_rules_set();
         const char *err = NULL;
         msc_set_connector_info(ms, "edgeward-compare-harness");
-        msc_set_log_cb(ms, getenv("MODSEC_HARNESS_LOG") ? log_stderr : log_drop);
+        msc_set_log_cb(ms, log_on ? log_stderr : log_drop);
         if (msc_rules_add_file(rules, argv[1], &err) < 0) {
             fprintf(stderr, "modsecurity rules: %s\n", err ? err : "?");
             return 2;

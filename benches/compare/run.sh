@@ -8,7 +8,8 @@
 #
 # CORPORA_DIR defaults to ../shared/corpora relative to the repository root (the corpora
 # are not in the repository). --smoke: the first 20 counted rows of one file and the 1 KiB
-# body only, to check that everything builds and runs.
+# body only, to check that everything builds and runs. MODSEC_HARNESS_LOG=1 prints
+# ModSecurity's rule messages to stderr (why a row was refused).
 #
 # Takes several minutes: not part of the CI test command.
 set -euo pipefail
@@ -20,7 +21,7 @@ corpora=""
 for a in "$@"; do
     case "$a" in
         --smoke) smoke=(--smoke) ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) corpora=$a ;;
     esac
 done
@@ -52,7 +53,7 @@ trap 'rm -rf "$work"' EXIT
 
 # Linked statically against edgeward so the harness runs the library just built, and
 # dynamically against ModSecurity as a connector would.
-cc -std=c11 -O2 -Wall -Wextra -Werror \
+cc -std=c11 -O2 -Wall -Wextra -Werror -pedantic \
     -I"$root/ffi/include" \
     -o "$work/modsec_harness" "$here/modsec_harness.c" \
     "$target/release/libedgeward_ffi.a" \
