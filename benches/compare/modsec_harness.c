@@ -44,6 +44,16 @@ typedef struct {
     size_t body_len;
 } request;
 
+/* The engines behind one `run` signature, so both are measured by the same loop. */
+typedef struct {
+    ModSecurity *ms;
+    RulesSet *rules;
+} modsec_engine;
+typedef struct {
+    ew_engine *e;
+    ew_scratch *s;
+} ew_pair;
+
 /* MODSEC_HARNESS_LOG=1: ModSecurity's rule messages and refusal reasons go to stderr, to
  * see why a row was refused; otherwise they go nowhere, since a connector's error log is
  * I/O, not inspection. */
@@ -142,8 +152,9 @@ static int modsec_stops(Transaction *t, int *status) {
 /* One request the way a connector (nginx) drives it: connection, URI, headers, phase 1,
  * body, phase 2 (unless phase 1 already stopped it), then logging. Response phases are left
  * out: the comparison is about request inspection. */
-static int modsec_run(ModSecurity *ms, RulesSet *rules, const request *r, int *status) {
-    Transaction *t = msc_new_transaction(ms, rules, NULL);
+static int modsec_run(void *engine, const request *r, int *status) {
+    modsec_engine *m = engine;
+    Transaction *t = msc_new_transaction(m->ms, m->rules, NULL);
     size_t i;
     int stop;
     *status = 200;
@@ -167,7 +178,8 @@ static int modsec_run(ModSecurity *ms, RulesSet *rules, const request *r, int *s
 
 /* The peer stays empty, as in `edgeward eval`: the default policy's anonymous per-IP limits
  * would otherwise refuse a benchmark that sends thousands of requests from one address. */
-static int ew_run(const ew_engine *e, ew_scratch *s, const request *r, int *status) {
+static int ew_run(void *engine, const request *r, int *status) {
+    ew_pair *p = engine;
     ew_request q;
     ew_decision *d = NULL;
     int stop;
@@ -180,7 +192,7 @@ static int ew_run(const ew_engine *e, ew_scratch *s, const request *r, int *stat
     q.headers_len = r->nheaders;
     q.body.ptr = r->body;
     q.body.len = r->body_len;
-    if (ew_inspect(e, s, &q, &d) != EW_OK) {
+    if (ew_inspect(p->e, p->s, &q, &d) != EW_OK) {
         fprintf(stderr, "ew_inspect: %s\n", ew_last_error());
         exit(2);
     }
@@ -198,6 +210,24 @@ static void log_drop(void *data, const void *msg) {
 static void log_stderr(void *data, const void *msg) {
     (void)data;
     fprintf(stderr, "%s\n", (const char *)msg);
+}
+
+/* Untimed warm-up passes over the first requests, then every request REPEAT times, each
+ * timed alone; the output line is written outside the timed span. */
+static void measure(const char *tag, int (*run)(void *, const request *, int *), void *engine,
+                    const request *reqs, size_t n, long repeat, long warmup) {
+    size_t warm = n < 50 ? n : 50, i;
+    long k;
+    int status;
+    for (k = 0; k < warmup; k++)
+        for (i = 0; i < warm; i++) run(engine, &reqs[i], &status);
+    for (i = 0; i < n; i++)
+        for (k = 0; k < repeat; k++) {
+            uint64_t t0 = now_ns();
+            int stop = run(engine, &reqs[i], &status);
+            uint64_t t1 = now_ns();
+            printf("%s %zu %d %d %llu\n", tag, i, stop, status, (unsigned long long)(t1 - t0));
+        }
 }
 
 static uint8_t *slurp(const char *path, size_t *len) {
@@ -223,11 +253,10 @@ static uint8_t *slurp(const char *path, size_t *len) {
 int main(int argc, char **argv) {
     const char *which = argc > 5 ? argv[5] : "both";
     int do_ms = strcmp(which, "ew") != 0, do_ew = strcmp(which, "ms") != 0;
-    size_t len, n, i, warm;
-    long repeat, warmup, k;
+    size_t len, n, i;
+    long repeat, warmup;
     uint8_t *buf;
     request *reqs;
-    int status;
     if (argc < 5) die("usage: modsec_harness CONF FRAMES REPEAT WARMUP [ms|ew|both]");
     repeat = strtol(argv[3], NULL, 10);
     warmup = strtol(argv[4], NULL, 10);
@@ -235,49 +264,32 @@ int main(int argc, char **argv) {
     log_on = getenv("MODSEC_HARNESS_LOG") != NULL;
     buf = slurp(argv[2], &len);
     reqs = parse(buf, buf + len, &n);
-    warm = n < 50 ? n : 50;
 
     if (do_ew) {
-        ew_engine *e = NULL;
-        ew_scratch *s = NULL;
-        if (ew_engine_default(&e) != EW_OK || ew_scratch_new(e, &s) != EW_OK) {
+        ew_pair p = {NULL, NULL};
+        if (ew_engine_default(&p.e) != EW_OK || ew_scratch_new(p.e, &p.s) != EW_OK) {
             fprintf(stderr, "edgeward: %s\n", ew_last_error());
             return 2;
         }
-        for (k = 0; k < warmup; k++)
-            for (i = 0; i < warm; i++) ew_run(e, s, &reqs[i], &status);
-        for (i = 0; i < n; i++)
-            for (k = 0; k < repeat; k++) {
-                uint64_t t0 = now_ns();
-                int stop = ew_run(e, s, &reqs[i], &status);
-                uint64_t t1 = now_ns();
-                printf("ew %zu %d %d %llu\n", i, stop, status, (unsigned long long)(t1 - t0));
-            }
-        ew_scratch_free(s);
-        ew_engine_free(e);
+        measure("ew", ew_run, &p, reqs, n, repeat, warmup);
+        ew_scratch_free(p.s);
+        ew_engine_free(p.e);
     }
 
     if (do_ms) {
-        ModSecurity *ms = msc_init();
-        RulesSet *rules = msc_create_rules_set();
+        modsec_engine m;
         const char *err = NULL;
-        msc_set_connector_info(ms, "edgeward-compare-harness");
-        msc_set_log_cb(ms, log_on ? log_stderr : log_drop);
-        if (msc_rules_add_file(rules, argv[1], &err) < 0) {
+        m.ms = msc_init();
+        m.rules = msc_create_rules_set();
+        msc_set_connector_info(m.ms, "edgeward-compare-harness");
+        msc_set_log_cb(m.ms, log_on ? log_stderr : log_drop);
+        if (msc_rules_add_file(m.rules, argv[1], &err) < 0) {
             fprintf(stderr, "modsecurity rules: %s\n", err ? err : "?");
             return 2;
         }
-        for (k = 0; k < warmup; k++)
-            for (i = 0; i < warm; i++) modsec_run(ms, rules, &reqs[i], &status);
-        for (i = 0; i < n; i++)
-            for (k = 0; k < repeat; k++) {
-                uint64_t t0 = now_ns();
-                int stop = modsec_run(ms, rules, &reqs[i], &status);
-                uint64_t t1 = now_ns();
-                printf("ms %zu %d %d %llu\n", i, stop, status, (unsigned long long)(t1 - t0));
-            }
-        msc_rules_cleanup(rules);
-        msc_cleanup(ms);
+        measure("ms", modsec_run, &m, reqs, n, repeat, warmup);
+        msc_rules_cleanup(m.rules);
+        msc_cleanup(m.ms);
     }
 
     for (i = 0; i < n; i++) {
