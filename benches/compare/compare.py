@@ -5,8 +5,8 @@ side-by-side tables (see run.sh for the whole procedure).
 Rows are counted as `edgeward eval` counts them (rulesets/EVAL.md): an attack row is
 detected and a benign row a false positive when the engine refuses it; rows that do not
 parse are skipped and reported; crs_v4_regression attack rows are counted only when the
-CRS rule they test sits at paranoia level 1 (the level both engines run at), so those of
-higher-level rules are not sent at all.
+CRS rule they test is known to sit at paranoia level 1 (the level both engines run at), so
+the others are not sent at all.
 """
 
 import argparse
@@ -208,8 +208,8 @@ def main():
               f"{us(mmed):>8} {us(mp99):>8} | {rate(ec[1], ec[0]):>12} {rate(ec[3], ec[2]):>6} "
               f"{us(emed):>7} {us(ep99):>7} | {mmed / emed:>5.0f}x")
         if skipped_pl:
-            notes.append(f"{stem}: {skipped_pl} attack rows of CRS rules above PL{PARANOIA} "
-                         "not sent (counting rule of rulesets/EVAL.md)")
+            notes.append(f"{stem}: {skipped_pl} attack rows not sent, their CRS rule being above "
+                         f"PL{PARANOIA} or of unknown level (counting rule of rulesets/EVAL.md)")
         if unreadable:
             notes.append(f"{stem}: {unreadable} unreadable rows skipped")
         if nul_uri:
