@@ -37,9 +37,8 @@ CHAT_HEADERS = [
     ("User-Agent", "OpenAI/Python 1.54.0"),
     ("Accept", "application/json"),
 ]
-
-
-# Everyday words for distinct bodies: none is a trigger word of either rule set.
+# Everyday words for distinct bodies, neutral like PLAIN: the table's `refused` columns
+# show that neither engine minds them.
 WORDS = ("the a of and to in for on with from by about after before over under near "
          "committee report figures costs shipping routes demand cities coastal northern "
          "quarterly budget plan team meeting roadmap hiring release product customer order "

@@ -151,7 +151,8 @@ static int modsec_stops(Transaction *t, int *status) {
 
 /* One request the way a connector (nginx) drives it: connection, URI, headers, phase 1,
  * body, phase 2 (unless phase 1 already stopped it), then logging. Response phases are left
- * out: the comparison is about request inspection. */
+ * out: the comparison is about request inspection. Headers go in with their lengths
+ * (msc_add_n_request_header) since the frame's bytes are not NUL-terminated. */
 static int modsec_run(void *engine, const request *r, int *status) {
     modsec_engine *m = engine;
     Transaction *t = msc_new_transaction(m->ms, m->rules, NULL);
