@@ -240,17 +240,16 @@ fn parts_of<'env>(env: &Env, req: Unknown<'env>) -> Res<Parts<'env>> {
     })
 }
 
-/// Runs `f` with the core request over borrowed parts.
-fn with_request<R>(
-    method: &[u8],
-    uri: &[u8],
-    headers: &[(&[u8], &[u8])],
-    body: Option<&[u8]>,
+/// The core request over borrowed parts.
+fn request<'a>(
+    method: &'a [u8],
+    uri: &'a [u8],
+    headers: &'a [(&'a [u8], &'a [u8])],
+    body: Option<&'a [u8]>,
     peer: Option<IpAddr>,
     client_ip: Option<IpAddr>,
-    identity: Option<&str>,
-    f: impl FnOnce(&edgeward::Request<'_>) -> R,
-) -> R {
+    identity: Option<&'a str>,
+) -> edgeward::Request<'a> {
     let mut req = edgeward::Request::new(method, uri).with_headers(headers);
     if let Some(b) = body {
         req = req.with_body(b);
@@ -264,7 +263,7 @@ fn with_request<R>(
     if let Some(id) = identity {
         req = req.with_identity(id);
     }
-    f(&req)
+    req
 }
 
 /// The request `inspect` reads (for the type definitions: the binding reads the object
@@ -327,7 +326,7 @@ impl Task for InspectTask {
             .iter()
             .map(|(n, v)| (n.as_slice(), v.as_slice()))
             .collect();
-        Ok(with_request(
+        let req = request(
             &r.method,
             &r.uri,
             &pairs,
@@ -335,8 +334,8 @@ impl Task for InspectTask {
             r.peer,
             r.client_ip,
             r.identity.as_deref(),
-            |req| self.engine.inspect(req),
-        ))
+        );
+        Ok(self.engine.inspect(&req))
     }
 
     fn resolve(&mut self, _env: Env, d: Self::Output) -> Result<Self::JsValue> {
@@ -501,7 +500,7 @@ impl Engine {
             .iter()
             .map(|(n, v)| (n.bytes(), v.bytes()))
             .collect();
-        let d = with_request(
+        let req = request(
             p.method.bytes(),
             p.uri.bytes(),
             &pairs,
@@ -509,9 +508,8 @@ impl Engine {
             p.peer,
             p.client_ip,
             p.identity.as_deref(),
-            |req| self.engine.inspect(req),
         );
-        Ok(Decision::from_core(d))
+        Ok(Decision::from_core(self.engine.inspect(&req)))
     }
 
     /// `inspect` off the JS thread: the request is copied out of JS (see why in the
