@@ -178,12 +178,17 @@ class Settler {
 
   settle(usage) {
     this.settled = true
-    this.engine.settleAsync(this.d, usage).catch((e) => {
-      // A store outage must not turn an answered request into an error; the reservation
-      // expires at the end of its lease.
-      this.log.warn?.(`edgeward: settlement failed (${e.code}): ${e.message}`)
-    })
+    settle(this.engine, this.d, usage, this.log)
   }
+}
+
+/** Settles on the thread pool; never throws into the request. */
+function settle(engine, d, usage, log) {
+  engine.settleAsync(d, usage).catch((e) => {
+    // A store outage must not turn an answered request into an error; the reservation
+    // expires at the end of its lease.
+    log.warn?.(`edgeward: settlement failed (${e.code}): ${e.message}`)
+  })
 }
 
 /** Wraps `res` so every chunk is passed on first and read for usage after. */
@@ -282,8 +287,7 @@ async function run(o, req, res, forward, fail) {
     } catch (e) {
       // The body cannot carry the clamped parameters: never forward it as is, and give
       // back what it reserved.
-      const s = new Settler(engine, d, 0, o.log)
-      s.settle({})
+      settle(engine, d, {}, o.log)
       answer(res, 400, errorBody(e.code, 'the request body cannot be rewritten', 400))
       return
     }

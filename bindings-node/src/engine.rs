@@ -99,6 +99,22 @@ struct Parts<'env> {
     identity: Option<String>,
 }
 
+/// Element `i` of a JS array.
+fn item<'env>(a: &Array<'env>, i: u32, what: &str) -> Res<Unknown<'env>> {
+    a.get(i)
+        .ok()
+        .flatten()
+        .ok_or_else(|| Fail::type_error(format!("{what} missing")))
+}
+
+/// A header's name and value as bytes.
+fn header<'env>(name: Unknown<'env>, value: Unknown<'env>) -> Res<(Bytes<'env>, Bytes<'env>)> {
+    Ok((
+        bytes_of(name, "a header name", true)?,
+        bytes_of(value, "a header value", true)?,
+    ))
+}
+
 /// Headers: node's `req.headers` (an object whose values are strings or arrays of
 /// them), `req.rawHeaders` (a flat `[name, value, ...]` array), or `[name, value]`
 /// pairs; names and values strings or Buffers.
@@ -110,33 +126,21 @@ fn headers_of<'env>(v: Unknown<'env>) -> Res<Vec<(Bytes<'env>, Bytes<'env>)>> {
         ValueType::Object if v.is_array().unwrap_or(false) => {
             let a = Array::from_unknown(v).map_err(wrong_type("headers", shape))?;
             let n = a.len();
-            let first: Option<Unknown> = a.get(0).map_err(wrong_type("headers", shape))?;
-            let pairs = match first {
-                Some(f) => f.is_array().unwrap_or(false),
-                None => return Ok(out),
-            };
-            if pairs {
+            if n == 0 {
+                return Ok(out);
+            }
+            if item(&a, 0, "a header")?.is_array().unwrap_or(false) {
+                let pair = "each header must be a [name, value] pair";
                 for i in 0..n {
-                    let p: Array = a.get(i).ok().flatten().ok_or_else(|| {
-                        Fail::type_error("each header must be a [name, value] pair")
-                    })?;
+                    let p = Array::from_unknown(item(&a, i, "a header")?)
+                        .map_err(|_| Fail::type_error(pair))?;
                     if p.len() != 2 {
-                        return Err(Fail::type_error("each header must be a [name, value] pair"));
+                        return Err(Fail::type_error(pair));
                     }
-                    let name: Unknown = p
-                        .get(0)
-                        .ok()
-                        .flatten()
-                        .ok_or_else(|| Fail::type_error("header name missing"))?;
-                    let value: Unknown = p
-                        .get(1)
-                        .ok()
-                        .flatten()
-                        .ok_or_else(|| Fail::type_error("header value missing"))?;
-                    out.push((
-                        bytes_of(name, "a header name", true)?,
-                        bytes_of(value, "a header value", true)?,
-                    ));
+                    out.push(header(
+                        item(&p, 0, "a header name")?,
+                        item(&p, 1, "a header value")?,
+                    )?);
                 }
             } else {
                 if n % 2 != 0 {
@@ -145,49 +149,32 @@ fn headers_of<'env>(v: Unknown<'env>) -> Res<Vec<(Bytes<'env>, Bytes<'env>)>> {
                     ));
                 }
                 for i in (0..n).step_by(2) {
-                    let name: Unknown = a
-                        .get(i)
-                        .ok()
-                        .flatten()
-                        .ok_or_else(|| Fail::type_error("header name missing"))?;
-                    let value: Unknown = a
-                        .get(i + 1)
-                        .ok()
-                        .flatten()
-                        .ok_or_else(|| Fail::type_error("header value missing"))?;
-                    out.push((
-                        bytes_of(name, "a header name", true)?,
-                        bytes_of(value, "a header value", true)?,
-                    ));
+                    out.push(header(
+                        item(&a, i, "a header name")?,
+                        item(&a, i + 1, "a header value")?,
+                    )?);
                 }
             }
         }
         ValueType::Object if !v.is_buffer().unwrap_or(false) => {
             let o = Object::from_unknown(v).map_err(wrong_type("headers", shape))?;
             for k in Object::keys(&o).map_err(wrong_type("headers", shape))? {
-                let value: Unknown = match o.get(&k).map_err(wrong_type("headers", shape))? {
-                    Some(v) => v,
-                    None => continue,
+                let Some(value) = o.get::<Unknown>(&k).map_err(wrong_type("headers", shape))?
+                else {
+                    continue;
                 };
+                let name = || Bytes::Owned(string_bytes(k.clone(), true));
                 if value.is_array().unwrap_or(false) {
                     // Repeated headers (`set-cookie`): one pair per value, in order.
                     let a = Array::from_unknown(value).map_err(wrong_type("headers", shape))?;
                     for i in 0..a.len() {
-                        let item: Unknown = a
-                            .get(i)
-                            .ok()
-                            .flatten()
-                            .ok_or_else(|| Fail::type_error("header value missing"))?;
                         out.push((
-                            Bytes::Owned(string_bytes(k.clone(), true)),
-                            bytes_of(item, "a header value", true)?,
+                            name(),
+                            bytes_of(item(&a, i, "a header value")?, "a header value", true)?,
                         ));
                     }
                 } else {
-                    out.push((
-                        Bytes::Owned(string_bytes(k, true)),
-                        bytes_of(value, "a header value", true)?,
-                    ));
+                    out.push((name(), bytes_of(value, "a header value", true)?));
                 }
             }
         }
@@ -196,8 +183,7 @@ fn headers_of<'env>(v: Unknown<'env>) -> Res<Vec<(Bytes<'env>, Bytes<'env>)>> {
     Ok(out)
 }
 
-fn parts_of<'env>(env: &Env, req: Unknown<'env>) -> Res<Parts<'env>> {
-    let _ = env;
+fn parts_of<'env>(req: Unknown<'env>) -> Res<Parts<'env>> {
     let shape = "an object {method, uri, headers, body, peer, clientIp, identity}";
     if req.get_type().ok() != Some(ValueType::Object) {
         return Err(Fail::type_error(format!("the request must be {shape}")));
@@ -431,11 +417,9 @@ fn policy_of(path_or_text: Unknown<'_>) -> Res<edgeward::Policy> {
         "fromPolicy's argument",
         "a path or policy text (string)",
     ))?;
-    // Policy text has newlines and braces no file name has.
-    if !s.contains('\n') && std::path::Path::new(&s).is_file() {
-        Ok(edgeward::Policy::from_file(&s)?)
-    } else if !s.contains('\n') && !s.contains(':') {
-        // One line without a key: a path to a file that is not there.
+    // Policy text has newlines and keys no file name has; one line without a key is a
+    // path, so a missing file says so (`policy.io`) rather than fail to parse.
+    if !s.contains('\n') && (std::path::Path::new(&s).is_file() || !s.contains(':')) {
         Ok(edgeward::Policy::from_file(&s)?)
     } else {
         Ok(edgeward::Policy::from_text(&s)?)
@@ -494,7 +478,7 @@ impl Engine {
     /// Never throws on request content: malformed bodies are findings in the decision.
     #[napi(ts_args_type = "req: InspectRequest")]
     pub fn inspect(&self, env: Env, req: Unknown<'_>) -> Result<Decision> {
-        let p = parts_of(&env, req).map_err(|f| f.into_js(&env))?;
+        let p = parts_of(req).map_err(|f| f.into_js(&env))?;
         let pairs: Vec<(&[u8], &[u8])> = p
             .headers
             .iter()
@@ -520,7 +504,7 @@ impl Engine {
         ts_return_type = "Promise<Decision>"
     )]
     pub fn inspect_async(&self, env: Env, req: Unknown<'_>) -> Result<AsyncTask<InspectTask>> {
-        let p = parts_of(&env, req).map_err(|f| f.into_js(&env))?;
+        let p = parts_of(req).map_err(|f| f.into_js(&env))?;
         let owned = |b: Bytes<'_>| match b {
             Bytes::Owned(v) => v,
             other => other.bytes().to_vec(),
