@@ -13,7 +13,6 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use edgeward::cost::usage::Provider;
-use edgeward::RewriteAction;
 
 /// The core decision, shared by the JS decision and its reservation.
 pub(crate) type Held = Arc<edgeward::Decision>;
@@ -184,17 +183,6 @@ pub struct Reservation {
     pub handle: External<Held>,
 }
 
-pub(crate) fn provider_name(p: Provider) -> &'static str {
-    match p {
-        Provider::OpenAiChat => "openai_chat",
-        Provider::OpenAiCompletions => "openai_completions",
-        Provider::OpenAiResponses => "openai_responses",
-        Provider::OpenAiEmbeddings => "openai_embeddings",
-        Provider::Anthropic => "anthropic",
-        _ => "unknown",
-    }
-}
-
 /// A serde enum's name (`snake_case` or `camelCase` as the core serializes it).
 fn name_of<T: serde::Serialize>(v: &T) -> String {
     match serde_json::to_value(v) {
@@ -269,23 +257,15 @@ impl Decision {
                 output_tokens_reserved: num(c.output_tokens_reserved),
                 micro_usd: num(c.micro_usd),
                 exact: c.exact,
-                provider: c.provider.map(provider_name),
+                provider: c.provider.map(Provider::as_str),
             }),
             rewrites: d
                 .rewrites
                 .iter()
-                .map(|r| {
-                    let (action, value) = match r.action {
-                        RewriteAction::Set(v) => ("set", Some(num(v))),
-                        RewriteAction::SetFalse => ("set_false", None),
-                        RewriteAction::SetTrue => ("set_true", None),
-                        RewriteAction::Remove => ("remove", None),
-                    };
-                    Rewrite {
-                        param: r.param,
-                        action,
-                        value,
-                    }
+                .map(|r| Rewrite {
+                    param: r.param,
+                    action: r.action.as_str(),
+                    value: r.action.value().map(num),
                 })
                 .collect(),
             limits: d

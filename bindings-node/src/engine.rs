@@ -236,19 +236,12 @@ fn request<'a>(
     client_ip: Option<IpAddr>,
     identity: Option<&'a str>,
 ) -> edgeward::Request<'a> {
+    // The optional parts are plain fields: set them as given.
     let mut req = edgeward::Request::new(method, uri).with_headers(headers);
-    if let Some(b) = body {
-        req = req.with_body(b);
-    }
-    if let Some(p) = peer {
-        req = req.with_peer(p);
-    }
-    if let Some(c) = client_ip {
-        req = req.with_client_ip(c);
-    }
-    if let Some(id) = identity {
-        req = req.with_identity(id);
-    }
+    req.body = body.unwrap_or_default();
+    req.peer = peer;
+    req.client = client_ip;
+    req.identity = identity;
     req
 }
 

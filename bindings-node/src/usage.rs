@@ -54,24 +54,17 @@ impl From<edgeward::Usage> for Usage {
             cache_creation_tokens: u.cache_creation_tokens as f64,
             output_tokens: u.output_tokens as f64,
             reasoning_tokens: u.reasoning_tokens as f64,
-            source: match u.source {
-                edgeward::UsageSource::Reported => "reported",
-                edgeward::UsageSource::Counted => "counted",
-                _ => "partial",
-            },
+            source: u.source.as_str(),
         }
     }
 }
 
 fn source_of(s: &str) -> Res<edgeward::UsageSource> {
-    match s {
-        "reported" => Ok(edgeward::UsageSource::Reported),
-        "counted" => Ok(edgeward::UsageSource::Counted),
-        "partial" => Ok(edgeward::UsageSource::Partial),
-        other => Err(Fail::argument(format!(
-            "usage source {other:?} is not reported, counted or partial"
-        ))),
-    }
+    edgeward::UsageSource::from_name(s).ok_or_else(|| {
+        Fail::argument(format!(
+            "usage source {s:?} is not reported, counted or partial"
+        ))
+    })
 }
 
 /// A usage object (`{promptTokens: 12, outputTokens: 40}`; missing counts are 0,
