@@ -141,7 +141,12 @@ test('wrong types are TypeErrors with a code, wrong values coded errors', async 
       },
     }),
   )
+  throwsCode(() => engine.settle(d, { promptTokens: 1e300 }), A)
   await rejectsCode(engine.settleAsync(d, Buffer.from('{}')), 'usage.missing')
+  // napi-rs's own refusals: no constructor, a method called on another object.
+  assert.throws(() => new Engine(), Error)
+  assert.throws(() => new edgeward.UsageTracker(), Error)
+  assert.throws(() => engine.inspect.call({}, { uri: CHAT }), TypeError)
 })
 
 test('policy errors carry their code and where they are', () => {
