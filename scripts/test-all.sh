@@ -31,6 +31,9 @@ bash integrations/nginx/test.sh
 step "Python package: built into a virtualenv (dev profile), pytest (API, vectors, stubtest, ASGI in uvicorn)"
 bash bindings-python/test.sh
 
+step "Node package: built from source (dev profile), node --test (API, vectors, middleware in node:http and Express, index.d.ts)"
+bash bindings-node/test.sh
+
 step "CLI smoke tests"
 cargo run --quiet -p edgeward-cli -- check rulesets/policies/default.yaml
 cargo run --quiet -p edgeward-cli -- test

@@ -7,7 +7,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 
 use edgeward::cost::usage::Provider;
-use edgeward::RewriteAction;
 
 /// What the engine decided about a request, and why.
 #[pyclass(frozen, module = "edgeward._native", name = "Decision")]
@@ -116,17 +115,6 @@ impl PyReservation {
 
     fn __repr__(&self) -> String {
         format!("Reservation(id={:?})", self.r.id().to_string())
-    }
-}
-
-pub(crate) fn provider_name(p: Provider) -> &'static str {
-    match p {
-        Provider::OpenAiChat => "openai_chat",
-        Provider::OpenAiCompletions => "openai_completions",
-        Provider::OpenAiResponses => "openai_responses",
-        Provider::OpenAiEmbeddings => "openai_embeddings",
-        Provider::Anthropic => "anthropic",
-        _ => "unknown",
     }
 }
 
@@ -306,7 +294,7 @@ impl PyDecision {
             output_tokens_reserved: c.output_tokens_reserved,
             micro_usd: c.micro_usd,
             exact: c.exact,
-            provider: c.provider.map(provider_name),
+            provider: c.provider.map(Provider::as_str),
         })
     }
 
@@ -317,18 +305,10 @@ impl PyDecision {
         self.d
             .rewrites
             .iter()
-            .map(|r| {
-                let (action, value) = match r.action {
-                    RewriteAction::Set(v) => ("set", Some(v)),
-                    RewriteAction::SetFalse => ("set_false", None),
-                    RewriteAction::SetTrue => ("set_true", None),
-                    RewriteAction::Remove => ("remove", None),
-                };
-                PyRewrite {
-                    param: r.param,
-                    action,
-                    value,
-                }
+            .map(|r| PyRewrite {
+                param: r.param,
+                action: r.action.as_str(),
+                value: r.action.value(),
             })
             .collect()
     }

@@ -12,23 +12,12 @@ pub(crate) struct PyUsage {
     pub(crate) u: edgeward::Usage,
 }
 
-pub(crate) fn source_name(s: edgeward::UsageSource) -> &'static str {
-    match s {
-        edgeward::UsageSource::Reported => "reported",
-        edgeward::UsageSource::Counted => "counted",
-        _ => "partial",
-    }
-}
-
 fn source_of(s: &str) -> Result<edgeward::UsageSource, Fail> {
-    match s {
-        "reported" => Ok(edgeward::UsageSource::Reported),
-        "counted" => Ok(edgeward::UsageSource::Counted),
-        "partial" => Ok(edgeward::UsageSource::Partial),
-        other => Err(Fail::argument(format!(
-            "usage source {other:?} is not reported, counted or partial"
-        ))),
-    }
+    edgeward::UsageSource::from_name(s).ok_or_else(|| {
+        Fail::argument(format!(
+            "usage source {s:?} is not reported, counted or partial"
+        ))
+    })
 }
 
 #[pymethods]
@@ -91,7 +80,7 @@ impl PyUsage {
     /// Where the numbers come from: `"reported"`, `"counted"` or `"partial"`.
     #[getter]
     fn source(&self) -> &'static str {
-        source_name(self.u.source)
+        self.u.source.as_str()
     }
 
     /// The counts as a dict (the shape `Engine.settle` also accepts).
@@ -102,7 +91,7 @@ impl PyUsage {
         d.set_item("cache_creation_tokens", self.u.cache_creation_tokens)?;
         d.set_item("output_tokens", self.u.output_tokens)?;
         d.set_item("reasoning_tokens", self.u.reasoning_tokens)?;
-        d.set_item("source", source_name(self.u.source))?;
+        d.set_item("source", self.u.source.as_str())?;
         Ok(d)
     }
 
@@ -115,7 +104,7 @@ impl PyUsage {
             self.u.cached_prompt_tokens,
             self.u.cache_creation_tokens,
             self.u.reasoning_tokens,
-            source_name(self.u.source)
+            self.u.source.as_str()
         )
     }
 }

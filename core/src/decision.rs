@@ -345,6 +345,26 @@ pub enum RewriteAction {
     Remove,
 }
 
+impl RewriteAction {
+    /// The action's name, as bindings show it: `set`, `set_false`, `set_true`, `remove`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RewriteAction::Set(_) => "set",
+            RewriteAction::SetFalse => "set_false",
+            RewriteAction::SetTrue => "set_true",
+            RewriteAction::Remove => "remove",
+        }
+    }
+
+    /// The number a `Set` sets; `None` for the other actions.
+    pub fn value(self) -> Option<u64> {
+        match self {
+            RewriteAction::Set(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
 /// How long something took, in nanoseconds.
 ///
 /// Every `Elapsed` equals every other: timing is not part of what was decided, so two

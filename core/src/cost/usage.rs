@@ -114,6 +114,28 @@ pub enum UsageSource {
     Partial,
 }
 
+impl UsageSource {
+    /// The name, as in the JSON forms (`reported`, `counted`, `partial`); bindings show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::Reported => "reported",
+            UsageSource::Counted => "counted",
+            UsageSource::Partial => "partial",
+        }
+    }
+
+    /// The source of that name, for bindings that take usage from their host.
+    pub fn from_name(name: &str) -> Option<UsageSource> {
+        [
+            UsageSource::Reported,
+            UsageSource::Counted,
+            UsageSource::Partial,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+}
+
 /// The response format: which API produced the body or stream.
 ///
 /// Each names its counts differently and streams differently, and the route already knows
@@ -135,6 +157,18 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// The name bindings show (`openai_chat`, `anthropic`, ...). Not the serde form,
+    /// which splits `OpenAi` into `open_ai`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::OpenAiChat => "openai_chat",
+            Provider::OpenAiCompletions => "openai_completions",
+            Provider::OpenAiResponses => "openai_responses",
+            Provider::OpenAiEmbeddings => "openai_embeddings",
+            Provider::Anthropic => "anthropic",
+        }
+    }
+
     fn is_openai_family(self) -> bool {
         !matches!(self, Provider::Anthropic)
     }
@@ -1147,6 +1181,29 @@ struct AnthropicDelta<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn names_are_distinct_and_round_trip() {
+        let json = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let providers = [
+            Provider::OpenAiChat,
+            Provider::OpenAiCompletions,
+            Provider::OpenAiResponses,
+            Provider::OpenAiEmbeddings,
+            Provider::Anthropic,
+        ];
+        let names: std::collections::HashSet<_> = providers.iter().map(|p| p.as_str()).collect();
+        assert_eq!(names.len(), providers.len());
+        for s in [
+            UsageSource::Reported,
+            UsageSource::Counted,
+            UsageSource::Partial,
+        ] {
+            assert_eq!(s.as_str(), json(serde_json::to_value(s).unwrap()));
+            assert_eq!(UsageSource::from_name(s.as_str()), Some(s));
+        }
+        assert_eq!(UsageSource::from_name("guessed"), None);
+    }
 
     type Events = Vec<(Vec<u8>, Vec<u8>)>;
 

@@ -1,0 +1,12 @@
+'use strict'
+// The `edgeward` package: the native addon (built from source into ../edgeward.node by
+// `npm install`) and the HTTP middleware in ./middleware.js.
+
+const native = require('../edgeward.node')
+const { guard, wrap } = require('./middleware.js')
+
+module.exports = {
+  ...native,
+  guard,
+  wrap,
+}
