@@ -25,6 +25,8 @@ spec:
     - name: chat
       match: {paths: ["/v1/chat/completions"]}
       schema: openai-chat
+    - name: api
+      match: {paths: ["/api/*"]}
 "#;
 
 /// A chat request whose one prompt repeats `piece` to `size` bytes.
@@ -35,7 +37,8 @@ fn prompt(piece: &str, size: usize) -> Vec<u8> {
         .into_bytes()
 }
 
-/// The body of each shape at `size` bytes, and its content type.
+/// The body of each shape at `size` bytes, and its content type (a form goes to a route
+/// without an inference schema, where forms are parsed).
 fn shapes(size: usize) -> Vec<(&'static str, Vec<u8>, &'static [u8])> {
     let json: &[u8] = b"application/json";
     let mut deep = b"[".repeat(size / 2);
@@ -69,10 +72,19 @@ fn bounds(c: &mut Criterion) {
     let mut scratch = engine.new_scratch();
     let mut g = c.benchmark_group("bounds");
     g.sample_size(10);
-    for size in [16 << 10, 64 << 10, 256 << 10, 1 << 20] {
+    let sizes = match std::env::var("BOUNDS_SIZES") {
+        Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+        Err(_) => vec![16 << 10, 64 << 10, 256 << 10, 1 << 20],
+    };
+    for size in sizes {
         for (name, body, ct) in shapes(size) {
             let headers: &[(&[u8], &[u8])] = &[(b"content-type", ct)];
-            let req = Request::new(b"POST", b"/v1/chat/completions")
+            let path: &[u8] = if name == "form-fields" {
+                b"/api/form"
+            } else {
+                b"/v1/chat/completions"
+            };
+            let req = Request::new(b"POST", path)
                 .with_headers(headers)
                 .with_body(&body);
             g.throughput(Throughput::Bytes(body.len() as u64));
