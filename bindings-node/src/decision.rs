@@ -200,6 +200,17 @@ impl Decision {
     /// The JS form of a core decision.
     pub(crate) fn from_core(d: edgeward::Decision) -> Decision {
         let d: Held = Arc::new(d);
+        let mut out = Decision::parts(&d);
+        out.reservation = d.reservation.as_ref().map(|r| Reservation {
+            id: r.id().to_string(),
+            handle: External::new(d.clone()),
+        });
+        out.handle = External::new(d);
+        out
+    }
+
+    /// Every part but the handles (`reservation` and `handle` are placeholders).
+    fn parts(d: &Held) -> Decision {
         let scores = edgeward::Category::ALL
             .iter()
             .filter_map(|&c| {
@@ -291,12 +302,125 @@ impl Decision {
                 code: s.code,
                 failed_open: s.failed_open,
             }),
-            reservation: d.reservation.as_ref().map(|r| Reservation {
-                id: r.id().to_string(),
-                handle: External::new(d.clone()),
-            }),
+            reservation: None,
             inspect_ns: num(d.inspect_ns.0),
-            handle: External::new(d),
+            handle: External::new(Arc::clone(d)),
         }
+    }
+}
+
+/// The parts of a decision the common request leaves empty, sent as one object only when
+/// one of them is not.
+#[napi(object, object_from_js = false)]
+pub struct Rare {
+    pub status: Option<u32>,
+    pub reason_code: Option<&'static str>,
+    pub reason: Option<String>,
+    pub would_deny: Option<&'static str>,
+    pub scores: Option<HashMap<&'static str, u32>>,
+    pub retry_after: Option<u32>,
+    pub headers: Option<Vec<(&'static str, String)>>,
+    pub matches: Option<Vec<Match>>,
+    pub matches_truncated: bool,
+    pub principal: Option<Principal>,
+    pub rewrites: Option<Vec<Rewrite>>,
+    pub limits: Option<Vec<LimitOutcome>>,
+    pub signals: Option<Vec<serde_json::Value>>,
+    pub store_error: Option<StoreFailure>,
+    pub reservation_id: Option<String>,
+}
+
+/// A decision as `lib/decision.js` rebuilds it: one array of scalars (no property names
+/// to create and look up per field, which is most of what a plain object costs through
+/// N-API) and the rare parts only when present.
+pub struct Compact(pub(crate) Held);
+
+/// The array's slots; `lib/decision.js` reads the same numbers.
+const SLOTS: u32 = 17;
+
+unsafe fn put<T: ToNapiValue>(env: napi::sys::napi_env, arr: napi::sys::napi_value, i: u32, v: T) -> Result<()> {
+    let v = unsafe { T::to_napi_value(env, v)? };
+    check_status!(unsafe { napi::sys::napi_set_element(env, arr, i, v) })
+}
+
+impl Compact {
+    fn rare(d: &Held) -> Option<Rare> {
+        let scored = edgeward::Category::ALL.iter().any(|&c| d.scores.get(c) > 0);
+        let common = d.is_allowed()
+            && d.would_deny.is_none()
+            && !scored
+            && d.headers.is_empty()
+            && d.matches.is_empty()
+            && !d.matches_truncated
+            && d.principal.is_none()
+            && d.rewrites.is_empty()
+            && d.limits.is_empty()
+            && d.signals.is_empty()
+            && d.store_error.is_none()
+            && d.reservation.is_none();
+        if common {
+            return None;
+        }
+        let full = Decision::parts(d);
+        Some(Rare {
+            status: full.status,
+            reason_code: full.reason_code,
+            reason: full.reason,
+            would_deny: full.would_deny,
+            scores: scored.then_some(full.scores),
+            retry_after: full.retry_after,
+            headers: Some(full.headers),
+            matches: Some(full.matches),
+            matches_truncated: full.matches_truncated,
+            principal: full.principal,
+            rewrites: Some(full.rewrites),
+            limits: Some(full.limits),
+            signals: Some(full.signals),
+            store_error: full.store_error,
+            reservation_id: d.reservation.as_ref().map(|r| r.id().to_string()),
+        })
+    }
+}
+
+impl ToNapiValue for Compact {
+    unsafe fn to_napi_value(env: napi::sys::napi_env, val: Self) -> Result<napi::sys::napi_value> {
+        let d = val.0;
+        let rare = Compact::rare(&d);
+        let mut arr = std::ptr::null_mut();
+        check_status!(unsafe { napi::sys::napi_create_array_with_length(env, SLOTS as usize, &mut arr) })?;
+        unsafe {
+            put(env, arr, 0, d.is_allowed())?;
+            put(env, arr, 1, d.stage.as_str())?;
+            put(env, arr, 2, &*d.route)?;
+            put(env, arr, 3, matches!(d.mode, edgeward::Mode::Monitor))?;
+            put(env, arr, 4, d.score)?;
+            put(env, arr, 5, d.threshold)?;
+            put(env, arr, 6, num(d.inspect_ns.0))?;
+            if let Some(c) = &d.cost {
+                put(env, arr, 8, c.model.as_deref())?;
+                put(env, arr, 9, num(c.prompt_tokens))?;
+                put(env, arr, 10, num(c.prompt_tokens_low))?;
+                put(env, arr, 11, num(c.prompt_tokens_high))?;
+                put(env, arr, 12, num(c.output_tokens_reserved))?;
+                put(env, arr, 13, num(c.micro_usd))?;
+                put(env, arr, 14, c.exact)?;
+                put(env, arr, 15, c.provider.map(Provider::as_str))?;
+            }
+            if let Some(r) = rare {
+                put(env, arr, 16, r)?;
+            }
+            put(env, arr, 7, External::new(d))?;
+        }
+        Ok(arr)
+    }
+}
+
+impl TypeName for Compact {
+    fn type_name() -> &'static str {
+        "Array"
+    }
+
+    fn value_type() -> ValueType {
+        ValueType::Object
     }
 }

@@ -8,7 +8,7 @@ use napi::bindgen_prelude::*;
 use napi::{JsValue, ValueType};
 use napi_derive::napi;
 
-use crate::decision::{Decision, Held};
+use crate::decision::{Compact, Decision, Held};
 use crate::errors::{wrong_type, Fail, Res};
 use crate::usage::{usage_from_object, Usage, UsageTracker};
 
@@ -419,6 +419,66 @@ fn policy_of(path_or_text: Unknown<'_>) -> Res<edgeward::Policy> {
     }
 }
 
+impl Engine {
+    /// The core's decision on a request read from JS, on the calling thread.
+    fn inspect_here(&self, req: Unknown<'_>) -> Res<edgeward::Decision> {
+        let p = parts_of(req)?;
+        let pairs: Vec<(&[u8], &[u8])> = p
+            .headers
+            .iter()
+            .map(|(n, v)| (n.bytes(), v.bytes()))
+            .collect();
+        let req = request(
+            p.method.bytes(),
+            p.uri.bytes(),
+            &pairs,
+            p.body.as_ref().map(Bytes::bytes),
+            p.peer,
+            p.client_ip,
+            p.identity.as_deref(),
+        );
+        Ok(self.engine.inspect(&req))
+    }
+}
+
+/// A request copied out of JS for the thread pool.
+fn owned_request(req: Unknown<'_>) -> Res<OwnedRequest> {
+    let p = parts_of(req)?;
+    let owned = |b: Bytes<'_>| match b {
+        Bytes::Owned(v) => v,
+        other => other.bytes().to_vec(),
+    };
+    Ok(OwnedRequest {
+        method: owned(p.method),
+        uri: owned(p.uri),
+        headers: p
+            .headers
+            .into_iter()
+            .map(|(n, v)| (owned(n), owned(v)))
+            .collect(),
+        body: p.body.map(owned),
+        peer: p.peer,
+        client_ip: p.client_ip,
+        identity: p.identity,
+    })
+}
+
+/// `_inspectAsync`'s work: `inspectAsync`'s, resolved in the compact form.
+pub struct CompactTask(InspectTask);
+
+impl Task for CompactTask {
+    type Output = edgeward::Decision;
+    type JsValue = Compact;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        self.0.compute()
+    }
+
+    fn resolve(&mut self, _env: Env, d: Self::Output) -> Result<Self::JsValue> {
+        Ok(Compact(Arc::new(d)))
+    }
+}
+
 #[napi]
 impl Engine {
     /// An engine from a policy: a path to a YAML or JSON file (rule and key files it names
@@ -471,22 +531,31 @@ impl Engine {
     /// Never throws on request content: malformed bodies are findings in the decision.
     #[napi(ts_args_type = "req: InspectRequest")]
     pub fn inspect(&self, env: Env, req: Unknown<'_>) -> Result<Decision> {
-        let p = parts_of(req).map_err(|f| f.into_js(&env))?;
-        let pairs: Vec<(&[u8], &[u8])> = p
-            .headers
-            .iter()
-            .map(|(n, v)| (n.bytes(), v.bytes()))
-            .collect();
-        let req = request(
-            p.method.bytes(),
-            p.uri.bytes(),
-            &pairs,
-            p.body.as_ref().map(Bytes::bytes),
-            p.peer,
-            p.client_ip,
-            p.identity.as_deref(),
-        );
-        Ok(Decision::from_core(self.engine.inspect(&req)))
+        self.inspect_here(req)
+            .map(Decision::from_core)
+            .map_err(|f| f.into_js(&env))
+    }
+
+    /// `inspect` for `lib/decision.js`, which builds the same decision in JS.
+    #[napi(js_name = "_inspect", skip_typescript)]
+    pub fn inspect_compact(&self, env: Env, req: Unknown<'_>) -> Result<Compact> {
+        self.inspect_here(req)
+            .map(|d| Compact(Arc::new(d)))
+            .map_err(|f| f.into_js(&env))
+    }
+
+    /// `inspectAsync` for `lib/decision.js`.
+    #[napi(js_name = "_inspectAsync", skip_typescript)]
+    pub fn inspect_async_compact(
+        &self,
+        env: Env,
+        req: Unknown<'_>,
+    ) -> Result<AsyncTask<CompactTask>> {
+        let req = owned_request(req).map_err(|f| f.into_js(&env))?;
+        Ok(AsyncTask::new(CompactTask(InspectTask {
+            engine: self.engine.clone(),
+            req,
+        })))
     }
 
     /// `inspect` off the JS thread: the request is copied out of JS (see why in the
@@ -497,24 +566,7 @@ impl Engine {
         ts_return_type = "Promise<Decision>"
     )]
     pub fn inspect_async(&self, env: Env, req: Unknown<'_>) -> Result<AsyncTask<InspectTask>> {
-        let p = parts_of(req).map_err(|f| f.into_js(&env))?;
-        let owned = |b: Bytes<'_>| match b {
-            Bytes::Owned(v) => v,
-            other => other.bytes().to_vec(),
-        };
-        let req = OwnedRequest {
-            method: owned(p.method),
-            uri: owned(p.uri),
-            headers: p
-                .headers
-                .into_iter()
-                .map(|(n, v)| (owned(n), owned(v)))
-                .collect(),
-            body: p.body.map(owned),
-            peer: p.peer,
-            client_ip: p.client_ip,
-            identity: p.identity,
-        };
+        let req = owned_request(req).map_err(|f| f.into_js(&env))?;
         Ok(AsyncTask::new(InspectTask {
             engine: self.engine.clone(),
             req,

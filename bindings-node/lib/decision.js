@@ -1,0 +1,62 @@
+'use strict'
+// The decision object built in JS from the addon's compact form (src/decision.rs,
+// `Compact`): creating ~25 properties one N-API call at a time costs more than the
+// inspection itself, while a JS object literal costs almost nothing. The result is the
+// same plain object, in the same shape, as the addon's own `inspect` returns.
+
+const NONE = Object.freeze({})
+
+function decisionOf(a) {
+  const r = a[16] === undefined ? NONE : a[16]
+  const handle = a[7]
+  return {
+    allowed: a[0],
+    status: r.status,
+    reasonCode: r.reasonCode,
+    reason: r.reason,
+    stage: a[1],
+    route: a[2],
+    mode: a[3] ? 'monitor' : 'enforce',
+    wouldDeny: r.wouldDeny,
+    score: a[4],
+    threshold: a[5],
+    scores: r.scores === undefined ? {} : r.scores,
+    retryAfter: r.retryAfter,
+    headers: r.headers === undefined ? [] : r.headers,
+    matches: r.matches === undefined ? [] : r.matches,
+    matchesTruncated: r.matchesTruncated === true,
+    principal: r.principal,
+    cost:
+      a[9] === undefined
+        ? undefined
+        : {
+            model: a[8] === null ? undefined : a[8],
+            promptTokens: a[9],
+            promptTokensLow: a[10],
+            promptTokensHigh: a[11],
+            outputTokensReserved: a[12],
+            microUsd: a[13],
+            exact: a[14],
+            provider: a[15] === null ? undefined : a[15],
+          },
+    rewrites: r.rewrites === undefined ? [] : r.rewrites,
+    limits: r.limits === undefined ? [] : r.limits,
+    signals: r.signals === undefined ? [] : r.signals,
+    storeError: r.storeError,
+    reservation: r.reservationId === undefined ? undefined : { id: r.reservationId, handle },
+    inspectNs: a[6],
+    handle,
+  }
+}
+
+/** Puts the JS-built decision behind `inspect` and `inspectAsync`. */
+function install(Engine) {
+  Engine.prototype.inspect = function inspect(req) {
+    return decisionOf(this._inspect(req))
+  }
+  Engine.prototype.inspectAsync = function inspectAsync(req) {
+    return this._inspectAsync(req).then(decisionOf)
+  }
+}
+
+module.exports = { install }
