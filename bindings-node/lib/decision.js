@@ -51,8 +51,26 @@ function decisionOf(a) {
 
 /** Puts the JS-built decision behind `inspect` and `inspectAsync`. */
 function install(Engine) {
+  // The addon's own methods: for what is not a plain object, and for a request whose
+  // fields throw when read, so the error is the addon's (a TypeError, code
+  // `node.argument`).
+  const nativeInspect = Engine.prototype.inspect
   Engine.prototype.inspect = function inspect(req) {
-    return decisionOf(this._inspect(req))
+    if (typeof req !== 'object' || req === null) return nativeInspect.call(this, req)
+    let method, uri, url, headers, body, peer, clientIp, identity
+    try {
+      method = req.method
+      uri = req.uri
+      if (uri == null) url = req.url
+      headers = req.headers
+      body = req.body
+      peer = req.peer
+      clientIp = req.clientIp
+      identity = req.identity
+    } catch {
+      return nativeInspect.call(this, req)
+    }
+    return decisionOf(this._inspect(method, uri, url, headers, body, peer, clientIp, identity))
   }
   Engine.prototype.inspectAsync = function inspectAsync(req) {
     return this._inspectAsync(req).then(decisionOf)

@@ -66,19 +66,18 @@ pub(crate) fn bytes_of<'env>(v: Unknown<'env>, what: &str, latin1: bool) -> Res<
     }
 }
 
-/// An optional string property.
-fn opt_string(o: &Object<'_>, key: &str) -> Res<Option<String>> {
-    match o.get::<Unknown>(key).map_err(wrong_type(key, "a string"))? {
+/// An optional string argument.
+fn opt_string(v: Option<Unknown<'_>>, key: &str) -> Res<Option<String>> {
+    match v {
         None => Ok(None),
-        Some(v) if v.get_type().ok() == Some(ValueType::Null) => Ok(None),
         Some(v) => String::from_unknown(v)
             .map(Some)
             .map_err(wrong_type(key, "a string")),
     }
 }
 
-fn ip(o: &Object<'_>, key: &str) -> Res<Option<IpAddr>> {
-    match opt_string(o, key)? {
+fn ip(v: Option<Unknown<'_>>, key: &str) -> Res<Option<IpAddr>> {
+    match opt_string(v, key)? {
         None => Ok(None),
         Some(s) => s
             .trim()
@@ -86,6 +85,27 @@ fn ip(o: &Object<'_>, key: &str) -> Res<Option<IpAddr>> {
             .map(Some)
             .map_err(|_| Fail::argument(format!("{key} {s:?} is not an IP address"))),
     }
+}
+
+/// A value, or `None` for undefined and null.
+fn present(v: Unknown<'_>) -> Option<Unknown<'_>> {
+    match v.get_type() {
+        Ok(ValueType::Undefined | ValueType::Null) => None,
+        _ => Some(v),
+    }
+}
+
+/// The request's fields, read from its object or given one by one.
+pub(crate) struct Fields<'env> {
+    method: Option<Unknown<'env>>,
+    uri: Option<Unknown<'env>>,
+    /// `uri` under node's name for it, read when `uri` is absent.
+    url: Option<Unknown<'env>>,
+    headers: Option<Unknown<'env>>,
+    body: Option<Unknown<'env>>,
+    peer: Option<Unknown<'env>>,
+    client_ip: Option<Unknown<'env>>,
+    identity: Option<Unknown<'env>>,
 }
 
 /// The request's parts as the core wants them, borrowed where JS allows it.
@@ -191,27 +211,38 @@ fn parts_of<'env>(req: Unknown<'env>) -> Res<Parts<'env>> {
     let o = Object::from_unknown(req).map_err(wrong_type("the request", shape))?;
     let field = |k: &str| -> Res<Option<Unknown<'env>>> {
         match o.get::<Unknown>(k).map_err(wrong_type(k, "readable"))? {
-            Some(v) if v.get_type().ok() == Some(ValueType::Null) => Ok(None),
-            other => Ok(other),
+            Some(v) => Ok(present(v)),
+            None => Ok(None),
         }
     };
-    let method = match field("method")? {
+    let uri = field("uri")?;
+    parts_from(Fields {
+        method: field("method")?,
+        url: if uri.is_none() { field("url")? } else { None },
+        uri,
+        headers: field("headers")?,
+        body: field("body")?,
+        peer: field("peer")?,
+        client_ip: field("clientIp")?,
+        identity: field("identity")?,
+    })
+}
+
+fn parts_from(f: Fields<'_>) -> Res<Parts<'_>> {
+    let method = match f.method {
         Some(m) => bytes_of(m, "method", true)?,
         None => Bytes::Owned(b"GET".to_vec()),
     };
-    // `url` is what node's IncomingMessage calls it.
-    let uri = match field("uri")? {
-        Some(u) => bytes_of(u, "uri", true)?,
-        None => match field("url")? {
-            Some(u) => bytes_of(u, "url", true)?,
-            None => return Err(Fail::type_error("the request needs a uri (path and query)")),
-        },
+    let uri = match (f.uri, f.url) {
+        (Some(u), _) => bytes_of(u, "uri", true)?,
+        (None, Some(u)) => bytes_of(u, "url", true)?,
+        (None, None) => return Err(Fail::type_error("the request needs a uri (path and query)")),
     };
-    let headers = match field("headers")? {
+    let headers = match f.headers {
         Some(h) => headers_of(h)?,
         None => Vec::new(),
     };
-    let body = match field("body")? {
+    let body = match f.body {
         Some(b) => Some(bytes_of(b, "body", false)?),
         None => None,
     };
@@ -220,9 +251,9 @@ fn parts_of<'env>(req: Unknown<'env>) -> Res<Parts<'env>> {
         uri,
         headers,
         body,
-        peer: ip(&o, "peer")?,
-        client_ip: ip(&o, "clientIp")?,
-        identity: opt_string(&o, "identity")?,
+        peer: ip(f.peer, "peer")?,
+        client_ip: ip(f.client_ip, "clientIp")?,
+        identity: opt_string(f.identity, "identity")?,
     })
 }
 
@@ -421,8 +452,8 @@ fn policy_of(path_or_text: Unknown<'_>) -> Res<edgeward::Policy> {
 
 impl Engine {
     /// The core's decision on a request read from JS, on the calling thread.
-    fn inspect_here(&self, req: Unknown<'_>) -> Res<edgeward::Decision> {
-        let p = parts_of(req)?;
+    fn inspect_here(&self, p: Res<Parts<'_>>) -> Res<edgeward::Decision> {
+        let p = p?;
         let pairs: Vec<(&[u8], &[u8])> = p
             .headers
             .iter()
@@ -531,15 +562,39 @@ impl Engine {
     /// Never throws on request content: malformed bodies are findings in the decision.
     #[napi(ts_args_type = "req: InspectRequest")]
     pub fn inspect(&self, env: Env, req: Unknown<'_>) -> Result<Decision> {
-        self.inspect_here(req)
+        self.inspect_here(parts_of(req))
             .map(Decision::from_core)
             .map_err(|f| f.into_js(&env))
     }
 
-    /// `inspect` for `lib/decision.js`, which builds the same decision in JS.
+    /// `inspect` for `lib/decision.js`, which reads the request's fields in JS (a
+    /// property read by name through N-API costs more than the JS call) and builds the
+    /// same decision in JS.
     #[napi(js_name = "_inspect", skip_typescript)]
-    pub fn inspect_compact(&self, env: Env, req: Unknown<'_>) -> Result<Compact> {
-        self.inspect_here(req)
+    #[allow(clippy::too_many_arguments)]
+    pub fn inspect_compact<'env>(
+        &self,
+        env: Env,
+        method: Unknown<'env>,
+        uri: Unknown<'env>,
+        url: Unknown<'env>,
+        headers: Unknown<'env>,
+        body: Unknown<'env>,
+        peer: Unknown<'env>,
+        client_ip: Unknown<'env>,
+        identity: Unknown<'env>,
+    ) -> Result<Compact> {
+        let fields = Fields {
+            method: present(method),
+            uri: present(uri),
+            url: present(url),
+            headers: present(headers),
+            body: present(body),
+            peer: present(peer),
+            client_ip: present(client_ip),
+            identity: present(identity),
+        };
+        self.inspect_here(parts_from(fields))
             .map(|d| Compact(Arc::new(d)))
             .map_err(|f| f.into_js(&env))
     }
