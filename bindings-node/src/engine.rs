@@ -48,12 +48,52 @@ fn string_bytes(s: String, latin1: bool) -> Vec<u8> {
     s.chars().map(|c| c as u8).collect()
 }
 
+/// A string's UTF-8, in one N-API call when it fits a first guess (napi-rs always asks for
+/// the length first, then copies: two calls per header name and value).
+fn utf8_of(v: &Unknown<'_>) -> Result<String> {
+    const GUESS: usize = 256;
+    let raw = v.value();
+    let read = |buf: &mut Vec<u8>| -> Result<usize> {
+        let mut len = 0;
+        check_status!(unsafe {
+            napi::sys::napi_get_value_string_utf8(
+                raw.env,
+                raw.value,
+                buf.as_mut_ptr().cast(),
+                buf.capacity(),
+                &mut len,
+            )
+        })?;
+        Ok(len)
+    };
+    let mut buf = Vec::with_capacity(GUESS);
+    let mut len = read(&mut buf)?;
+    // Node truncates at a character boundary, so a truncated copy leaves fewer than 4
+    // bytes (the longest UTF-8 character) of the buffer unused.
+    if len + 4 >= buf.capacity() {
+        check_status!(unsafe {
+            napi::sys::napi_get_value_string_utf8(
+                raw.env,
+                raw.value,
+                std::ptr::null_mut(),
+                0,
+                &mut len,
+            )
+        })?;
+        buf = Vec::with_capacity(len + 1);
+        len = read(&mut buf)?;
+    }
+    // SAFETY: napi wrote `len` bytes.
+    unsafe { buf.set_len(len) };
+    String::from_utf8(buf).map_err(|_| Error::from_reason("a string that is not UTF-8"))
+}
+
 /// A Buffer, Uint8Array or string argument as bytes.
 pub(crate) fn bytes_of<'env>(v: Unknown<'env>, what: &str, latin1: bool) -> Res<Bytes<'env>> {
     let expected = "a Buffer, Uint8Array or string";
     match v.get_type().map_err(wrong_type(what, expected))? {
         ValueType::String => {
-            let s = String::from_unknown(v).map_err(wrong_type(what, expected))?;
+            let s = utf8_of(&v).map_err(wrong_type(what, expected))?;
             Ok(Bytes::Owned(string_bytes(s, latin1)))
         }
         ValueType::Object if v.is_buffer().unwrap_or(false) => BufferSlice::from_unknown(v)
