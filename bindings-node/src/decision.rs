@@ -310,23 +310,38 @@ impl Decision {
 }
 
 /// The parts of a decision the common request leaves empty, sent as one object only when
-/// one of them is not.
-#[napi(object, object_from_js = false)]
+/// one of them is not; `lib/decision.js` fills in the empty ones. Not part of the API.
+#[napi(object, object_from_js = false, skip_typescript)]
 pub struct Rare {
+    /// As `Decision.status`.
     pub status: Option<u32>,
+    /// As `Decision.reasonCode`.
     pub reason_code: Option<&'static str>,
+    /// As `Decision.reason`.
     pub reason: Option<String>,
+    /// As `Decision.wouldDeny`.
     pub would_deny: Option<&'static str>,
+    /// As `Decision.scores`; absent when nothing scored.
     pub scores: Option<HashMap<&'static str, u32>>,
+    /// As `Decision.retryAfter`.
     pub retry_after: Option<u32>,
-    pub headers: Option<Vec<(&'static str, String)>>,
-    pub matches: Option<Vec<Match>>,
+    /// As `Decision.headers`.
+    pub headers: Vec<(&'static str, String)>,
+    /// As `Decision.matches`.
+    pub matches: Vec<Match>,
+    /// As `Decision.matchesTruncated`.
     pub matches_truncated: bool,
+    /// As `Decision.principal`.
     pub principal: Option<Principal>,
-    pub rewrites: Option<Vec<Rewrite>>,
-    pub limits: Option<Vec<LimitOutcome>>,
-    pub signals: Option<Vec<serde_json::Value>>,
+    /// As `Decision.rewrites`.
+    pub rewrites: Vec<Rewrite>,
+    /// As `Decision.limits`.
+    pub limits: Vec<LimitOutcome>,
+    /// As `Decision.signals`.
+    pub signals: Vec<serde_json::Value>,
+    /// As `Decision.storeError`.
     pub store_error: Option<StoreFailure>,
+    /// As `Decision.reservation.id`; the reservation's handle is the decision's.
     pub reservation_id: Option<String>,
 }
 
@@ -338,7 +353,12 @@ pub struct Compact(pub(crate) Held);
 /// The array's slots; `lib/decision.js` reads the same numbers.
 const SLOTS: u32 = 17;
 
-unsafe fn put<T: ToNapiValue>(env: napi::sys::napi_env, arr: napi::sys::napi_value, i: u32, v: T) -> Result<()> {
+unsafe fn put<T: ToNapiValue>(
+    env: napi::sys::napi_env,
+    arr: napi::sys::napi_value,
+    i: u32,
+    v: T,
+) -> Result<()> {
     let v = unsafe { T::to_napi_value(env, v)? };
     check_status!(unsafe { napi::sys::napi_set_element(env, arr, i, v) })
 }
@@ -369,13 +389,13 @@ impl Compact {
             would_deny: full.would_deny,
             scores: scored.then_some(full.scores),
             retry_after: full.retry_after,
-            headers: Some(full.headers),
-            matches: Some(full.matches),
+            headers: full.headers,
+            matches: full.matches,
             matches_truncated: full.matches_truncated,
             principal: full.principal,
-            rewrites: Some(full.rewrites),
-            limits: Some(full.limits),
-            signals: Some(full.signals),
+            rewrites: full.rewrites,
+            limits: full.limits,
+            signals: full.signals,
             store_error: full.store_error,
             reservation_id: d.reservation.as_ref().map(|r| r.id().to_string()),
         })
@@ -387,7 +407,9 @@ impl ToNapiValue for Compact {
         let d = val.0;
         let rare = Compact::rare(&d);
         let mut arr = std::ptr::null_mut();
-        check_status!(unsafe { napi::sys::napi_create_array_with_length(env, SLOTS as usize, &mut arr) })?;
+        check_status!(unsafe {
+            napi::sys::napi_create_array_with_length(env, SLOTS as usize, &mut arr)
+        })?;
         unsafe {
             put(env, arr, 0, d.is_allowed())?;
             put(env, arr, 1, d.stage.as_str())?;
