@@ -2,30 +2,30 @@
 // The decision object built in JS from the addon's compact form (src/decision.rs,
 // `Compact`): creating ~25 properties one N-API call at a time costs more than the
 // inspection itself, while a JS object literal costs almost nothing. The result is the
-// same plain object, in the same shape, as the addon's own `inspect` returns.
-
-const NONE = Object.freeze({})
+// same plain object, in the same shape, as the addon's own `inspect` returns. Decisions
+// with more in them (refusals, matches, limits, a reservation) come as the full object.
 
 function decisionOf(a) {
-  const r = a[16] === undefined ? NONE : a[16]
+  // Any decision but the common allowed one comes as the full object already.
+  if (!Array.isArray(a)) return a
   const handle = a[7]
   return {
     allowed: a[0],
-    status: r.status,
-    reasonCode: r.reasonCode,
-    reason: r.reason,
+    status: undefined,
+    reasonCode: undefined,
+    reason: undefined,
     stage: a[1],
     route: a[2],
     mode: a[3] ? 'monitor' : 'enforce',
-    wouldDeny: r.wouldDeny,
+    wouldDeny: undefined,
     score: a[4],
     threshold: a[5],
-    scores: r.scores === undefined ? {} : r.scores,
-    retryAfter: r.retryAfter,
-    headers: r.headers === undefined ? [] : r.headers,
-    matches: r.matches === undefined ? [] : r.matches,
-    matchesTruncated: r.matchesTruncated === true,
-    principal: r.principal,
+    scores: {},
+    retryAfter: undefined,
+    headers: [],
+    matches: [],
+    matchesTruncated: false,
+    principal: undefined,
     cost:
       a[9] === undefined
         ? undefined
@@ -39,11 +39,11 @@ function decisionOf(a) {
             exact: a[14],
             provider: a[15] === null ? undefined : a[15],
           },
-    rewrites: r.rewrites === undefined ? [] : r.rewrites,
-    limits: r.limits === undefined ? [] : r.limits,
-    signals: r.signals === undefined ? [] : r.signals,
-    storeError: r.storeError,
-    reservation: r.reservationId === undefined ? undefined : { id: r.reservationId, handle },
+    rewrites: [],
+    limits: [],
+    signals: [],
+    storeError: undefined,
+    reservation: undefined,
     inspectNs: a[6],
     handle,
   }

@@ -199,7 +199,10 @@ fn num(v: u64) -> f64 {
 impl Decision {
     /// The JS form of a core decision.
     pub(crate) fn from_core(d: edgeward::Decision) -> Decision {
-        let d: Held = Arc::new(d);
+        Decision::from_held(Arc::new(d))
+    }
+
+    fn from_held(d: Held) -> Decision {
         let mut out = Decision::parts(&d);
         out.reservation = d.reservation.as_ref().map(|r| Reservation {
             id: r.id().to_string(),
@@ -309,49 +312,13 @@ impl Decision {
     }
 }
 
-/// The parts of a decision the common request leaves empty, sent as one object only when
-/// one of them is not; `lib/decision.js` fills in the empty ones. Not part of the API.
-#[napi(object, object_from_js = false, skip_typescript)]
-pub struct Rare {
-    /// As `Decision.status`.
-    pub status: Option<u32>,
-    /// As `Decision.reasonCode`.
-    pub reason_code: Option<&'static str>,
-    /// As `Decision.reason`.
-    pub reason: Option<String>,
-    /// As `Decision.wouldDeny`.
-    pub would_deny: Option<&'static str>,
-    /// As `Decision.scores`; absent when nothing scored.
-    pub scores: Option<HashMap<&'static str, u32>>,
-    /// As `Decision.retryAfter`.
-    pub retry_after: Option<u32>,
-    /// As `Decision.headers`.
-    pub headers: Vec<(&'static str, String)>,
-    /// As `Decision.matches`.
-    pub matches: Vec<Match>,
-    /// As `Decision.matchesTruncated`.
-    pub matches_truncated: bool,
-    /// As `Decision.principal`.
-    pub principal: Option<Principal>,
-    /// As `Decision.rewrites`.
-    pub rewrites: Vec<Rewrite>,
-    /// As `Decision.limits`.
-    pub limits: Vec<LimitOutcome>,
-    /// As `Decision.signals`.
-    pub signals: Vec<serde_json::Value>,
-    /// As `Decision.storeError`.
-    pub store_error: Option<StoreFailure>,
-    /// As `Decision.reservation.id`; the reservation's handle is the decision's.
-    pub reservation_id: Option<String>,
-}
-
-/// A decision as `lib/decision.js` rebuilds it: one array of scalars (no property names
-/// to create and look up per field, which is most of what a plain object costs through
-/// N-API) and the rare parts only when present.
+/// A decision as `lib/decision.js` rebuilds it: for the common allowed request, one array
+/// of scalars (no property names to create and look up per field, which is most of what
+/// a plain object costs through N-API); any other decision as the full object.
 pub struct Compact(pub(crate) Held);
 
 /// The array's slots; `lib/decision.js` reads the same numbers.
-const SLOTS: u32 = 17;
+const SLOTS: u32 = 16;
 
 unsafe fn put<T: ToNapiValue>(
     env: napi::sys::napi_env,
@@ -364,11 +331,14 @@ unsafe fn put<T: ToNapiValue>(
 }
 
 impl Compact {
-    fn rare(d: &Held) -> Option<Rare> {
-        let scored = edgeward::Category::ALL.iter().any(|&c| d.scores.get(c) > 0);
-        let common = d.is_allowed()
+    /// Whether the decision has only the parts the array carries (an allowed request
+    /// that scored nothing, charged no limit and needs nothing settled or rewritten).
+    fn common(d: &edgeward::Decision) -> bool {
+        d.is_allowed()
             && d.would_deny.is_none()
-            && !scored
+            && edgeward::Category::ALL
+                .iter()
+                .all(|&c| d.scores.get(c) == 0)
             && d.headers.is_empty()
             && d.matches.is_empty()
             && !d.matches_truncated
@@ -377,35 +347,16 @@ impl Compact {
             && d.limits.is_empty()
             && d.signals.is_empty()
             && d.store_error.is_none()
-            && d.reservation.is_none();
-        if common {
-            return None;
-        }
-        let full = Decision::parts(d);
-        Some(Rare {
-            status: full.status,
-            reason_code: full.reason_code,
-            reason: full.reason,
-            would_deny: full.would_deny,
-            scores: scored.then_some(full.scores),
-            retry_after: full.retry_after,
-            headers: full.headers,
-            matches: full.matches,
-            matches_truncated: full.matches_truncated,
-            principal: full.principal,
-            rewrites: full.rewrites,
-            limits: full.limits,
-            signals: full.signals,
-            store_error: full.store_error,
-            reservation_id: d.reservation.as_ref().map(|r| r.id().to_string()),
-        })
+            && d.reservation.is_none()
     }
 }
 
 impl ToNapiValue for Compact {
     unsafe fn to_napi_value(env: napi::sys::napi_env, val: Self) -> Result<napi::sys::napi_value> {
         let d = val.0;
-        let rare = Compact::rare(&d);
+        if !Compact::common(&d) {
+            return unsafe { Decision::to_napi_value(env, Decision::from_held(d)) };
+        }
         let mut arr = std::ptr::null_mut();
         check_status!(unsafe {
             napi::sys::napi_create_array_with_length(env, SLOTS as usize, &mut arr)
@@ -427,9 +378,6 @@ impl ToNapiValue for Compact {
                 put(env, arr, 13, num(c.micro_usd))?;
                 put(env, arr, 14, c.exact)?;
                 put(env, arr, 15, c.provider.map(Provider::as_str))?;
-            }
-            if let Some(r) = rare {
-                put(env, arr, 16, r)?;
             }
             put(env, arr, 7, External::new(d))?;
         }
