@@ -272,28 +272,6 @@ export interface Principal {
 }
 
 /**
- * The parts of a decision the common request leaves empty, sent as one object only when
- * one of them is not.
- */
-export interface Rare {
-  status?: number
-  reasonCode?: string
-  reason?: string
-  wouldDeny?: string
-  scores?: Record<string, number>
-  retryAfter?: number
-  headers?: Array<[string, string]>
-  matches?: Array<Match>
-  matchesTruncated: boolean
-  principal?: Principal
-  rewrites?: Array<Rewrite>
-  limits?: Array<LimitOutcome>
-  signals?: Array<any>
-  storeError?: StoreFailure
-  reservationId?: string
-}
-
-/**
  * What a request reserved on its limits; settle it (or its decision) with
  * `engine.settle` once the response's usage is known.
  */
