@@ -18,7 +18,7 @@ import { spawnSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { arch, cpus, platform, release } from 'node:os'
-import { dirname, join } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 
@@ -131,7 +131,9 @@ function coreSide() {
     { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] },
   )
   if (r.status !== 0) throw new Error('cargo bench failed')
-  const est = JSON.parse(readFileSync(join(ROOT, 'target/criterion/inspect/benign/4KiB/new/estimates.json'), 'utf8'))
+  // Criterion writes under cargo's target directory, which CARGO_TARGET_DIR moves.
+  const target = resolve(ROOT, process.env.CARGO_TARGET_DIR || 'target')
+  const est = JSON.parse(readFileSync(join(target, 'criterion/inspect/benign/4KiB/new/estimates.json'), 'utf8'))
   return {
     median: est.median.point_estimate / 1e9,
     low: est.median.confidence_interval.lower_bound / 1e9,

@@ -4,6 +4,9 @@
 
 const native = require('../edgeward.node')
 const { guard, wrap } = require('./middleware.js')
+const { install } = require('./decision.js')
+
+install(native.Engine)
 
 module.exports = {
   ...native,

@@ -199,7 +199,21 @@ fn num(v: u64) -> f64 {
 impl Decision {
     /// The JS form of a core decision.
     pub(crate) fn from_core(d: edgeward::Decision) -> Decision {
-        let d: Held = Arc::new(d);
+        Decision::from_held(Arc::new(d))
+    }
+
+    fn from_held(d: Held) -> Decision {
+        let mut out = Decision::parts(&d);
+        out.reservation = d.reservation.as_ref().map(|r| Reservation {
+            id: r.id().to_string(),
+            handle: External::new(d.clone()),
+        });
+        out.handle = External::new(d);
+        out
+    }
+
+    /// Every part but the handles (`reservation` and `handle` are placeholders).
+    fn parts(d: &Held) -> Decision {
         let scores = edgeward::Category::ALL
             .iter()
             .filter_map(|&c| {
@@ -291,12 +305,92 @@ impl Decision {
                 code: s.code,
                 failed_open: s.failed_open,
             }),
-            reservation: d.reservation.as_ref().map(|r| Reservation {
-                id: r.id().to_string(),
-                handle: External::new(d.clone()),
-            }),
+            reservation: None,
             inspect_ns: num(d.inspect_ns.0),
-            handle: External::new(d),
+            handle: External::new(Arc::clone(d)),
         }
+    }
+}
+
+/// A decision as `lib/decision.js` rebuilds it: for the common allowed request, one array
+/// of scalars (no property names to create and look up per field, which is most of what
+/// a plain object costs through N-API); any other decision as the full object.
+pub struct Compact(pub(crate) Held);
+
+/// The array's slots; `lib/decision.js` reads the same numbers.
+const SLOTS: u32 = 16;
+
+unsafe fn put<T: ToNapiValue>(
+    env: napi::sys::napi_env,
+    arr: napi::sys::napi_value,
+    i: u32,
+    v: T,
+) -> Result<()> {
+    let v = unsafe { T::to_napi_value(env, v)? };
+    check_status!(unsafe { napi::sys::napi_set_element(env, arr, i, v) })
+}
+
+impl Compact {
+    /// Whether the decision has only the parts the array carries (an allowed request
+    /// that scored nothing, charged no limit and needs nothing settled or rewritten).
+    fn common(d: &edgeward::Decision) -> bool {
+        d.is_allowed()
+            && d.would_deny.is_none()
+            && edgeward::Category::ALL
+                .iter()
+                .all(|&c| d.scores.get(c) == 0)
+            && d.headers.is_empty()
+            && d.matches.is_empty()
+            && !d.matches_truncated
+            && d.principal.is_none()
+            && d.rewrites.is_empty()
+            && d.limits.is_empty()
+            && d.signals.is_empty()
+            && d.store_error.is_none()
+            && d.reservation.is_none()
+    }
+}
+
+impl ToNapiValue for Compact {
+    unsafe fn to_napi_value(env: napi::sys::napi_env, val: Self) -> Result<napi::sys::napi_value> {
+        let d = val.0;
+        if !Compact::common(&d) {
+            return unsafe { Decision::to_napi_value(env, Decision::from_held(d)) };
+        }
+        let mut arr = std::ptr::null_mut();
+        check_status!(unsafe {
+            napi::sys::napi_create_array_with_length(env, SLOTS as usize, &mut arr)
+        })?;
+        unsafe {
+            put(env, arr, 0, d.is_allowed())?;
+            put(env, arr, 1, d.stage.as_str())?;
+            put(env, arr, 2, &*d.route)?;
+            put(env, arr, 3, matches!(d.mode, edgeward::Mode::Monitor))?;
+            put(env, arr, 4, d.score)?;
+            put(env, arr, 5, d.threshold)?;
+            put(env, arr, 6, num(d.inspect_ns.0))?;
+            if let Some(c) = &d.cost {
+                put(env, arr, 8, c.model.as_deref())?;
+                put(env, arr, 9, num(c.prompt_tokens))?;
+                put(env, arr, 10, num(c.prompt_tokens_low))?;
+                put(env, arr, 11, num(c.prompt_tokens_high))?;
+                put(env, arr, 12, num(c.output_tokens_reserved))?;
+                put(env, arr, 13, num(c.micro_usd))?;
+                put(env, arr, 14, c.exact)?;
+                put(env, arr, 15, c.provider.map(Provider::as_str))?;
+            }
+            put(env, arr, 7, External::new(d))?;
+        }
+        Ok(arr)
+    }
+}
+
+impl TypeName for Compact {
+    fn type_name() -> &'static str {
+        "Array"
+    }
+
+    fn value_type() -> ValueType {
+        ValueType::Object
     }
 }

@@ -8,7 +8,7 @@ use napi::bindgen_prelude::*;
 use napi::{JsValue, ValueType};
 use napi_derive::napi;
 
-use crate::decision::{Decision, Held};
+use crate::decision::{Compact, Decision, Held};
 use crate::errors::{wrong_type, Fail, Res};
 use crate::usage::{usage_from_object, Usage, UsageTracker};
 
@@ -48,12 +48,52 @@ fn string_bytes(s: String, latin1: bool) -> Vec<u8> {
     s.chars().map(|c| c as u8).collect()
 }
 
+/// A string's UTF-8, in one N-API call when it fits a first guess (napi-rs always asks for
+/// the length first, then copies: two calls per header name and value).
+fn utf8_of(v: &Unknown<'_>) -> Result<String> {
+    const GUESS: usize = 256;
+    let raw = v.value();
+    let read = |buf: &mut Vec<u8>| -> Result<usize> {
+        let mut len = 0;
+        check_status!(unsafe {
+            napi::sys::napi_get_value_string_utf8(
+                raw.env,
+                raw.value,
+                buf.as_mut_ptr().cast(),
+                buf.capacity(),
+                &mut len,
+            )
+        })?;
+        Ok(len)
+    };
+    let mut buf = Vec::with_capacity(GUESS);
+    let mut len = read(&mut buf)?;
+    // Node truncates at a character boundary, so a truncated copy leaves fewer than 4
+    // bytes (the longest UTF-8 character) of the buffer unused.
+    if len + 4 >= buf.capacity() {
+        check_status!(unsafe {
+            napi::sys::napi_get_value_string_utf8(
+                raw.env,
+                raw.value,
+                std::ptr::null_mut(),
+                0,
+                &mut len,
+            )
+        })?;
+        buf = Vec::with_capacity(len + 1);
+        len = read(&mut buf)?;
+    }
+    // SAFETY: napi wrote `len` bytes.
+    unsafe { buf.set_len(len) };
+    String::from_utf8(buf).map_err(|_| Error::from_reason("a string that is not UTF-8"))
+}
+
 /// A Buffer, Uint8Array or string argument as bytes.
 pub(crate) fn bytes_of<'env>(v: Unknown<'env>, what: &str, latin1: bool) -> Res<Bytes<'env>> {
     let expected = "a Buffer, Uint8Array or string";
     match v.get_type().map_err(wrong_type(what, expected))? {
         ValueType::String => {
-            let s = String::from_unknown(v).map_err(wrong_type(what, expected))?;
+            let s = utf8_of(&v).map_err(wrong_type(what, expected))?;
             Ok(Bytes::Owned(string_bytes(s, latin1)))
         }
         ValueType::Object if v.is_buffer().unwrap_or(false) => BufferSlice::from_unknown(v)
@@ -66,19 +106,18 @@ pub(crate) fn bytes_of<'env>(v: Unknown<'env>, what: &str, latin1: bool) -> Res<
     }
 }
 
-/// An optional string property.
-fn opt_string(o: &Object<'_>, key: &str) -> Res<Option<String>> {
-    match o.get::<Unknown>(key).map_err(wrong_type(key, "a string"))? {
+/// An optional string argument.
+fn opt_string(v: Option<Unknown<'_>>, key: &str) -> Res<Option<String>> {
+    match v {
         None => Ok(None),
-        Some(v) if v.get_type().ok() == Some(ValueType::Null) => Ok(None),
         Some(v) => String::from_unknown(v)
             .map(Some)
             .map_err(wrong_type(key, "a string")),
     }
 }
 
-fn ip(o: &Object<'_>, key: &str) -> Res<Option<IpAddr>> {
-    match opt_string(o, key)? {
+fn ip(v: Option<Unknown<'_>>, key: &str) -> Res<Option<IpAddr>> {
+    match opt_string(v, key)? {
         None => Ok(None),
         Some(s) => s
             .trim()
@@ -86,6 +125,27 @@ fn ip(o: &Object<'_>, key: &str) -> Res<Option<IpAddr>> {
             .map(Some)
             .map_err(|_| Fail::argument(format!("{key} {s:?} is not an IP address"))),
     }
+}
+
+/// A value, or `None` for undefined and null.
+fn present(v: Unknown<'_>) -> Option<Unknown<'_>> {
+    match v.get_type() {
+        Ok(ValueType::Undefined | ValueType::Null) => None,
+        _ => Some(v),
+    }
+}
+
+/// The request's fields, read from its object or given one by one.
+pub(crate) struct Fields<'env> {
+    method: Option<Unknown<'env>>,
+    uri: Option<Unknown<'env>>,
+    /// `uri` under node's name for it, read when `uri` is absent.
+    url: Option<Unknown<'env>>,
+    headers: Option<Unknown<'env>>,
+    body: Option<Unknown<'env>>,
+    peer: Option<Unknown<'env>>,
+    client_ip: Option<Unknown<'env>>,
+    identity: Option<Unknown<'env>>,
 }
 
 /// The request's parts as the core wants them, borrowed where JS allows it.
@@ -191,27 +251,38 @@ fn parts_of<'env>(req: Unknown<'env>) -> Res<Parts<'env>> {
     let o = Object::from_unknown(req).map_err(wrong_type("the request", shape))?;
     let field = |k: &str| -> Res<Option<Unknown<'env>>> {
         match o.get::<Unknown>(k).map_err(wrong_type(k, "readable"))? {
-            Some(v) if v.get_type().ok() == Some(ValueType::Null) => Ok(None),
-            other => Ok(other),
+            Some(v) => Ok(present(v)),
+            None => Ok(None),
         }
     };
-    let method = match field("method")? {
+    let uri = field("uri")?;
+    parts_from(Fields {
+        method: field("method")?,
+        url: if uri.is_none() { field("url")? } else { None },
+        uri,
+        headers: field("headers")?,
+        body: field("body")?,
+        peer: field("peer")?,
+        client_ip: field("clientIp")?,
+        identity: field("identity")?,
+    })
+}
+
+fn parts_from(f: Fields<'_>) -> Res<Parts<'_>> {
+    let method = match f.method {
         Some(m) => bytes_of(m, "method", true)?,
         None => Bytes::Owned(b"GET".to_vec()),
     };
-    // `url` is what node's IncomingMessage calls it.
-    let uri = match field("uri")? {
-        Some(u) => bytes_of(u, "uri", true)?,
-        None => match field("url")? {
-            Some(u) => bytes_of(u, "url", true)?,
-            None => return Err(Fail::type_error("the request needs a uri (path and query)")),
-        },
+    let uri = match (f.uri, f.url) {
+        (Some(u), _) => bytes_of(u, "uri", true)?,
+        (None, Some(u)) => bytes_of(u, "url", true)?,
+        (None, None) => return Err(Fail::type_error("the request needs a uri (path and query)")),
     };
-    let headers = match field("headers")? {
+    let headers = match f.headers {
         Some(h) => headers_of(h)?,
         None => Vec::new(),
     };
-    let body = match field("body")? {
+    let body = match f.body {
         Some(b) => Some(bytes_of(b, "body", false)?),
         None => None,
     };
@@ -220,9 +291,9 @@ fn parts_of<'env>(req: Unknown<'env>) -> Res<Parts<'env>> {
         uri,
         headers,
         body,
-        peer: ip(&o, "peer")?,
-        client_ip: ip(&o, "clientIp")?,
-        identity: opt_string(&o, "identity")?,
+        peer: ip(f.peer, "peer")?,
+        client_ip: ip(f.client_ip, "clientIp")?,
+        identity: opt_string(f.identity, "identity")?,
     })
 }
 
@@ -419,6 +490,66 @@ fn policy_of(path_or_text: Unknown<'_>) -> Res<edgeward::Policy> {
     }
 }
 
+impl Engine {
+    /// The core's decision on a request read from JS, on the calling thread.
+    fn inspect_here(&self, p: Res<Parts<'_>>) -> Res<edgeward::Decision> {
+        let p = p?;
+        let pairs: Vec<(&[u8], &[u8])> = p
+            .headers
+            .iter()
+            .map(|(n, v)| (n.bytes(), v.bytes()))
+            .collect();
+        let req = request(
+            p.method.bytes(),
+            p.uri.bytes(),
+            &pairs,
+            p.body.as_ref().map(Bytes::bytes),
+            p.peer,
+            p.client_ip,
+            p.identity.as_deref(),
+        );
+        Ok(self.engine.inspect(&req))
+    }
+}
+
+/// A request copied out of JS for the thread pool.
+fn owned_request(req: Unknown<'_>) -> Res<OwnedRequest> {
+    let p = parts_of(req)?;
+    let owned = |b: Bytes<'_>| match b {
+        Bytes::Owned(v) => v,
+        other => other.bytes().to_vec(),
+    };
+    Ok(OwnedRequest {
+        method: owned(p.method),
+        uri: owned(p.uri),
+        headers: p
+            .headers
+            .into_iter()
+            .map(|(n, v)| (owned(n), owned(v)))
+            .collect(),
+        body: p.body.map(owned),
+        peer: p.peer,
+        client_ip: p.client_ip,
+        identity: p.identity,
+    })
+}
+
+/// `_inspectAsync`'s work: `inspectAsync`'s, resolved in the compact form.
+pub struct CompactTask(InspectTask);
+
+impl Task for CompactTask {
+    type Output = edgeward::Decision;
+    type JsValue = Compact;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        self.0.compute()
+    }
+
+    fn resolve(&mut self, _env: Env, d: Self::Output) -> Result<Self::JsValue> {
+        Ok(Compact(Arc::new(d)))
+    }
+}
+
 #[napi]
 impl Engine {
     /// An engine from a policy: a path to a YAML or JSON file (rule and key files it names
@@ -471,22 +602,55 @@ impl Engine {
     /// Never throws on request content: malformed bodies are findings in the decision.
     #[napi(ts_args_type = "req: InspectRequest")]
     pub fn inspect(&self, env: Env, req: Unknown<'_>) -> Result<Decision> {
-        let p = parts_of(req).map_err(|f| f.into_js(&env))?;
-        let pairs: Vec<(&[u8], &[u8])> = p
-            .headers
-            .iter()
-            .map(|(n, v)| (n.bytes(), v.bytes()))
-            .collect();
-        let req = request(
-            p.method.bytes(),
-            p.uri.bytes(),
-            &pairs,
-            p.body.as_ref().map(Bytes::bytes),
-            p.peer,
-            p.client_ip,
-            p.identity.as_deref(),
-        );
-        Ok(Decision::from_core(self.engine.inspect(&req)))
+        self.inspect_here(parts_of(req))
+            .map(Decision::from_core)
+            .map_err(|f| f.into_js(&env))
+    }
+
+    /// `inspect` for `lib/decision.js`, which reads the request's fields in JS (a
+    /// property read by name through N-API costs more than the JS call) and builds the
+    /// same decision in JS.
+    #[napi(js_name = "_inspect", skip_typescript)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn inspect_compact<'env>(
+        &self,
+        env: Env,
+        method: Unknown<'env>,
+        uri: Unknown<'env>,
+        url: Unknown<'env>,
+        headers: Unknown<'env>,
+        body: Unknown<'env>,
+        peer: Unknown<'env>,
+        client_ip: Unknown<'env>,
+        identity: Unknown<'env>,
+    ) -> Result<Compact> {
+        let fields = Fields {
+            method: present(method),
+            uri: present(uri),
+            url: present(url),
+            headers: present(headers),
+            body: present(body),
+            peer: present(peer),
+            client_ip: present(client_ip),
+            identity: present(identity),
+        };
+        self.inspect_here(parts_from(fields))
+            .map(|d| Compact(Arc::new(d)))
+            .map_err(|f| f.into_js(&env))
+    }
+
+    /// `inspectAsync` for `lib/decision.js`.
+    #[napi(js_name = "_inspectAsync", skip_typescript)]
+    pub fn inspect_async_compact(
+        &self,
+        env: Env,
+        req: Unknown<'_>,
+    ) -> Result<AsyncTask<CompactTask>> {
+        let req = owned_request(req).map_err(|f| f.into_js(&env))?;
+        Ok(AsyncTask::new(CompactTask(InspectTask {
+            engine: self.engine.clone(),
+            req,
+        })))
     }
 
     /// `inspect` off the JS thread: the request is copied out of JS (see why in the
@@ -497,24 +661,7 @@ impl Engine {
         ts_return_type = "Promise<Decision>"
     )]
     pub fn inspect_async(&self, env: Env, req: Unknown<'_>) -> Result<AsyncTask<InspectTask>> {
-        let p = parts_of(req).map_err(|f| f.into_js(&env))?;
-        let owned = |b: Bytes<'_>| match b {
-            Bytes::Owned(v) => v,
-            other => other.bytes().to_vec(),
-        };
-        let req = OwnedRequest {
-            method: owned(p.method),
-            uri: owned(p.uri),
-            headers: p
-                .headers
-                .into_iter()
-                .map(|(n, v)| (owned(n), owned(v)))
-                .collect(),
-            body: p.body.map(owned),
-            peer: p.peer,
-            client_ip: p.client_ip,
-            identity: p.identity,
-        };
+        let req = owned_request(req).map_err(|f| f.into_js(&env))?;
         Ok(AsyncTask::new(InspectTask {
             engine: self.engine.clone(),
             req,

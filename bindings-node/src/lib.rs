@@ -19,7 +19,7 @@ mod usage;
 pub use decision::{
     Cost, Decision, LimitOutcome, Match, Principal, Reservation, Rewrite, StoreFailure,
 };
-pub use engine::{Engine, InspectRequest, InspectTask, OwnedRequest, SettleTask};
+pub use engine::{CompactTask, Engine, InspectRequest, InspectTask, OwnedRequest, SettleTask};
 pub use usage::{Usage, UsageInput, UsageTracker};
 
 /// Every stable error code an error thrown by this module can carry.
