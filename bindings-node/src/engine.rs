@@ -298,22 +298,28 @@ fn parts_from(f: Fields<'_>) -> Res<Parts<'_>> {
 }
 
 /// The core request over borrowed parts.
-fn request<'a>(
+/// A request's parts as the core reads them, borrowed from a request read in place
+/// ([`Parts`]) or copied for the thread pool ([`OwnedRequest`]).
+struct View<'a> {
     method: &'a [u8],
     uri: &'a [u8],
-    headers: &'a [(&'a [u8], &'a [u8])],
+    headers: Vec<(&'a [u8], &'a [u8])>,
     body: Option<&'a [u8]>,
     peer: Option<IpAddr>,
     client_ip: Option<IpAddr>,
     identity: Option<&'a str>,
-) -> edgeward::Request<'a> {
-    // The optional parts are plain fields: set them as given.
-    let mut req = edgeward::Request::new(method, uri).with_headers(headers);
-    req.body = body.unwrap_or_default();
-    req.peer = peer;
-    req.client = client_ip;
-    req.identity = identity;
-    req
+}
+
+impl View<'_> {
+    fn inspect(&self, engine: &edgeward::Engine) -> edgeward::Decision {
+        // The optional parts are plain fields: set them as given.
+        let mut req = edgeward::Request::new(self.method, self.uri).with_headers(&self.headers);
+        req.body = self.body.unwrap_or_default();
+        req.peer = self.peer;
+        req.client = self.client_ip;
+        req.identity = self.identity;
+        engine.inspect(&req)
+    }
 }
 
 /// The request `inspect` reads (for the type definitions: the binding reads the object
@@ -371,21 +377,20 @@ impl Task for InspectTask {
 
     fn compute(&mut self) -> Result<Self::Output> {
         let r = &self.req;
-        let pairs: Vec<(&[u8], &[u8])> = r
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_slice(), v.as_slice()))
-            .collect();
-        let req = request(
-            &r.method,
-            &r.uri,
-            &pairs,
-            r.body.as_deref(),
-            r.peer,
-            r.client_ip,
-            r.identity.as_deref(),
-        );
-        Ok(self.engine.inspect(&req))
+        Ok(View {
+            method: &r.method,
+            uri: &r.uri,
+            headers: r
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_slice(), v.as_slice()))
+                .collect(),
+            body: r.body.as_deref(),
+            peer: r.peer,
+            client_ip: r.client_ip,
+            identity: r.identity.as_deref(),
+        }
+        .inspect(&self.engine))
     }
 
     fn resolve(&mut self, _env: Env, d: Self::Output) -> Result<Self::JsValue> {
@@ -494,21 +499,20 @@ impl Engine {
     /// The core's decision on a request read from JS, on the calling thread.
     fn inspect_here(&self, p: Res<Parts<'_>>) -> Res<edgeward::Decision> {
         let p = p?;
-        let pairs: Vec<(&[u8], &[u8])> = p
-            .headers
-            .iter()
-            .map(|(n, v)| (n.bytes(), v.bytes()))
-            .collect();
-        let req = request(
-            p.method.bytes(),
-            p.uri.bytes(),
-            &pairs,
-            p.body.as_ref().map(Bytes::bytes),
-            p.peer,
-            p.client_ip,
-            p.identity.as_deref(),
-        );
-        Ok(self.engine.inspect(&req))
+        Ok(View {
+            method: p.method.bytes(),
+            uri: p.uri.bytes(),
+            headers: p
+                .headers
+                .iter()
+                .map(|(n, v)| (n.bytes(), v.bytes()))
+                .collect(),
+            body: p.body.as_ref().map(Bytes::bytes),
+            peer: p.peer,
+            client_ip: p.client_ip,
+            identity: p.identity.as_deref(),
+        }
+        .inspect(&self.engine))
     }
 }
 

@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::chat;
+
 use edgeward::{Config, Engine, Policy, Request};
 
 /// The prefilter and the clean-field memo change speed, never a decision: the default
@@ -126,13 +128,6 @@ fn clean_field_memo_never_hides_a_match() {
     for _ in 0..3 {
         assert!(!engine.inspect_with(&mut s, &q).is_allowed());
     }
-}
-
-fn chat(body: &[u8]) -> Request<'_> {
-    const H: &[(&[u8], &[u8])] = &[(b"content-type", b"application/json")];
-    Request::new(b"POST", b"/v1/chat/completions")
-        .with_headers(H)
-        .with_body(body)
 }
 
 #[test]

@@ -89,14 +89,19 @@ fn walk_pairs(
         let (name, name_flags) = percent_decode(raw_name, true, &mut scratch.name);
         let name_flags = quiet(name_flags);
         if !name.is_empty() {
-            let h = name_hash(name);
-            match names[..distinct].iter().position(|&n| n == h) {
-                Some(k) => repeated |= 1 << k,
-                None if distinct < NAMES => {
-                    names[distinct] = h;
-                    distinct += 1;
+            // A guessed form is never joined: its walk checks the budgets per pair and stops
+            // quietly, which one more field after the walk would break. So its names need
+            // no tracking.
+            if !guessed {
+                let h = name_hash(name);
+                match names[..distinct].iter().position(|&n| n == h) {
+                    Some(k) => repeated |= 1 << k,
+                    None if distinct < NAMES => {
+                        names[distinct] = h;
+                        distinct += 1;
+                    }
+                    None => {}
                 }
-                None => {}
             }
             if !em.field(&Field {
                 kind: name_kind,
@@ -120,7 +125,7 @@ fn walk_pairs(
             return;
         }
     }
-    if repeated != 0 && !guessed {
+    if repeated != 0 {
         let walked = &input[..input.len() - rest.len()];
         join_repeated(walked, &names, repeated, value_kind, scratch, em);
     }

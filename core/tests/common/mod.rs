@@ -16,6 +16,30 @@ pub fn key_sha256(key: &str) -> String {
         .collect()
 }
 
+/// A chat-completions request with a JSON body.
+pub fn chat(body: &[u8]) -> Request<'_> {
+    const H: &[(&[u8], &[u8])] = &[(b"content-type", b"application/json")];
+    Request::new(b"POST", b"/v1/chat/completions")
+        .with_headers(H)
+        .with_body(body)
+}
+
+/// A chat-completions body with one user message.
+pub fn prompt(content: &str) -> Vec<u8> {
+    serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]})
+        .to_string()
+        .into_bytes()
+}
+
+/// The built-in rules with `limits` as the policy's default limits, a chat route and an
+/// `/api/*` route without an inference schema.
+pub fn engine_with_limits(limits: &str) -> Engine {
+    let text = format!(
+        "apiVersion: edgeward.dev/v1\nkind: Policy\nmetadata: {{name: t}}\nspec:\n  rules: {{builtin: true}}\n  defaults:\n    limits: {limits}\n  routes:\n    - name: chat\n      match: {{paths: [\"/v1/chat/completions\"]}}\n      schema: openai-chat\n    - name: api\n      match: {{paths: [\"/api/*\"]}}\n"
+    );
+    Engine::new(&edgeward::Policy::from_text(&text).unwrap()).unwrap()
+}
+
 /// The repository root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -38,6 +38,28 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("c_abi", c_abi),
 ];
 
+/// The committed inputs of one target, sorted by path: `kind` is `corpus` (seeds) or
+/// `regressions`. A missing folder is no inputs.
+pub fn committed_inputs(kind: &str, target: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(kind)
+        .join(target);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = entries
+        .map(|e| e.expect("readable folder").path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let data = std::fs::read(&p).expect("readable input");
+            (p, data)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// A request in the fuzzers' framing, borrowed from the input: like an HTTP/1 request
 /// head, so that seeds are readable and mutations land on meaningful parts.
 ///
@@ -139,15 +161,20 @@ pub fn encode_request(method: &str, uri: &str, headers: &[(&str, &str)], body: &
 fn engines() -> &'static (Engine, Engine) {
     static E: OnceLock<(Engine, Engine)> = OnceLock::new();
     E.get_or_init(|| {
-        let off = Engine::builder()
-            .config(Config {
-                prefilter: false,
-                ..Config::default()
-            })
-            .build(&Policy::default_policy())
-            .expect("the default policy compiles");
+        let off = prefilter_off(&Policy::default_policy()).expect("the default policy compiles");
         (Engine::default_engine(), off)
     })
+}
+
+/// `policy`'s engine with every rule run on every field: the oracle the prefilter must
+/// agree with.
+fn prefilter_off(policy: &Policy) -> Result<Engine, edgeward::CompileError> {
+    Engine::builder()
+        .config(Config {
+            prefilter: false,
+            ..Config::default()
+        })
+        .build(policy)
 }
 
 thread_local! {
@@ -182,13 +209,19 @@ fn decide_both(on: &Engine, off: &Engine, r: &Request<'_>) -> edgeward::Decision
 /// An engine and its copy rebuilt from its own bundle decide every probe alike.
 fn check_bundle_round_trip(engine: &Engine) {
     let copy = Engine::from_bundle(&engine.to_bundle()).expect("an engine's own bundle loads");
-    for (method, uri, body) in PROBES {
-        let headers: &[(&[u8], &[u8])] = &[(b"content-type", b"application/json")];
-        let r = Request::new(method.as_bytes(), uri.as_bytes())
-            .with_headers(headers)
-            .with_body(body);
+    for r in probes() {
         decide_both(engine, &copy, &r);
     }
+}
+
+/// [`PROBES`] as requests.
+fn probes() -> impl Iterator<Item = Request<'static>> {
+    const JSON: &[(&[u8], &[u8])] = &[(b"content-type", b"application/json")];
+    PROBES.iter().map(|(method, uri, body)| {
+        Request::new(method.as_bytes(), uri.as_bytes())
+            .with_headers(JSON)
+            .with_body(body)
+    })
 }
 
 /// Target `inspect`: an arbitrary request under the default policy. The warm-scratch
@@ -368,18 +401,9 @@ pub fn policy(data: &[u8]) {
     let Ok(engine) = Engine::new(&policy) else {
         return;
     };
-    let off = Engine::builder()
-        .config(Config {
-            prefilter: false,
-            ..Config::default()
-        })
-        .build(&policy)
+    let off = prefilter_off(&policy)
         .expect("a policy that compiles with the prefilter compiles without it");
-    for (method, uri, body) in PROBES {
-        let headers: &[(&[u8], &[u8])] = &[(b"content-type", b"application/json")];
-        let r = Request::new(method.as_bytes(), uri.as_bytes())
-            .with_headers(headers)
-            .with_body(body);
+    for r in probes() {
         let d = decide_both(&engine, &off, &r);
         assert!(serde_json::from_str::<serde_json::Value>(&d.to_json()).is_ok());
     }

@@ -6,7 +6,7 @@
 //! can be replayed and moved to `fuzz/regressions/`.
 use std::path::Path;
 
-use edgeward_fuzz_targets::TARGETS;
+use edgeward_fuzz_targets::{committed_inputs, TARGETS};
 
 /// Runs per target: the cheap parsers get many, the targets that compile an engine per
 /// input few.
@@ -109,12 +109,11 @@ fn every_target_survives_mutated_seeds() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut failures = Vec::new();
     for (k, (name, run)) in TARGETS.iter().enumerate() {
-        let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(root.join("corpus").join(name))
-            .map(|d| {
-                d.map(|e| std::fs::read(e.expect("entry").path()).expect("seed"))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut seeds: Vec<Vec<u8>> = committed_inputs("corpus", name)
+            .into_iter()
+            .map(|(_, data)| data)
+            .collect();
+        // By content, so the mutants do not depend on file names.
         seeds.sort();
         assert!(!seeds.is_empty(), "no seeds for {name}");
         let mut rng = Rng(0x5eed_0000 + k as u64);
