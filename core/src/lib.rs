@@ -42,6 +42,7 @@ pub mod policy;
 pub mod request;
 pub mod rules;
 pub mod signals;
+mod simd;
 pub mod transform;
 
 pub use cost::usage::{Provider, Usage, UsageSource, UsageTracker};

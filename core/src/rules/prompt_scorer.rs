@@ -31,6 +31,15 @@ const FLOOD_MIN: usize = 40;
 /// of at most `MAX_TOKEN` (4) bytes. Never panics: every slice is taken from bounds found in
 /// `v` itself.
 pub fn token_flood(v: &[u8]) -> Option<(usize, usize)> {
+    crate::simd::wide(
+        #[inline(always)]
+        || token_flood_here(v),
+    )
+}
+
+/// The body of [`token_flood`], inlined into its AVX2 and baseline builds.
+#[inline(always)]
+fn token_flood_here(v: &[u8]) -> Option<(usize, usize)> {
     if may_flood(v) {
         token_walk(v)
     } else {
@@ -49,6 +58,7 @@ const MIN_GAP: usize = 2 * FLOOD_MIN + 1 - 3;
 /// space in every five. Prose has a word of five or more letters every few words, so this
 /// is false for nearly every prompt and the token walk (a few nanoseconds per token) is
 /// skipped. Bit masks of non-space bytes, one block at a time, find the runs of five.
+#[inline(always)]
 fn may_flood(v: &[u8]) -> bool {
     const _: () = assert!(MAX_TOKEN == 4, "the run mask below looks for runs of 5");
     if v.len() < 2 * FLOOD_MIN + 1 {

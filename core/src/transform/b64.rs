@@ -65,7 +65,7 @@ fn in_alphabet_cmp(b: u8) -> bool {
 /// Where the scan can go on after the block at `input[i..i + B]`, if no run of
 /// [`MIN_RUN`] alphabet characters lies inside it: the start of the run that the block
 /// ends with (which may go on past it), or the block's end. Runs start at `i` or later.
-#[inline]
+#[inline(always)]
 fn skip_block(input: &[u8], i: usize) -> Option<usize> {
     let bytes = <&[u8; B]>::try_from(input.get(i..i + B)?).ok()?;
     // The superset first, then the alphabet itself; a run of either stays a run when the
@@ -94,7 +94,7 @@ fn skip_block(input: &[u8], i: usize) -> Option<usize> {
 /// A run of 16 contains a whole aligned 8-byte word, so only the (few) words without a
 /// byte outside the set are looked at, with the run ends in their neighbours. Cheaper
 /// than [`skip_block`] for prose, where most words hold a space.
-#[inline]
+#[inline(always)]
 fn skip_words(input: &[u8], i: usize) -> Option<usize> {
     let bytes = <&[u8; B]>::try_from(input.get(i..i + B)?).ok()?;
     let mut breaks = [0u8; B];
@@ -133,6 +133,15 @@ fn skip_words(input: &[u8], i: usize) -> Option<usize> {
 /// length 2 mod 4, `=` after 3 mod 4), and a run of length 1 mod 4 keeps its last
 /// character literally. Trailing bits are ignored.
 pub(super) fn base64_segments(input: &[u8], out: &mut Vec<u8>) -> bool {
+    crate::simd::wide(
+        #[inline(always)]
+        || base64_segments_here(input, out),
+    )
+}
+
+/// The body of [`base64_segments`], inlined into its AVX2 and baseline builds.
+#[inline(always)]
+fn base64_segments_here(input: &[u8], out: &mut Vec<u8>) -> bool {
     if input.len() < MIN_RUN {
         return false;
     }

@@ -7,6 +7,15 @@ use super::block::{self, Verdict, Window};
 /// `lowercase`: ASCII only, so the length is unchanged and non-ASCII bytes (possibly
 /// invalid UTF-8) are never reinterpreted.
 pub(super) fn lowercase(input: &[u8], out: &mut Vec<u8>) -> bool {
+    crate::simd::wide(
+        #[inline(always)]
+        || lowercase_here(input, out),
+    )
+}
+
+/// The body of [`lowercase`], inlined into its AVX2 and baseline builds.
+#[inline(always)]
+fn lowercase_here(input: &[u8], out: &mut Vec<u8>) -> bool {
     let upper = |b: u8| b.wrapping_sub(b'A') < 26;
     let Some(first) = block::first_change(input, |b, _| upper(b), |w| upper(w[2])) else {
         return false;
@@ -56,6 +65,15 @@ fn remove_rule([_, p, b, n]: Window) -> Verdict {
 
 /// `compress_whitespace`.
 pub(super) fn compress_whitespace(input: &[u8], out: &mut Vec<u8>) -> bool {
+    crate::simd::wide(
+        #[inline(always)]
+        || compress_whitespace_here(input, out),
+    )
+}
+
+/// The body of [`compress_whitespace`], inlined into its AVX2 and baseline builds.
+#[inline(always)]
+fn compress_whitespace_here(input: &[u8], out: &mut Vec<u8>) -> bool {
     // The first change is exact: before it the output is the input, and a dropped or
     // rewritten byte there makes it differ.
     let suspect = |b: u8, next: u8| (b <= b'\r') | (b == 0xc2) | ((b == b' ') & (next == b' '));
@@ -69,6 +87,15 @@ pub(super) fn compress_whitespace(input: &[u8], out: &mut Vec<u8>) -> bool {
 
 /// `remove_whitespace`.
 pub(super) fn remove_whitespace(input: &[u8], out: &mut Vec<u8>) -> bool {
+    crate::simd::wide(
+        #[inline(always)]
+        || remove_whitespace_here(input, out),
+    )
+}
+
+/// The body of [`remove_whitespace`], inlined into its AVX2 and baseline builds.
+#[inline(always)]
+fn remove_whitespace_here(input: &[u8], out: &mut Vec<u8>) -> bool {
     let suspect = |b: u8, _| is_ascii_ws(b) | (b == 0xc2);
     let Some(first) = block::first_change(input, suspect, |w| block::changes(&remove_rule, w))
     else {
