@@ -189,8 +189,12 @@ export interface Decision {
   reservation?: Reservation
   /** How long the inspection took, in nanoseconds. */
   inspectNs: number
-  /** The core decision, for the engine's other methods. Opaque. */
-  handle: ExternalObject<'edgeward.Decision'>
+  /**
+   * The core decision, for the engine's other methods. Opaque: an external value, or
+   * for the common allowed decision an object of `lib/decision.js`; pass it back, never
+   * read or build it. It holds the core decision for as long as it is reachable.
+   */
+  handle: object
 }
 
 /** Every stable error code an error thrown by this module can carry. */

@@ -6,10 +6,13 @@ const native = require('../edgeward.node')
 const { guard, wrap } = require('./middleware.js')
 const { install } = require('./decision.js')
 
-install(native.Engine)
+install(native)
+
+// `_release` and `_kept` serve lib/decision.js and the tests, not users.
+const { _release, _kept, ...api } = native
 
 module.exports = {
-  ...native,
+  ...api,
   guard,
   wrap,
 }

@@ -2,8 +2,9 @@
 //!
 //! Every part is converted when the decision is returned (JS objects cannot convert
 //! lazily without getters, and a plain object is what JS code logs, spreads and
-//! serializes). The core decision itself stays in Rust behind `handle`, an opaque
-//! external value the engine's other methods (`settle`, `rewriteBody`, `refusalBody`,
+//! serializes). The core decision itself stays in Rust behind `handle`, an opaque value
+//! (an external, or an id in `lib/decision.js`'s handle object, see `flat.rs`) the engine's
+//! other methods (`settle`, `rewriteBody`, `refusalBody`,
 //! `usageTracker`) take it back from, so nothing read from JS is ever trusted as policy.
 
 use std::collections::HashMap;
@@ -70,8 +71,10 @@ pub struct Decision {
     pub reservation: Option<Reservation>,
     /// How long the inspection took, in nanoseconds.
     pub inspect_ns: f64,
-    /// The core decision, for the engine's other methods. Opaque.
-    #[napi(ts_type = "ExternalObject<'edgeward.Decision'>")]
+    /// The core decision, for the engine's other methods. Opaque: an external value, or
+    /// for the common allowed decision an object of `lib/decision.js`; pass it back, never
+    /// read or build it. It holds the core decision for as long as it is reachable.
+    #[napi(ts_type = "object")]
     pub handle: External<Held>,
 }
 
@@ -315,7 +318,7 @@ impl Decision {
 /// A decision as `lib/decision.js` rebuilds it: for the common allowed request, one array
 /// of scalars (no property names to create and look up per field, which is most of what
 /// a plain object costs through N-API); any other decision as the full object.
-pub struct Compact(pub(crate) Held);
+pub struct Compact(Held);
 
 /// The array's slots; `lib/decision.js` reads the same numbers.
 const SLOTS: u32 = 16;
@@ -331,9 +334,14 @@ unsafe fn put<T: ToNapiValue>(
 }
 
 impl Compact {
+    /// The compact form of a core decision.
+    pub(crate) fn new(d: edgeward::Decision) -> Compact {
+        Compact(Arc::new(d))
+    }
+
     /// Whether the decision has only the parts the array carries (an allowed request
     /// that scored nothing, charged no limit and needs nothing settled or rewritten).
-    fn common(d: &edgeward::Decision) -> bool {
+    pub(crate) fn common(d: &edgeward::Decision) -> bool {
         d.is_allowed()
             && d.would_deny.is_none()
             && edgeward::Category::ALL
@@ -379,7 +387,8 @@ impl ToNapiValue for Compact {
                 put(env, arr, 14, c.exact)?;
                 put(env, arr, 15, c.provider.map(Provider::as_str))?;
             }
-            put(env, arr, 7, External::new(d))?;
+            // The handle's id: `lib/decision.js` wraps it (see `flat.rs`).
+            put(env, arr, 7, crate::flat::keep(d))?;
         }
         Ok(arr)
     }

@@ -10,6 +10,7 @@ use napi_derive::napi;
 
 use crate::decision::{Compact, Decision, Held};
 use crate::errors::{wrong_type, Fail, Res};
+use crate::flat::{self, Flat};
 use crate::usage::{usage_from_object, Usage, UsageTracker};
 
 /// The compiled policy. Immutable and shareable: build one at start-up and use it for
@@ -446,11 +447,19 @@ impl Task for SettleTask {
     }
 }
 
-/// The core decision behind a JS decision or reservation (its `handle`).
+/// The core decision behind a JS decision or reservation (its `handle`), or behind the
+/// id `lib/decision.js` passes for a handle of its own (see `flat.rs`).
 fn held(v: Unknown<'_>) -> Res<Held> {
     let what = "a Decision or Reservation from this module";
-    if v.get_type().ok() != Some(ValueType::Object) {
-        return Err(Fail::type_error(format!("expected {what}")));
+    match v.get_type() {
+        Ok(ValueType::Object) => {}
+        Ok(ValueType::Number) => {
+            let id = f64::from_unknown(v).map_err(wrong_type("the decision", what))?;
+            return flat::find(id).ok_or_else(|| {
+                Fail::released("the decision's handle was released (or never issued)")
+            });
+        }
+        _ => return Err(Fail::type_error(format!("expected {what}"))),
     }
     let o = Object::from_unknown(v).map_err(wrong_type("the decision", what))?;
     let h: Option<&External<Held>> = o.get("handle").map_err(wrong_type("the decision", what))?;
@@ -496,6 +505,50 @@ fn policy_of(path_or_text: Unknown<'_>) -> Res<edgeward::Policy> {
 }
 
 impl Engine {
+    fn flat(
+        &self,
+        text: Unknown<'_>,
+        body: Unknown<'_>,
+        peer: Unknown<'_>,
+        client_ip: Unknown<'_>,
+        identity: Unknown<'_>,
+        io: Unknown<'_>,
+    ) -> Res<Flat> {
+        let mut io =
+            Float64ArraySlice::from_unknown(io).map_err(wrong_type("io", "a Float64Array"))?;
+        let text = flat::read_text(&text, &io)?;
+        let d = {
+            let body = match present(body) {
+                Some(b) => Some(bytes_of(b, "body", false)?),
+                None => None,
+            };
+            let identity = opt_string(present(identity), "identity")?;
+            View {
+                method: text.part(0),
+                uri: text.part(1),
+                headers: text.headers(),
+                body: body.as_ref().map(Bytes::bytes),
+                peer: ip(present(peer), "peer")?,
+                client_ip: ip(present(client_ip), "clientIp")?,
+                identity: identity.as_deref(),
+            }
+            .inspect(&self.engine)
+        };
+        if !Compact::common(&d) {
+            return Ok(Flat::Full(Decision::from_core(d)));
+        }
+        let d = Arc::new(d);
+        let id = flat::keep(Arc::clone(&d));
+        // SAFETY: this runs on the JS thread inside a sync call, so no JS reads or writes
+        // `io` meanwhile, and nothing else borrowed from JS (the body may share its
+        // ArrayBuffer) is alive any more.
+        let out = unsafe { io.as_mut() };
+        Ok(match flat::write(out, &d, id) {
+            Some(s) => Flat::Strings(s),
+            None => Flat::Same,
+        })
+    }
+
     /// The core's decision on a request read from JS, on the calling thread.
     fn inspect_here(&self, p: Res<Parts<'_>>) -> Res<edgeward::Decision> {
         let p = p?;
@@ -550,7 +603,7 @@ impl Task for CompactTask {
     }
 
     fn resolve(&mut self, _env: Env, d: Self::Output) -> Result<Self::JsValue> {
-        Ok(Compact(Arc::new(d)))
+        Ok(Compact::new(d))
     }
 }
 
@@ -639,7 +692,25 @@ impl Engine {
             identity: present(identity),
         };
         self.inspect_here(parts_from(fields))
-            .map(|d| Compact(Arc::new(d)))
+            .map(Compact::new)
+            .map_err(|f| f.into_js(&env))
+    }
+
+    /// `inspect` for `lib/decision.js` when the method, URI and headers are strings: they
+    /// come as one string with their lengths in `io` (see `flat.rs`), and the common
+    /// allowed decision goes back through `io`.
+    #[napi(js_name = "_inspectFlat", skip_typescript)]
+    pub fn inspect_flat<'env>(
+        &self,
+        env: Env,
+        text: Unknown<'env>,
+        body: Unknown<'env>,
+        peer: Unknown<'env>,
+        client_ip: Unknown<'env>,
+        identity: Unknown<'env>,
+        io: Unknown<'env>,
+    ) -> Result<Flat> {
+        self.flat(text, body, peer, client_ip, identity, io)
             .map_err(|f| f.into_js(&env))
     }
 

@@ -17,6 +17,10 @@ pub(crate) const ARGUMENT: &str = "node.argument";
 /// format).
 pub(crate) const NOT_FOUND: &str = "node.not_found";
 
+/// The code of a decision handle that no longer holds a decision (released after the
+/// garbage collector freed it, or never issued).
+pub(crate) const RELEASED: &str = "node.released";
+
 /// A binding result: `napi::Result` is for errors already in their JS form.
 pub(crate) type Res<T> = std::result::Result<T, Fail>;
 
@@ -55,6 +59,10 @@ impl Fail {
 
     pub(crate) fn not_found(message: impl Into<String>) -> Fail {
         Fail::new(NOT_FOUND, message)
+    }
+
+    pub(crate) fn released(message: impl Into<String>) -> Fail {
+        Fail::new(RELEASED, message)
     }
 
     /// The JS error object, built on the JS thread.
@@ -128,6 +136,6 @@ pub(crate) fn wrong_type<'a>(what: &'a str, expected: &'a str) -> impl FnOnce(Er
 /// Every code an error can carry: the core's and the binding's own.
 pub(crate) fn all_codes() -> Vec<&'static str> {
     let mut codes = edgeward::error::all_error_codes();
-    codes.extend([ARGUMENT, NOT_FOUND]);
+    codes.extend([ARGUMENT, NOT_FOUND, RELEASED]);
     codes
 }

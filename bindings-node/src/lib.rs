@@ -9,23 +9,41 @@
 
 #![deny(clippy::all)]
 
+use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 mod decision;
 mod engine;
 mod errors;
+mod flat;
 mod usage;
 
 pub use decision::{
     Cost, Decision, LimitOutcome, Match, Principal, Reservation, Rewrite, StoreFailure,
 };
 pub use engine::{CompactTask, Engine, InspectRequest, InspectTask, OwnedRequest, SettleTask};
+pub use flat::Flat;
 pub use usage::{Usage, UsageInput, UsageTracker};
 
 /// Every stable error code an error thrown by this module can carry.
 #[napi]
 pub fn error_codes() -> Vec<&'static str> {
     errors::all_codes()
+}
+
+/// Forgets the decisions `lib/decision.js` held by these ids (their handles were
+/// garbage collected).
+#[napi(js_name = "_release", skip_typescript)]
+pub fn release(env: Env, ids: Unknown<'_>) -> Result<()> {
+    Float64ArraySlice::from_unknown(ids)
+        .map(|ids| flat::release(&ids))
+        .map_err(|e| errors::wrong_type("ids", "a Float64Array")(e).into_js(&env))
+}
+
+/// How many decisions are held by id (for the tests).
+#[napi(js_name = "_kept", skip_typescript)]
+pub fn kept() -> u32 {
+    flat::kept()
 }
 
 /// The addon's version (the workspace's).
