@@ -33,6 +33,37 @@ class DecisionHandle {
   }
 }
 
+/**
+ * The common allowed decision's fields in the order of the addon's full object; the
+ * varying ones are placeholders.
+ */
+const ALLOWED = {
+  allowed: true,
+  status: undefined,
+  reasonCode: undefined,
+  reason: undefined,
+  stage: undefined,
+  route: undefined,
+  mode: 'enforce',
+  wouldDeny: undefined,
+  score: 0,
+  threshold: 0,
+  scores: undefined,
+  retryAfter: undefined,
+  headers: undefined,
+  matches: undefined,
+  matchesTruncated: false,
+  principal: undefined,
+  cost: undefined,
+  rewrites: undefined,
+  limits: undefined,
+  signals: undefined,
+  storeError: undefined,
+  reservation: undefined,
+  inspectNs: 0,
+  handle: undefined,
+}
+
 /** Ties the addon's slab entry to a handle's life. */
 function handles(native) {
   let pending = []
@@ -118,23 +149,19 @@ function install(native) {
       const p = io[STRINGS + 3]
       provider = p < 0 ? undefined : s.slice(at, at + p)
     }
+    // The template's spread, then its varying fields: V8 copies a spread's shape in one
+    // step in every tier, while a literal this large goes through the runtime until the
+    // function is optimized.
     return {
-      allowed: true,
-      status: undefined,
-      reasonCode: undefined,
-      reason: undefined,
+      ...ALLOWED,
       stage,
       route,
       mode: io[MONITOR] === 1 ? 'monitor' : 'enforce',
-      wouldDeny: undefined,
       score: io[SCORE],
       threshold: io[THRESHOLD],
       scores: {},
-      retryAfter: undefined,
       headers: [],
       matches: [],
-      matchesTruncated: false,
-      principal: undefined,
       cost:
         io[HAS_COST] === 1
           ? {
@@ -151,8 +178,6 @@ function install(native) {
       rewrites: [],
       limits: [],
       signals: [],
-      storeError: undefined,
-      reservation: undefined,
       inspectNs: io[INSPECT_NS],
       handle: handleOf(io[ID]),
     }
