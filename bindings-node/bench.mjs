@@ -3,7 +3,11 @@
 //
 //   node scripts/build.mjs --release
 //   node bench.mjs [--rounds N] [--number N] [--alternations N] [--no-core]
-//   valgrind --tool=callgrind node bench.mjs --loop N      (N = 0 and N = 200: subtract)
+//   valgrind --tool=callgrind --separate-threads=yes node bench.mjs --loop N [--drain]
+//                                          (N = 0 and N = 2000: subtract)
+//
+// --drain collects the loop's garbage and lets the finalizers run before exiting, so the
+// count includes what the decisions cost after the loop (freeing their core decisions).
 //
 // The request is the core bench's `inspect/benign/4KiB` (benches/src/lib.rs:
 // `chat_body_with(4096, false, Text::Triggers)` and `HEADERS`), rebuilt here byte for
@@ -21,6 +25,8 @@ import { arch, cpus, platform, release } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
+import v8 from 'node:v8'
+import vm from 'node:vm'
 
 const require = createRequire(import.meta.url)
 const edgeward = require('./lib/index.js')
@@ -34,6 +40,7 @@ const { values: args } = parseArgs({
     'no-core': { type: 'boolean', default: false },
     'allow-debug': { type: 'boolean', default: false },
     loop: { type: 'string' },
+    drain: { type: 'boolean', default: false },
   },
 })
 
@@ -73,6 +80,14 @@ if (!d.allowed) throw new Error(engine.decisionJson(d))
 
 if (args.loop !== undefined) {
   for (let i = 0, n = Number(args.loop); i < n; i++) engine.inspect(req)
+  if (args.drain) {
+    v8.setFlagsFromString('--expose-gc')
+    const gc = vm.runInNewContext('gc')
+    for (let i = 0; i < 5; i++) {
+      gc()
+      await new Promise((r) => setTimeout(r, 1))
+    }
+  }
   process.exit(0)
 }
 if (edgeward.DEBUG_BUILD && !args['allow-debug']) {

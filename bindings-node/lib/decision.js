@@ -100,22 +100,16 @@ function install(native) {
     // Any decision but the common allowed one comes as the full object already.
     if (!Array.isArray(a)) return a
     return {
+      ...ALLOWED,
       allowed: a[0],
-      status: undefined,
-      reasonCode: undefined,
-      reason: undefined,
       stage: a[1],
       route: a[2],
       mode: a[3] ? 'monitor' : 'enforce',
-      wouldDeny: undefined,
       score: a[4],
       threshold: a[5],
       scores: {},
-      retryAfter: undefined,
       headers: [],
       matches: [],
-      matchesTruncated: false,
-      principal: undefined,
       cost:
         a[9] === undefined
           ? undefined
@@ -132,8 +126,6 @@ function install(native) {
       rewrites: [],
       limits: [],
       signals: [],
-      storeError: undefined,
-      reservation: undefined,
       inspectNs: a[6],
       handle: handleOf(a[7]),
     }

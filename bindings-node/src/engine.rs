@@ -535,7 +535,7 @@ impl Engine {
             .inspect(&self.engine)
         };
         if !Compact::common(&d) {
-            return Ok(Flat::Full(Decision::from_core(d)));
+            return Ok(Flat::Full(Box::new(Decision::from_core(d))));
         }
         let d = Arc::new(d);
         let id = flat::keep(Arc::clone(&d));
@@ -700,6 +700,7 @@ impl Engine {
     /// come as one string with their lengths in `io` (see `flat.rs`), and the common
     /// allowed decision goes back through `io`.
     #[napi(js_name = "_inspectFlat", skip_typescript)]
+    #[allow(clippy::too_many_arguments)]
     pub fn inspect_flat<'env>(
         &self,
         env: Env,

@@ -315,7 +315,7 @@ pub enum Flat {
     /// The numbers are in `io`; its strings, one after the other.
     Strings(String),
     /// A decision with more in it than `io` carries.
-    Full(crate::decision::Decision),
+    Full(Box<crate::decision::Decision>),
 }
 
 impl ToNapiValue for Flat {
@@ -323,7 +323,7 @@ impl ToNapiValue for Flat {
         match val {
             Flat::Same => unsafe { <()>::to_napi_value(env, ()) },
             Flat::Strings(s) => unsafe { String::to_napi_value(env, s) },
-            Flat::Full(d) => unsafe { crate::decision::Decision::to_napi_value(env, d) },
+            Flat::Full(d) => unsafe { crate::decision::Decision::to_napi_value(env, *d) },
         }
     }
 }
