@@ -315,9 +315,11 @@ impl Decision {
     }
 }
 
-/// A decision as `lib/decision.js` rebuilds it: for the common allowed request, one array
-/// of scalars (no property names to create and look up per field, which is most of what
-/// a plain object costs through N-API); any other decision as the full object.
+/// A decision as `lib/decision.js` rebuilds it, for `_inspect` (requests the flat lane of
+/// `flat.rs` does not take) and `_inspectAsync` (the pool's answer has no shared array to
+/// write to): for the common allowed request, one array of scalars with the handle's id
+/// (no property names to create and look up per field, which is most of what a plain
+/// object costs through N-API); any other decision as the full object.
 pub struct Compact(Held);
 
 /// The array's slots; `lib/decision.js` reads the same numbers.
