@@ -522,14 +522,18 @@ impl Engine {
                 Some(b) => Some(bytes_of(b, "body", false)?),
                 None => None,
             };
+            // Checked in the general path's order, so a request with two bad fields
+            // names the same one either way.
+            let peer = ip(present(peer), "peer")?;
+            let client_ip = ip(present(client_ip), "clientIp")?;
             let identity = opt_string(present(identity), "identity")?;
             View {
                 method: text.part(0),
                 uri: text.part(1),
                 headers: text.headers(),
                 body: body.as_ref().map(Bytes::bytes),
-                peer: ip(present(peer), "peer")?,
-                client_ip: ip(present(client_ip), "clientIp")?,
+                peer,
+                client_ip,
                 identity: identity.as_deref(),
             }
             .inspect(&self.engine)
