@@ -325,13 +325,21 @@ pub struct Compact(Held);
 /// The array's slots; `lib/decision.js` reads the same numbers.
 const SLOTS: u32 = 16;
 
+/// Sets element `i` of `arr` to `v`.
+///
+/// # Safety
+///
+/// `env` must be the environment of the current N-API call (on the JS thread) and `arr` an
+/// array created in it.
 unsafe fn put<T: ToNapiValue>(
     env: napi::sys::napi_env,
     arr: napi::sys::napi_value,
     i: u32,
     v: T,
 ) -> Result<()> {
+    // SAFETY: `env` and `arr` are live in the current call (this function's contract).
     let v = unsafe { T::to_napi_value(env, v)? };
+    // SAFETY: as above; `v` was just created in the same environment.
     check_status!(unsafe { napi::sys::napi_set_element(env, arr, i, v) })
 }
 
@@ -365,12 +373,15 @@ impl ToNapiValue for Compact {
     unsafe fn to_napi_value(env: napi::sys::napi_env, val: Self) -> Result<napi::sys::napi_value> {
         let d = val.0;
         if !Compact::common(&d) {
+            // SAFETY: `env` is the environment napi-rs called this conversion with.
             return unsafe { Decision::to_napi_value(env, Decision::from_held(d)) };
         }
         let mut arr = std::ptr::null_mut();
+        // SAFETY: `env` is live (as above) and `arr` a valid out-pointer.
         check_status!(unsafe {
             napi::sys::napi_create_array_with_length(env, SLOTS as usize, &mut arr)
         })?;
+        // SAFETY: `env` is live and `arr` was created in it just above.
         unsafe {
             put(env, arr, 0, d.is_allowed())?;
             put(env, arr, 1, d.stage.as_str())?;

@@ -56,6 +56,8 @@ fn utf8_of(v: &Unknown<'_>) -> Result<String> {
     let raw = v.value();
     let read = |buf: &mut Vec<u8>| -> Result<usize> {
         let mut len = 0;
+        // SAFETY: `raw` is a live value of the current call; napi writes at most
+        // `buf.capacity()` bytes, its terminator included, and the length into `len`.
         check_status!(unsafe {
             napi::sys::napi_get_value_string_utf8(
                 raw.env,
@@ -72,6 +74,7 @@ fn utf8_of(v: &Unknown<'_>) -> Result<String> {
     // Node truncates at a character boundary, so a truncated copy leaves fewer than 4
     // bytes (the longest UTF-8 character) of the buffer unused.
     if len + 4 >= buf.capacity() {
+        // SAFETY: a null buffer of size 0 asks napi for the length only.
         check_status!(unsafe {
             napi::sys::napi_get_value_string_utf8(
                 raw.env,

@@ -93,6 +93,8 @@ pub(crate) fn read_text(text: &Unknown<'_>, io: &[f64]) -> Res<Text> {
     // fills it, so a truncated copy is never taken for the whole.
     let mut units: Vec<u16> = Vec::with_capacity(total + 2);
     let mut got = 0usize;
+    // SAFETY: `raw` is a live value of the current call; napi writes at most `total + 2`
+    // units (the vector's capacity), its terminator included, and the count into `got`.
     check_status!(unsafe {
         napi::sys::napi_get_value_string_utf16(
             raw.env,
@@ -320,6 +322,7 @@ pub enum Flat {
 
 impl ToNapiValue for Flat {
     unsafe fn to_napi_value(env: napi::sys::napi_env, val: Self) -> Result<napi::sys::napi_value> {
+        // SAFETY: `env` is the environment napi-rs called this conversion with.
         match val {
             Flat::Same => unsafe { <()>::to_napi_value(env, ()) },
             Flat::Strings(s) => unsafe { String::to_napi_value(env, s) },
