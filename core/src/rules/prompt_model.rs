@@ -294,6 +294,17 @@ fn windows(table: &[u8; TABLE], v: &[u8], s: usize, e: usize) -> (i32, u32) {
 /// One pass over `v`: the sum and count of every feature's weight, and with `SPAN` the run
 /// of tokens with the largest sum.
 fn scan<'v, const SPAN: bool>(m: &Model, v: &'v [u8]) -> Scan<'v, SPAN> {
+    // With AVX2 (and BMI, part of the same level) the word masks take half the vector
+    // instructions and the token loop's bit scans are single instructions.
+    crate::simd::wide(
+        #[inline(always)]
+        || scan_here(m, v),
+    )
+}
+
+/// The body of [`scan`], inlined into its AVX2 and baseline builds.
+#[inline(always)]
+fn scan_here<'v, const SPAN: bool>(m: &Model, v: &'v [u8]) -> Scan<'v, SPAN> {
     let mut s = Scan {
         v,
         table: m.weights,
