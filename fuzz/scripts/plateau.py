@@ -60,11 +60,16 @@ def parse(path):
 
 def main():
     log_dir = sys.argv[1] if len(sys.argv) > 1 else "/tmp/fz/logs"
-    print("| target | rounds | seconds | executions | edges / features | last new edge at | plateau | crashes |")
-    print("|---|--:|--:|--:|--:|--:|---|--:|")
+    print(
+        "| target | rounds | seconds | executions | edges / features "
+        "| new edges in the last half | last new edge at | plateau | crashes |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|---|--:|")
     for target, paths in rounds(log_dir).items():
         total_s, total_x, crashes = 0, 0, 0
         last_cov, last_new_at, final = 0, 0.0, (0, 0)
+        # (time, edges) whenever the edge count grew, over all rounds.
+        growth = []
         for path in paths:
             seconds, execs, points, crashed = parse(path)
             crashes += crashed
@@ -72,14 +77,17 @@ def main():
                 at = total_s + t
                 if cov > last_cov:
                     last_cov, last_new_at = cov, at
+                    growth.append((at, cov))
                 final = (cov, ft)
             total_s += seconds
             total_x += execs
         quiet = total_s - last_new_at
+        half = [cov for at, cov in growth if at <= total_s / 2]
+        late = final[0] - (half[-1] if half else 0)
         plateau = "yes" if total_s and quiet >= max(300, total_s / 2) else "no"
         print(
             f"| `{target}` | {len(paths)} | {total_s:.0f} | {total_x:,} | {final[0]:,} / {final[1]:,} "
-            f"| {last_new_at:.0f} s | {plateau} ({quiet:.0f} s quiet) | {crashes} |"
+            f"| {late:,} | {last_new_at:.0f} s | {plateau} ({quiet:.0f} s quiet) | {crashes} |"
         )
 
 
