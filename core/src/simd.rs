@@ -20,16 +20,14 @@ pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Whether [`wide`] runs its closure with AVX2 on this machine (for kernels whose block
-/// size should follow the vector width).
+/// Runs `wide` compiled for AVX2 when the CPU supports it, and `narrow` otherwise: for
+/// kernels whose block size follows the vector width (one CPU check decides both the
+/// instruction set and the kernel).
 #[inline(always)]
-pub(crate) fn has_avx2() -> bool {
+pub(crate) fn wide_or<R>(wide: impl FnOnce() -> R, narrow: impl FnOnce() -> R) -> R {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    {
-        pulp::x86::V3::try_new().is_some()
+    if let Some(v3) = pulp::x86::V3::try_new() {
+        return v3.vectorize(wide);
     }
-    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-    {
-        false
-    }
+    narrow()
 }

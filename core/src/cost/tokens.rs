@@ -312,14 +312,11 @@ impl ByteClasses {
         // The block loop is written for the compiler to vectorize; with AVX2 (most x86-64
         // servers) blocks of 32 bytes take one 256-bit register per flag, half the work of
         // the baseline's 16-byte SSE2 blocks (see `crate::simd`).
-        if crate::simd::has_avx2() {
-            crate::simd::wide(
-                #[inline(always)]
-                || Self::of_blocks::<32>(text),
-            )
-        } else {
-            Self::of_blocks::<16>(text)
-        }
+        crate::simd::wide_or(
+            #[inline(always)]
+            || Self::of_blocks::<32>(text),
+            || Self::of_blocks::<16>(text),
+        )
     }
 
     /// [`ByteClasses::of`] with blocks of `L` bytes (16 or 32); the counts do not depend
