@@ -7,16 +7,29 @@ use edgeward::{Config, Engine, Policy, Request};
 use edgeward_benches::{chat_body_with, Text, HEADERS};
 
 fn inspect(c: &mut Criterion) {
-    let memo = Engine::default_engine();
+    let engine = |config: Config| {
+        Engine::builder()
+            .config(config)
+            .build(&Policy::default_policy())
+            .expect("default policy compiles")
+    };
+    // The loop repeats one request, so the large-field memo would recognise its prompt
+    // from the second call on; off, every call pays for a prompt seen for the first time
+    // (with the short headers, keys and model name remembered, as they are in practice).
+    let memo = engine(Config {
+        large_field_memo: 0,
+        ..Config::default()
+    });
     // Every field scanned in full on every call: what a stream of requests whose headers
     // and JSON keys never repeat would cost.
-    let no_memo = Engine::builder()
-        .config(Config {
-            clean_field_memo: 0,
-            ..Config::default()
-        })
-        .build(&Policy::default_policy())
-        .expect("default policy compiles");
+    let no_memo = engine(Config {
+        clean_field_memo: 0,
+        large_field_memo: 0,
+        ..Config::default()
+    });
+    // The default configuration: a prompt seen before (a system prompt, earlier turns) is
+    // recognised instead of scanned.
+    let seen = engine(Config::default());
     let mut g = c.benchmark_group("inspect");
     for kib in [1usize, 4, 16, 64] {
         for (kind, attack, text, engine) in [
@@ -25,6 +38,7 @@ fn inspect(c: &mut Criterion) {
             ("attack", true, Text::Triggers, &memo),
             ("benign-plain-nomemo", false, Text::Plain, &no_memo),
             ("benign-nomemo", false, Text::Triggers, &no_memo),
+            ("benign-seen", false, Text::Triggers, &seen),
         ] {
             let body = chat_body_with(kib * 1024, attack, text);
             let req = Request::new(b"POST", b"/v1/chat/completions")

@@ -1,7 +1,9 @@
 //! Runs `inspect` on a chat request in a loop, for profilers (`perf record`, callgrind).
 //! Usage: `cargo run --release -p edgeward-benches --example profile -- [KiB] [iterations] [rule-id-prefix]`
 //! (`PLAIN=1` for neutral prose instead of trigger-word prose, `NOMEMO=1` to scan every
-//! field in full on every call, `POLLUTE=BYTES` to write that many bytes of another buffer
+//! field in full on every call, `SEEN=1` to let the large-field memo recognise the prompt
+//! from the call before (off by default: the loop repeats one request, and what it measures
+//! is a prompt seen for the first time), `POLLUTE=BYTES` to write that many bytes of another buffer
 //! before each call, as a host's own work evicts the caches between requests, and `ONLY=1`
 //! to run that pollution alone, so that its cost can be taken off).
 //! With a rule-id prefix, only built-in rules whose id starts with it are loaded, to see
@@ -29,6 +31,11 @@ fn main() {
             0
         } else {
             Config::default().clean_field_memo
+        },
+        large_field_memo: if std::env::var_os("SEEN").is_some() {
+            Config::default().large_field_memo
+        } else {
+            0
         },
         ..Config::default()
     };

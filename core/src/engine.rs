@@ -37,6 +37,16 @@ pub struct Config {
     /// again; 0 turns the memo off. Only clean results are remembered, compared on the full
     /// bytes, so it changes speed, never a decision.
     pub clean_field_memo: usize,
+    /// Longer fields (above 96 bytes, up to [`Config::large_field_memo_bytes`]) that matched
+    /// no rule, remembered per [`Scratch`] and program: an application's system prompt and
+    /// the earlier turns of a conversation come back with every request, and recognising
+    /// one (a hash and a compare of its bytes, ~3 k instructions for 4 KiB) replaces its
+    /// scan (~130 k). Clean results only, compared on the full bytes, so it changes speed,
+    /// never a decision; 0 turns it off. Each slot reserves its bytes up front, so the
+    /// memory per scratch and program is at most slots × bytes.
+    pub large_field_memo: usize,
+    /// Longest name plus value [`Config::large_field_memo`] remembers.
+    pub large_field_memo_bytes: usize,
     /// Most prompt bytes counted exactly (tiktoken) when a token estimate straddles a
     /// route's prompt cap; above it the estimate decides and the decision's cost says it
     /// was estimated. Exact counting runs at 10–40 MB/s and a request can be shaped to
@@ -55,6 +65,8 @@ impl Default for Config {
             prefilter: true,
             max_matches: 32,
             clean_field_memo: 256,
+            large_field_memo: 8,
+            large_field_memo_bytes: 16 * 1024,
             max_exact_count_bytes: 128 * 1024,
             jwt_cache: 64,
         }
@@ -676,11 +688,23 @@ impl Engine {
                 .inner
                 .programs
                 .iter()
-                .map(|p| p.new_caches(self.inner.config.clean_field_memo))
+                .map(|p| {
+                    p.new_caches(crate::rules::compile::MemoSize {
+                        small: self.inner.config.clean_field_memo,
+                        large: self.inner.config.large_field_memo,
+                        large_max: self.inner.config.large_field_memo_bytes,
+                    })
+                })
                 .collect(),
             path: Vec::new(),
             scored: vec![0; max_rules.div_ceil(64) + 1],
-            cost: CostScratch::default(),
+            cost: CostScratch {
+                memo: crate::cost::stage::ClassMemo::new(
+                    self.inner.config.large_field_memo,
+                    self.inner.config.large_field_memo_bytes,
+                ),
+                ..CostScratch::default()
+            },
             limit_of: Vec::new(),
             charge_list: Vec::new(),
             states: Vec::new(),
@@ -1766,7 +1790,7 @@ impl Engine {
                 }]
             }
         };
-        let mut caches = program.new_caches(0);
+        let mut caches = program.new_caches(Default::default());
         let mut tc = TransformCache::default();
         let mut out = Vec::new();
         for (i, def) in defs.iter().enumerate() {

@@ -14,6 +14,10 @@
 #       static: an extra nginx server answering a canned completion, so the
 #       upstream costs little and the proxy's own cost shows
 #   NGINX_WORKERS=1                          worker_processes of each nginx
+#   UNIQUE=1                                 every request's user message differs (a
+#       counter in its first ten bytes), so nothing can be recognised from an earlier
+#       request; default: wrk repeats one body, as a client resending the same system
+#       prompt and conversation would
 #   EDGEWARD_SO=path/to/ngx_http_edgeward_module.so (default: built here from a
 #       release libedgeward_ffi when missing)
 #   KEEP=1                                   keep the temp dir (configs, logs)
@@ -55,13 +59,16 @@ trap cleanup EXIT
 
 # ---- request body and wrk script -----------------------------------------
 # a plain chat request of exactly BODY_BYTES bytes, nothing a WAF should mind
-python3 - "$work/body.json" "$BODY_BYTES" <<'PY'
+python3 - "$work/body.json" "$BODY_BYTES" "${UNIQUE:-0}" <<'PY'
 import json, sys
 words = ("please summarise the following notes about the quarterly planning "
          "meeting where the team discussed the roadmap the hiring plan and "
          "the budget for the next release of the product").split()
 def body(n):
     text = " ".join(words[i % len(words)] for i in range(n))
+    if sys.argv[3] == "1":
+        # Ten bytes the wrk script overwrites with a per-request counter.
+        text = "NONCE00000" + text[10:]
     return json.dumps({"model": "test-model", "max_tokens": 32,
                        "messages": [{"role": "system", "content": "You are a helpful assistant."},
                                     {"role": "user", "content": text}]},
@@ -84,6 +91,22 @@ f:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer bench-key"
 LUA
+if [ "${UNIQUE:-0}" = 1 ]; then
+    # Each wrk thread numbers its requests from its own base, so no two bodies repeat.
+    cat >>"$work/post.lua" <<'LUA'
+local threads = 0
+function setup(thread)
+    threads = threads + 1
+    thread:set("base", threads * 100000000)
+end
+local head, tail = wrk.body:match("^(.-)NONCE00000(.*)$")
+local n = 0
+function request()
+    n = n + 1
+    return wrk.format(nil, nil, nil, head .. string.format("%010d", base + n) .. tail)
+end
+LUA
+fi
 
 # ---- upstream --------------------------------------------------------------
 up_port=$(free_port)
@@ -232,7 +255,7 @@ fi
 echo "CRS active: SQL injection in query and in JSON body both refused with 403" >&2
 
 # ---- the runs ----------------------------------------------------------------
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, POST $BODY_BYTES-byte chat body," \
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, POST $BODY_BYTES-byte chat body (unique=${UNIQUE:-0})," \
      "upstream=$BENCH_UPSTREAM, nginx workers=${NGINX_WORKERS:-1}, $(date -u '+%Y-%m-%d %H:%M UTC')"
 printf '%-15s %10s %9s %9s %9s %9s %8s\n' config req/s avg p50 p90 p99 non2xx
 for name in "${names[@]}"; do

@@ -33,6 +33,72 @@ pub(crate) struct CostScratch {
     pub prompt_fields: u64,
     /// The user prompt's fingerprint, for the `duplicates` signal (off unless configured).
     pub print: crate::signals::Fingerprint,
+    /// Byte classes of long prompt texts seen before (see [`ClassMemo`]).
+    pub memo: ClassMemo,
+}
+
+/// Prompt texts shorter than this are counted, not looked up: their byte classes cost
+/// less than a hash and a compare.
+const CLASS_MEMO_MIN: usize = 512;
+
+/// Byte classes of long prompt texts, remembered per worker: an application's system
+/// prompt and a conversation's earlier turns come back with every request, and their
+/// classes are a pure function of their bytes (about 5 instructions per byte to count, a
+/// fraction of one to hash and compare). Compared on the full bytes, so a hash collision
+/// costs a count, never a wrong estimate. Sized by [`crate::Config::large_field_memo`] and
+/// [`crate::Config::large_field_memo_bytes`], the same knobs as the rules' memo.
+#[derive(Debug, Default)]
+pub(crate) struct ClassMemo {
+    hasher: foldhash::fast::RandomState,
+    /// Per slot: the hash, the text (reserved at `max` bytes up front) and its classes.
+    slots: Vec<(Option<u64>, Vec<u8>, ByteClasses)>,
+    max: usize,
+    /// The slot the next insertion replaces when none is empty.
+    next: usize,
+}
+
+impl ClassMemo {
+    /// A memo of `slots` texts of up to `max` bytes; 0 slots turns it off.
+    pub fn new(slots: usize, max: usize) -> ClassMemo {
+        ClassMemo {
+            hasher: foldhash::fast::RandomState::default(),
+            slots: (0..slots)
+                .map(|_| (None, Vec::with_capacity(max), ByteClasses::default()))
+                .collect(),
+            max,
+            next: 0,
+        }
+    }
+
+    /// The byte classes of `text`, from the memo when it holds them.
+    pub fn classes(&mut self, text: &[u8]) -> ByteClasses {
+        if self.slots.is_empty() || text.len() < CLASS_MEMO_MIN || text.len() > self.max {
+            return ByteClasses::of(text);
+        }
+        let h = std::hash::BuildHasher::hash_one(&self.hasher, text);
+        if let Some((_, _, c)) = self
+            .slots
+            .iter()
+            .find(|(k, b, _)| *k == Some(h) && b.as_slice() == text)
+        {
+            return *c;
+        }
+        let c = ByteClasses::of(text);
+        let slot = match self.slots.iter().position(|s| s.0.is_none()) {
+            Some(s) => s,
+            None => {
+                let s = self.next;
+                self.next = (s + 1) % self.slots.len();
+                s
+            }
+        };
+        let (k, b, cs) = &mut self.slots[slot];
+        b.clear();
+        b.extend_from_slice(text);
+        *k = Some(h);
+        *cs = c;
+        c
+    }
 }
 
 impl CostScratch {
@@ -46,7 +112,7 @@ impl CostScratch {
     #[inline]
     pub fn field(&mut self, f: &Field<'_>) {
         if is_prompt_text(f) && !f.value.is_empty() {
-            self.prompt.add(&ByteClasses::of(f.value));
+            self.prompt.add(&self.memo.classes(f.value));
             self.prompt_fields += 1;
             if f.role == Some(Role::User) {
                 self.print.field(f.name);
@@ -617,4 +683,35 @@ fn longest_run(text: &[u8]) -> usize {
         longest = longest.max(run);
     }
     longest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the memo holds, it answers what counting the text answers: repeated texts,
+    /// texts that differ from a remembered one in a single byte (same length, so the same
+    /// hash bucket is no shortcut), more texts than slots, short and over-long texts.
+    #[test]
+    fn class_memo_answers_what_counting_answers() {
+        let mut m = ClassMemo::new(2, 4096);
+        let base: Vec<u8> = "Quarterly figures: shipping rose 4% on northern routes; Ünïcödé ok. "
+            .repeat(20)
+            .into_bytes();
+        let mut texts = vec![base.clone(), base[..100].to_vec(), vec![b'x'; 5000]];
+        for i in [0, 700, base.len() - 1] {
+            let mut t = base.clone();
+            t[i] = b'\n';
+            texts.push(t);
+        }
+        texts.push(b"Another long prompt with digits 12345 and tabs\t\t. ".repeat(15));
+        for round in 0..3 {
+            for t in &texts {
+                assert_eq!(m.classes(t), ByteClasses::of(t), "round {round}");
+            }
+        }
+        // Off: counts every time.
+        let mut off = ClassMemo::new(0, 4096);
+        assert_eq!(off.classes(&base), ByteClasses::of(&base));
+    }
 }

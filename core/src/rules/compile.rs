@@ -743,11 +743,12 @@ impl Program {
         })
     }
 
-    /// Fresh per-worker caches for this program, remembering up to `clean_slots` small
-    /// fields that matched nothing.
-    pub(crate) fn new_caches(&self, clean_slots: usize) -> ProgramCaches {
+    /// Fresh per-worker caches for this program, remembering up to `memo.small` small
+    /// fields and `memo.large` large ones that matched nothing.
+    pub(crate) fn new_caches(&self, memo: MemoSize) -> ProgramCaches {
         ProgramCaches {
-            clean: CleanFields::new(clean_slots),
+            clean: CleanFields::new(memo.small),
+            large: LargeClean::new(memo.large, memo.large_max),
             multi: self
                 .groups
                 .iter()
@@ -860,11 +861,95 @@ impl CleanFields {
     }
 }
 
+/// How many clean fields a worker remembers per program (see [`crate::Config`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct MemoSize {
+    /// Fields of up to [`CLEAN_MAX`] bytes.
+    pub(crate) small: usize,
+    /// Longer fields, each up to `large_max` bytes (name and value).
+    pub(crate) large: usize,
+    pub(crate) large_max: usize,
+}
+
+/// Large fields that matched no rule of the program, remembered per worker.
+///
+/// Chat requests repeat most of their bytes: an application sends the same system prompt
+/// (often kilobytes) with every request, and each turn of a conversation resends the turns
+/// before it. Scanning a 4 KiB prompt costs ~130 k instructions; recognising it costs a
+/// hash and a compare of its bytes (~3 k). As with [`CleanFields`], only "no match" is
+/// stored and a hit is compared on the full bytes, so a collision or a flood of unique
+/// prompts costs the normal scan (plus the hash and a copy), never a wrong answer.
+#[derive(Debug, Clone)]
+pub(crate) struct LargeClean {
+    /// Per slot: hash, kind, role key and name length of the field held; `None` when empty.
+    keys: Vec<Option<(u64, u8, u8, usize)>>,
+    /// Per slot: name then value, reserved at `max` bytes up front so that a scan never
+    /// allocates.
+    bytes: Vec<Vec<u8>>,
+    /// Longest name plus value remembered.
+    max: usize,
+    /// The slot the next insertion replaces when none is empty (round robin: one-off
+    /// prompts pass through without pinning anything).
+    next: usize,
+}
+
+impl LargeClean {
+    fn new(slots: usize, max: usize) -> LargeClean {
+        LargeClean {
+            keys: vec![None; slots],
+            bytes: (0..slots).map(|_| Vec::with_capacity(max)).collect(),
+            max,
+            next: 0,
+        }
+    }
+
+    /// The field's hash if it is one this memo takes: longer than [`CleanFields`] takes,
+    /// within `max`.
+    #[inline]
+    fn key(&self, hasher: &foldhash::fast::RandomState, f: &Field<'_>) -> Option<u64> {
+        let len = f.name.len() + f.value.len();
+        if self.keys.is_empty() || len <= CLEAN_MAX || len > self.max {
+            return None;
+        }
+        Some(std::hash::BuildHasher::hash_one(
+            hasher,
+            (f.kind as u8, role_key(f.role), f.name, f.value),
+        ))
+    }
+
+    fn contains(&self, h: u64, f: &Field<'_>) -> bool {
+        let key = (h, f.kind as u8, role_key(f.role) as u8, f.name.len());
+        self.keys.iter().zip(&self.bytes).any(|(k, b)| {
+            *k == Some(key) && b.len() == f.name.len() + f.value.len() && {
+                let (n, v) = b.split_at(f.name.len());
+                n == f.name && v == f.value
+            }
+        })
+    }
+
+    fn insert(&mut self, h: u64, f: &Field<'_>) {
+        let slot = match self.keys.iter().position(Option::is_none) {
+            Some(s) => s,
+            None => {
+                let s = self.next;
+                self.next = (s + 1) % self.keys.len();
+                s
+            }
+        };
+        let b = &mut self.bytes[slot];
+        b.clear();
+        b.extend_from_slice(f.name);
+        b.extend_from_slice(f.value);
+        self.keys[slot] = Some((h, f.kind as u8, role_key(f.role) as u8, f.name.len()));
+    }
+}
+
 /// Per-worker mutable search state for one [`Program`]. Every vector is sized at creation,
 /// so scanning never allocates.
 #[derive(Debug, Clone)]
 pub(crate) struct ProgramCaches {
     clean: CleanFields,
+    large: LargeClean,
     multi: Vec<Option<meta::Cache>>,
     singles: Vec<meta::Cache>,
     patset: PatternSet,
@@ -1123,6 +1208,15 @@ impl Program {
                 return;
             }
         }
+        let large = match memo {
+            None => caches.large.key(&caches.clean.hasher, field),
+            Some(_) => None,
+        };
+        if let Some(h) = large {
+            if caches.large.contains(h, field) {
+                return;
+            }
+        }
         let mut matched = false;
         let on_match = &mut |ri: u32, value: &[u8], span: (usize, usize)| {
             matched = true;
@@ -1274,6 +1368,9 @@ impl Program {
         }
         if let (Some((slot, key)), false) = (memo, matched) {
             caches.clean.insert(slot, key, field);
+        }
+        if let (Some(h), false) = (large, matched) {
+            caches.large.insert(h, field);
         }
     }
 
@@ -1562,7 +1659,7 @@ mod tests {
         ) {
             static PROGRAMS: std::sync::OnceLock<(Program, Program)> = std::sync::OnceLock::new();
             let (on, off) = PROGRAMS.get_or_init(|| line_start_programs(&LINE_PATTERNS));
-            let (mut c1, mut c2) = (on.new_caches(0), off.new_caches(0));
+            let (mut c1, mut c2) = (on.new_caches(MemoSize::default()), off.new_caches(MemoSize::default()));
             let (mut t1, mut t2) = (TransformCache::default(), TransformCache::default());
             for r in 0..LINE_PATTERNS.len() as u32 {
                 prop_assert_eq!(
