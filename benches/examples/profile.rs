@@ -3,7 +3,9 @@
 //! (`PLAIN=1` for neutral prose instead of trigger-word prose, `NOMEMO=1` to scan every
 //! field in full on every call, `SEEN=1` to let the large-field memo recognise the prompt
 //! from the call before (off by default: the loop repeats one request, and what it measures
-//! is a prompt seen for the first time), `POLLUTE=BYTES` to write that many bytes of another buffer
+//! is a prompt seen for the first time), `FRESH=1` for the memo on and a prompt that
+//! differs on every call (its first eight bytes are the call's number: what the memo costs
+//! when it never helps), `POLLUTE=BYTES` to write that many bytes of another buffer
 //! before each call, as a host's own work evicts the caches between requests, and `ONLY=1`
 //! to run that pollution alone, so that its cost can be taken off).
 //! With a rule-id prefix, only built-in rules whose id starts with it are loaded, to see
@@ -26,13 +28,14 @@ fn main() {
             .rules
             .retain(|r| r.id.to_string().starts_with(&prefix) == keep);
     }
+    let fresh = std::env::var_os("FRESH").is_some();
     let config = Config {
         clean_field_memo: if std::env::var_os("NOMEMO").is_some() {
             0
         } else {
             Config::default().clean_field_memo
         },
-        large_field_memo: if std::env::var_os("SEEN").is_some() {
+        large_field_memo: if std::env::var_os("SEEN").is_some() || fresh {
             Config::default().large_field_memo
         } else {
             0
@@ -48,10 +51,13 @@ fn main() {
     } else {
         Text::Triggers
     };
-    let body = chat_body_with(kib * 1024, false, text);
-    let req = Request::new(b"POST", b"/v1/chat/completions")
-        .with_headers(HEADERS)
-        .with_body(&body);
+    let mut body = chat_body_with(kib * 1024, false, text);
+    let user = br#""role":"user","content":""#;
+    let at = body
+        .windows(user.len())
+        .position(|w| w == user)
+        .expect("a user message")
+        + user.len();
     let mut scratch = engine.new_scratch();
     let pollute: usize = std::env::var("POLLUTE")
         .ok()
@@ -66,6 +72,12 @@ fn main() {
         for (k, x) in junk.iter_mut().enumerate().step_by(8) {
             *x = x.wrapping_add((k ^ it) as u64);
         }
+        if fresh {
+            body[at..at + 8].copy_from_slice(format!("{:08}", it % 100_000_000).as_bytes());
+        }
+        let req = Request::new(b"POST", b"/v1/chat/completions")
+            .with_headers(HEADERS)
+            .with_body(&body);
         if !only {
             denied += usize::from(!engine.inspect_with(&mut scratch, &req).is_allowed());
         }

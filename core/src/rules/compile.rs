@@ -785,6 +785,9 @@ impl Program {
 /// Longest name plus value remembered by [`CleanFields`].
 const CLEAN_MAX: usize = 96;
 
+/// Slots per set of [`CleanFields`] (see [`CleanFields::slot`]).
+const WAYS: usize = 4;
+
 /// Small fields that matched no rule of the program, remembered per worker.
 ///
 /// Scanning a field has a fixed cost of several thousand instructions (group selection,
@@ -815,15 +818,18 @@ impl CleanFields {
         }
     }
 
-    /// The set for a field (its first slot; a set is two adjacent slots) and its key, if the
-    /// field is small enough to remember.
+    /// The set for a field (its first slot; a set is [`WAYS`] adjacent slots) and its key,
+    /// if the field is small enough to remember.
     ///
-    /// Two ways per set: with one, the dozen or so short fields of a typical request
+    /// Several ways per set: with one, the dozen or so short fields of a typical request
     /// collide somewhere in a 256-slot table for about a third of the random seeds, and the
-    /// colliding pair then evicts each other on every request of that worker for good.
+    /// colliding pair then evicts each other on every request of that worker for good. With
+    /// two, three fields of a request still met in one set for one worker seed in four or
+    /// five (callgrind of the 4 KiB chat request: 2 of 7 runs rescanned a field on every
+    /// call); with four, five must meet.
     #[inline]
     fn slot(&self, f: &Field<'_>) -> Option<(usize, (u8, u8, u8, u8))> {
-        if self.keys.len() < 2 || f.name.len() + f.value.len() > CLEAN_MAX {
+        if self.keys.len() < WAYS || f.name.len() + f.value.len() > CLEAN_MAX {
             return None;
         }
         let key = (
@@ -833,11 +839,11 @@ impl CleanFields {
             f.value.len() as u8,
         );
         let h = std::hash::BuildHasher::hash_one(&self.hasher, (key, f.name, f.value));
-        Some((2 * (h % (self.keys.len() / 2) as u64) as usize, key))
+        Some((WAYS * (h % (self.keys.len() / WAYS) as u64) as usize, key))
     }
 
     fn contains(&self, set: usize, key: (u8, u8, u8, u8), f: &Field<'_>) -> bool {
-        (set..set + 2).any(|slot| {
+        (set..set + WAYS).any(|slot| {
             self.keys[slot] == Some(key) && {
                 let b = &self.bytes[slot * CLEAN_MAX..];
                 b[..f.name.len()] == *f.name
@@ -847,13 +853,11 @@ impl CleanFields {
     }
 
     fn insert(&mut self, set: usize, key: (u8, u8, u8, u8), f: &Field<'_>) {
-        // An empty way if there is one; else the second way goes, so a field that keeps
-        // coming back in the first way is not pushed out by a stream of one-off values.
-        let slot = if self.keys[set].is_none() {
-            set
-        } else {
-            set + 1
-        };
+        // An empty way if there is one; else the last way goes, so fields that keep coming
+        // back in the others are not pushed out by a stream of one-off values.
+        let slot = (set..set + WAYS)
+            .find(|&w| self.keys[w].is_none())
+            .unwrap_or(set + WAYS - 1);
         let b = &mut self.bytes[slot * CLEAN_MAX..];
         b[..f.name.len()].copy_from_slice(f.name);
         b[f.name.len()..f.name.len() + f.value.len()].copy_from_slice(f.value);
