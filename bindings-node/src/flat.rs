@@ -66,7 +66,9 @@ impl Text {
 
 /// A length or count in `io`: a whole number that fits.
 fn whole(v: f64) -> Option<usize> {
-    (v >= 0.0 && v.fract() == 0.0 && v <= f64::from(u32::MAX)).then_some(v as usize)
+    // The round trip through an integer, not `fract()`: that is a call into libm, once per
+    // header name and value.
+    ((0.0..=f64::from(u32::MAX)).contains(&v) && f64::from(v as u32) == v).then_some(v as usize)
 }
 
 /// Reads `text` and its parts' lengths. Each part's bytes follow the rule of
@@ -81,59 +83,69 @@ pub(crate) fn read_text(text: &Unknown<'_>, io: &[f64]) -> Res<Text> {
         .and_then(whole)
         .filter(|&n| n >= 2 && n % 2 == 0 && LENS + n <= io.len())
         .ok_or_else(bad)?;
-    let mut lens = Vec::with_capacity(parts);
+    // Where each part ends, in UTF-16 units (and in bytes, when every unit is a byte).
+    let mut ends = Vec::with_capacity(parts);
     let mut total = 0usize;
     for &l in &io[LENS..LENS + parts] {
-        let l = whole(l).ok_or_else(bad)?;
-        total = total.checked_add(l).ok_or_else(bad)?;
-        lens.push(l);
+        total = total
+            .checked_add(whole(l).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
+        ends.push(total);
     }
     let raw = text.value();
-    // Room for one unit more than expected (and napi's terminator): a longer string
-    // fills it, so a truncated copy is never taken for the whole.
-    let mut units: Vec<u16> = Vec::with_capacity(total + 2);
-    let mut got = 0usize;
-    // SAFETY: `raw` is a live value of the current call; napi writes at most `total + 2`
-    // units (the vector's capacity), its terminator included, and the count into `got`.
-    check_status!(unsafe {
-        napi::sys::napi_get_value_string_utf16(
-            raw.env,
-            raw.value,
-            units.as_mut_ptr(),
-            total + 2,
-            &mut got,
-        )
+    UNITS.with_borrow_mut(|units| {
+        units.clear();
+        // Room for one unit more than expected (and napi's terminator): a longer string
+        // fills it, so a truncated copy is never taken for the whole.
+        units.reserve(total + 2);
+        let mut got = 0usize;
+        // SAFETY: `raw` is a live value of the current call; napi writes at most
+        // `total + 2` units (within the capacity), its terminator included, and the count
+        // into `got`. No JS runs meanwhile, so nothing else borrows `UNITS`.
+        check_status!(unsafe {
+            napi::sys::napi_get_value_string_utf16(
+                raw.env,
+                raw.value,
+                units.as_mut_ptr(),
+                total + 2,
+                &mut got,
+            )
+        })
+        .map_err(|_| Fail::type_error("the request's text must be a string"))?;
+        if got != total {
+            return Err(bad());
+        }
+        // SAFETY: napi wrote `got` units (and a terminator after them, within the capacity).
+        unsafe { units.set_len(got) };
+        let text = text_of(units, ends);
+        // One long request must not pin its buffer for the life of the thread.
+        if units.capacity() > 1 << 16 {
+            *units = Vec::new();
+        }
+        Ok(text)
     })
-    .map_err(|_| Fail::type_error("the request's text must be a string"))?;
-    if got != total {
-        return Err(bad());
-    }
-    // SAFETY: napi wrote `got` units (and a terminator after them, within the capacity).
-    unsafe { units.set_len(got) };
-    let mut ends = Vec::with_capacity(parts);
-    // The common case, every character a byte, as two loops the compiler vectorizes.
+}
+
+/// The bytes of `units`, whose parts end at `ends` (rewritten to end in bytes).
+fn text_of(units: &[u16], mut ends: Vec<usize>) -> Text {
+    // The common case, every character a byte, as a loop the compiler vectorizes.
     if units.iter().fold(0, |m, &u| m | u) <= 0xff {
         let bytes = units.iter().map(|&u| u as u8).collect();
-        let mut end = 0;
-        for l in lens {
-            end += l;
-            ends.push(end);
-        }
-        return Ok(Text { bytes, ends });
+        return Text { bytes, ends };
     }
-    let mut bytes = Vec::with_capacity(total);
+    let mut bytes = Vec::with_capacity(units.len());
     let mut at = 0;
-    for l in lens {
-        let part = &units[at..at + l];
-        at += l;
+    for end in &mut ends {
+        let part = &units[at..*end];
+        at = *end;
         if part.iter().all(|&u| u <= 0xff) {
             bytes.extend(part.iter().map(|&u| u as u8));
         } else {
             bytes.extend_from_slice(String::from_utf16_lossy(part).as_bytes());
         }
-        ends.push(bytes.len());
+        *end = bytes.len();
     }
-    Ok(Text { bytes, ends })
+    Text { bytes, ends }
 }
 
 /// A string's length in UTF-16 code units (what JS's `slice` counts).
@@ -166,6 +178,8 @@ const MAX_TEMPLATES: usize = 4096;
 pub(crate) const HANDLE: usize = 9;
 
 thread_local! {
+    /// The request text's UTF-16 units, read anew by every call on this thread.
+    static UNITS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
     /// The template this thread used last: consecutive requests mostly share one.
     static LAST: RefCell<Option<(u32, Held)>> = const { RefCell::new(None) };
     /// The template whose strings this thread last sent, with the token of the module
@@ -224,7 +238,7 @@ pub(crate) fn templates() -> u32 {
 pub(crate) fn rebuild(h: &[f64]) -> Res<Held> {
     let bad = || Fail::type_error("not a decision handle of this module");
     let count = |v: f64| -> Res<u64> {
-        (v >= 0.0 && v.fract() == 0.0 && v <= 9_007_199_254_740_992.0)
+        ((0.0..=9_007_199_254_740_992.0).contains(&v) && (v as u64) as f64 == v)
             .then_some(v as u64)
             .ok_or_else(bad)
     };
