@@ -167,30 +167,6 @@ function install(native) {
     // function is optimized.
     const score = io[SCORE]
     const inspectNs = io[INSPECT_NS]
-    if (io[HAS_COST] !== 1) {
-      return {
-        ...ALLOWED,
-        stage,
-        route,
-        mode: io[MONITOR] === 1 ? 'monitor' : 'enforce',
-        score,
-        threshold: io[THRESHOLD],
-        scores: {},
-        headers: [],
-        matches: [],
-        rewrites: [],
-        limits: [],
-        signals: [],
-        inspectNs,
-        handle: new DecisionHandle(KEY, io[TEMPLATE], score, inspectNs, 0, 0, 0, 0, 0, 0),
-      }
-    }
-    const promptTokens = io[COST]
-    const low = io[COST + 1]
-    const high = io[COST + 2]
-    const reserved = io[COST + 3]
-    const microUsd = io[COST + 4]
-    const exact = io[COST + 5]
     return {
       ...ALLOWED,
       stage,
@@ -201,21 +177,25 @@ function install(native) {
       scores: {},
       headers: [],
       matches: [],
-      cost: {
-        model,
-        promptTokens,
-        promptTokensLow: low,
-        promptTokensHigh: high,
-        outputTokensReserved: reserved,
-        microUsd,
-        exact: exact === 1,
-        provider,
-      },
+      cost:
+        io[HAS_COST] === 1
+          ? {
+              model,
+              promptTokens: io[COST],
+              promptTokensLow: io[COST + 1],
+              promptTokensHigh: io[COST + 2],
+              outputTokensReserved: io[COST + 3],
+              microUsd: io[COST + 4],
+              exact: io[COST + 5] === 1,
+              provider,
+            }
+          : undefined,
       rewrites: [],
       limits: [],
       signals: [],
       inspectNs,
-      handle: new DecisionHandle(KEY, io[TEMPLATE], score, inspectNs, promptTokens, low, high, reserved, microUsd, exact),
+      // The cost's slots are 0 when there is none.
+      handle: new DecisionHandle(KEY, io[TEMPLATE], score, inspectNs, io[COST], io[COST + 1], io[COST + 2], io[COST + 3], io[COST + 4], io[COST + 5]),
     }
   }
 

@@ -281,7 +281,11 @@ pub(crate) fn write(out: &mut [f64], d: &edgeward::Decision, template: u32) -> O
     out[out::INSPECT_NS] = d.inspect_ns.0 as f64;
     out[out::TEMPLATE] = f64::from(template);
     match &d.cost {
-        None => out[out::HAS_COST] = 0.0,
+        // The cost's slots are a handle's numbers too (0 without a cost).
+        None => {
+            out[out::HAS_COST] = 0.0;
+            out[out::COST..out::COST + 6].fill(0.0);
+        }
         Some(c) => {
             out[out::HAS_COST] = 1.0;
             out[out::COST..out::COST + 6].copy_from_slice(&[
