@@ -19,7 +19,7 @@ const STRINGS = 14
 const LENS = 20
 
 // Where an engine keeps its flat-lane function (src/engine.rs, `_flat`): made on the
-// first call, then read-only.
+// first call, then read-only (a frozen engine keeps it in a WeakMap).
 const FLAT = Symbol('edgeward.flat')
 
 // Module-private: only this module makes handles.
@@ -199,6 +199,18 @@ function install(native) {
     }
   }
 
+  // Engines someone froze keep their flat-lane function here instead.
+  const frozen = new WeakMap()
+  function flatOf(engine) {
+    let f = frozen.get(engine)
+    if (f === undefined) {
+      f = engine._flat()
+      if (Object.isExtensible(engine)) Object.defineProperty(engine, FLAT, { value: f })
+      else frozen.set(engine, f)
+    }
+    return f
+  }
+
   // The addon's own methods: for what is not a plain object, and for a request whose
   // fields throw when read, so the error is the addon's (a TypeError, code
   // `node.argument`).
@@ -240,11 +252,7 @@ function install(native) {
         }
         if (i === n) {
           io[PARTS] = n + 2
-          let flat = this[FLAT]
-          if (flat === undefined) {
-            flat = this._flat()
-            Object.defineProperty(this, FLAT, { value: flat })
-          }
+          const flat = this[FLAT] ?? flatOf(this)
           const s = flat(text, body, peer, clientIp, identity, io)
           return typeof s === 'object' ? s : fromIo(s)
         }

@@ -82,6 +82,16 @@ test('the flat lane gives the general path decision, allowed or refused', () => 
   assert.equal(none.allowed, true)
 })
 
+test('a frozen engine still takes the flat lane', () => {
+  const frozen = Object.freeze(Engine.default())
+  const req = { method: 'POST', uri: CHAT, headers: ['content-type', 'application/json'], body: BENIGN }
+  for (let i = 0; i < 3; i++) {
+    const d = frozen.inspect(req)
+    assert.ok(d.handle instanceof DecisionHandle)
+    assert.equal(frozen.decisionJson(d), engine.decisionJson(engine.inspect(req)))
+  }
+})
+
 test('header bytes: latin1, wider characters, lone surrogates, empty names, many headers', () => {
   const odd = [
     'x-latin1', 'caf\u00e9 \u00ff',
