@@ -5,6 +5,7 @@
 //   node bench.mjs [--rounds N] [--number N] [--alternations N] [--no-core]
 //   valgrind --tool=callgrind --separate-threads=yes node bench.mjs --loop N [--drain]
 //                                          (N = 0 and N = 2000: subtract)
+//   node bench.mjs --loop N --split        (each call's time minus the core's inspectNs)
 //
 // --drain collects the loop's garbage and lets the finalizers run before exiting, so the
 // count includes what the decisions cost after the loop (freeing their core decisions).
@@ -41,6 +42,7 @@ const { values: args } = parseArgs({
     'allow-debug': { type: 'boolean', default: false },
     loop: { type: 'string' },
     drain: { type: 'boolean', default: false },
+    split: { type: 'boolean', default: false },
   },
 })
 
@@ -78,6 +80,20 @@ const engine = edgeward.Engine.default()
 const d = engine.inspect(req)
 if (!d.allowed) throw new Error(engine.decisionJson(d))
 
+if (args.loop !== undefined && args.split) {
+  // The binding's cost within one process: each call's time minus the core's own
+  // `inspectNs` for it. Two processes differ by more than the binding's cost: each draws
+  // its own seed for the core's clean-field memo, and some seeds make two of the request's
+  // fields evict each other on every call (callgrind: 160k-210k instructions per call).
+  const n = Number(args.loop)
+  for (let i = 0; i < 2000; i++) engine.inspect(req)
+  let core = 0
+  const t0 = process.hrtime.bigint()
+  for (let i = 0; i < n; i++) core += engine.inspect(req).inspectNs
+  const per = Number(process.hrtime.bigint() - t0) / n
+  console.log(`per call ${(per / 1e3).toFixed(3)} µs, core inspectNs ${(core / n / 1e3).toFixed(3)} µs, binding ${((per - core / n) / 1e3).toFixed(3)} µs`)
+  process.exit(0)
+}
 if (args.loop !== undefined) {
   for (let i = 0, n = Number(args.loop); i < n; i++) engine.inspect(req)
   if (args.drain) {

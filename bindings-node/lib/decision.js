@@ -14,22 +14,60 @@ const THRESHOLD = 4
 const INSPECT_NS = 5
 const HAS_COST = 6
 const COST = 7
-const ID = 13
+const TEMPLATE = 13
 const STRINGS = 14
 const LENS = 20
 
+// Where an engine keeps its flat-lane function (src/engine.rs, `_flat`): made on the
+// first call, then read-only (a frozen engine keeps it in a WeakMap).
+const FLAT = Symbol('edgeward.flat')
+
+// Module-private: only this module makes handles.
+const KEY = Symbol('edgeward.DecisionHandle')
+
 /**
- * The handle of a decision the addon holds by id. The id is private, so no JS code can
- * read or forge one; the addon keeps the core decision until this object is collected.
+ * The handle of a common decision: the index of the addon's template for it (its route,
+ * model and mode) and its numbers, in private fields, so no JS code can read, change or
+ * forge them. The addon keeps nothing per decision (src/flat.rs), so there is nothing to
+ * release when the handle is collected.
  */
 class DecisionHandle {
-  #id
-  constructor(id) {
-    this.#id = id
+  #template
+  #score
+  #inspectNs
+  #promptTokens
+  #low
+  #high
+  #reserved
+  #microUsd
+  #exact
+  constructor(key, template, score, inspectNs, promptTokens, low, high, reserved, microUsd, exact) {
+    if (key !== KEY) throw new TypeError('decision handles come from engine.inspect')
+    this.#template = template
+    this.#score = score
+    this.#inspectNs = inspectNs
+    this.#promptTokens = promptTokens
+    this.#low = low
+    this.#high = high
+    this.#reserved = reserved
+    this.#microUsd = microUsd
+    this.#exact = exact
   }
 
-  static idOf(h) {
-    return typeof h === 'object' && h !== null && #id in h ? h.#id : undefined
+  /** Writes `h`'s numbers into `to` in the addon's order (HANDLE in src/flat.rs); false
+   * when `h` is not a handle of this module. */
+  static write(h, to) {
+    if (typeof h !== 'object' || h === null || !(#template in h)) return false
+    to[0] = h.#template
+    to[1] = h.#score
+    to[2] = h.#inspectNs
+    to[3] = h.#promptTokens
+    to[4] = h.#low
+    to[5] = h.#high
+    to[6] = h.#reserved
+    to[7] = h.#microUsd
+    to[8] = h.#exact
+    return true
   }
 }
 
@@ -64,29 +102,9 @@ const ALLOWED = {
   handle: undefined,
 }
 
-/** Ties the addon's slab entry to a handle's life. */
-function handles(native) {
-  let pending = []
-  const flush = () => {
-    const ids = Float64Array.from(pending)
-    pending = []
-    native._release(ids)
-  }
-  // One N-API call per batch of collected handles, not per handle.
-  const registry = new FinalizationRegistry((id) => {
-    if (pending.push(id) === 1) queueMicrotask(flush)
-  })
-  return (id) => {
-    const h = new DecisionHandle(id)
-    registry.register(h, id)
-    return h
-  }
-}
-
 /** Puts the JS-built decision behind `inspect` and `inspectAsync`. */
 function install(native) {
   const Engine = native.Engine
-  const handleOf = handles(native)
   // `var`, not `let`: the hot paths read these from the closure, and a `let` costs a
   // hole check per read until the function is optimized.
   var io = new Float64Array(LENS + 64) // eslint-disable-line no-var
@@ -127,7 +145,10 @@ function install(native) {
       limits: [],
       signals: [],
       inspectNs: a[6],
-      handle: handleOf(a[7]),
+      handle:
+        a[9] === undefined
+          ? new DecisionHandle(KEY, a[7], a[4], a[6], 0, 0, 0, 0, 0, 0)
+          : new DecisionHandle(KEY, a[7], a[4], a[6], a[9], a[10], a[11], a[12], a[13], a[14] ? 1 : 0),
     }
   }
 
@@ -144,12 +165,14 @@ function install(native) {
     // The template's spread, then its varying fields: V8 copies a spread's shape in one
     // step in every tier, while a literal this large goes through the runtime until the
     // function is optimized.
+    const score = io[SCORE]
+    const inspectNs = io[INSPECT_NS]
     return {
       ...ALLOWED,
       stage,
       route,
       mode: io[MONITOR] === 1 ? 'monitor' : 'enforce',
-      score: io[SCORE],
+      score,
       threshold: io[THRESHOLD],
       scores: {},
       headers: [],
@@ -170,9 +193,22 @@ function install(native) {
       rewrites: [],
       limits: [],
       signals: [],
-      inspectNs: io[INSPECT_NS],
-      handle: handleOf(io[ID]),
+      inspectNs,
+      // The cost's slots are 0 when there is none.
+      handle: new DecisionHandle(KEY, io[TEMPLATE], score, inspectNs, io[COST], io[COST + 1], io[COST + 2], io[COST + 3], io[COST + 4], io[COST + 5]),
     }
+  }
+
+  // Engines someone froze keep their flat-lane function here instead.
+  const frozen = new WeakMap()
+  function flatOf(engine) {
+    let f = frozen.get(engine)
+    if (f === undefined) {
+      f = engine._flat()
+      if (Object.isExtensible(engine)) Object.defineProperty(engine, FLAT, { value: f })
+      else frozen.set(engine, f)
+    }
+    return f
   }
 
   // The addon's own methods: for what is not a plain object, and for a request whose
@@ -216,7 +252,8 @@ function install(native) {
         }
         if (i === n) {
           io[PARTS] = n + 2
-          const s = this._inspectFlat(text, body, peer, clientIp, identity, io)
+          const flat = this[FLAT] ?? flatOf(this)
+          const s = flat(text, body, peer, clientIp, identity, io)
           return typeof s === 'object' ? s : fromIo(s)
         }
       }
@@ -227,17 +264,25 @@ function install(native) {
     return this._inspectAsync(req).then(fromArray)
   }
 
-  // The methods that take a decision back: a handle of ours goes to the addon as its id,
-  // and a bare number (which the addon would read as an id) as what it is not, a decision.
+  // The methods that take a decision back: a handle of ours goes to the addon as its
+  // numbers (in `back`, which the addon reads before it runs any JS), and a number or a
+  // typed array (which the addon would read as a handle's numbers) as what it is not, a
+  // decision.
+  const back = new Float64Array(9)
   const arg = (d) => {
-    const id = typeof d === 'object' && d !== null ? DecisionHandle.idOf(d.handle) : undefined
-    return id !== undefined ? id : typeof d === 'number' ? null : d
+    if (typeof d === 'object' && d !== null) {
+      if (DecisionHandle.write(d.handle, back)) return back
+      return ArrayBuffer.isView(d) ? null : d
+    }
+    return typeof d === 'number' ? null : d
   }
   for (const name of ['refusalBody', 'rewriteBody', 'usageFromBody', 'usageTracker', 'settle', 'settleAsync', 'decisionJson', 'eventJson']) {
     const f = Engine.prototype[name]
     Engine.prototype[name] = {
-      [name](d, ...rest) {
-        return f.call(this, arg(d), ...rest)
+      // Two arguments after the decision, the most any of them takes, and no spread: a
+      // spread may run JS (a patched iterator) after `arg` filled `back`.
+      [name](d, a, b) {
+        return f.call(this, arg(d), a, b)
       },
     }[name]
   }

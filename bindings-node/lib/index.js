@@ -8,8 +8,8 @@ const { install } = require('./decision.js')
 
 install(native)
 
-// `_release` and `_kept` serve lib/decision.js and the tests, not users.
-const { _release, _kept, ...api } = native
+// `_templates` serves the tests, not users.
+const { _templates, ...api } = native
 
 module.exports = {
   ...api,

@@ -2,10 +2,11 @@
 //!
 //! Every part is converted when the decision is returned (JS objects cannot convert
 //! lazily without getters, and a plain object is what JS code logs, spreads and
-//! serializes). The core decision itself stays in Rust behind `handle`, an opaque value
-//! (an external, or an id in `lib/decision.js`'s handle object, see `flat.rs`) the engine's
-//! other methods (`settle`, `rewriteBody`, `refusalBody`,
-//! `usageTracker`) take it back from, so nothing read from JS is ever trusted as policy.
+//! serializes). The core decision itself stays behind `handle`, an opaque value (an
+//! external, or for the common allowed decision `lib/decision.js`'s handle object with the
+//! decision's template and numbers in private fields, see `flat.rs`) the engine's other
+//! methods (`settle`, `rewriteBody`, `refusalBody`, `usageTracker`) take it back from, so
+//! nothing read from JS is ever trusted as policy.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -317,8 +318,8 @@ impl Decision {
 
 /// A decision as `lib/decision.js` rebuilds it, for `_inspect` (requests the flat lane of
 /// `flat.rs` does not take) and `_inspectAsync` (the pool's answer has no shared array to
-/// write to): for the common allowed request, one array of scalars with the handle's id
-/// (no property names to create and look up per field, which is most of what a plain
+/// write to): for the common allowed request, one array of scalars with its template's
+/// index (no property names to create and look up per field, which is most of what a plain
 /// object costs through N-API); any other decision as the full object.
 pub struct Compact(Held);
 
@@ -372,10 +373,13 @@ impl Compact {
 impl ToNapiValue for Compact {
     unsafe fn to_napi_value(env: napi::sys::napi_env, val: Self) -> Result<napi::sys::napi_value> {
         let d = val.0;
-        if !Compact::common(&d) {
+        let Some(template) = Compact::common(&d)
+            .then(|| crate::flat::template_of(&d))
+            .flatten()
+        else {
             // SAFETY: `env` is the environment napi-rs called this conversion with.
             return unsafe { Decision::to_napi_value(env, Decision::from_held(d)) };
-        }
+        };
         let mut arr = std::ptr::null_mut();
         // SAFETY: `env` is live (as above) and `arr` a valid out-pointer.
         check_status!(unsafe {
@@ -400,8 +404,8 @@ impl ToNapiValue for Compact {
                 put(env, arr, 14, c.exact)?;
                 put(env, arr, 15, c.provider.map(Provider::as_str))?;
             }
-            // The handle's id: `lib/decision.js` wraps it (see `flat.rs`).
-            put(env, arr, 7, crate::flat::keep(d))?;
+            // The template: `lib/decision.js` makes the handle of it and the numbers.
+            put(env, arr, 7, template)?;
         }
         Ok(arr)
     }

@@ -451,18 +451,15 @@ impl Task for SettleTask {
 }
 
 /// The core decision behind a JS decision or reservation (its `handle`), or behind the
-/// id `lib/decision.js` passes for a handle of its own (see `flat.rs`).
+/// numbers `lib/decision.js` passes for a common decision's handle (see `flat.rs`).
 fn held(v: Unknown<'_>) -> Res<Held> {
     let what = "a Decision or Reservation from this module";
-    match v.get_type() {
-        Ok(ValueType::Object) => {}
-        Ok(ValueType::Number) => {
-            let id = f64::from_unknown(v).map_err(wrong_type("the decision", what))?;
-            return flat::find(id).ok_or_else(|| {
-                Fail::released("the decision's handle was released (or never issued)")
-            });
-        }
-        _ => return Err(Fail::type_error(format!("expected {what}"))),
+    if v.get_type().ok() != Some(ValueType::Object) {
+        return Err(Fail::type_error(format!("expected {what}")));
+    }
+    if v.is_typedarray().unwrap_or(false) {
+        let h = Float64ArraySlice::from_unknown(v).map_err(wrong_type("the decision", what))?;
+        return flat::rebuild(&h);
     }
     let o = Object::from_unknown(v).map_err(wrong_type("the decision", what))?;
     let h: Option<&External<Held>> = o.get("handle").map_err(wrong_type("the decision", what))?;
@@ -507,55 +504,150 @@ fn policy_of(path_or_text: Unknown<'_>) -> Res<edgeward::Policy> {
     }
 }
 
-impl Engine {
-    fn flat(
-        &self,
-        text: Unknown<'_>,
-        body: Unknown<'_>,
-        peer: Unknown<'_>,
-        client_ip: Unknown<'_>,
-        identity: Unknown<'_>,
-        io: Unknown<'_>,
-    ) -> Res<Flat> {
-        let mut io =
-            Float64ArraySlice::from_unknown(io).map_err(wrong_type("io", "a Float64Array"))?;
-        let text = flat::read_text(&text, &io)?;
-        let d = {
-            let body = match present(body) {
-                Some(b) => Some(bytes_of(b, "body", false)?),
-                None => None,
-            };
-            // Checked in the general path's order, so a request with two bad fields
-            // names the same one either way.
-            let peer = ip(present(peer), "peer")?;
-            let client_ip = ip(present(client_ip), "clientIp")?;
-            let identity = opt_string(present(identity), "identity")?;
-            View {
-                method: text.part(0),
-                uri: text.part(1),
-                headers: text.headers(),
-                body: body.as_ref().map(Bytes::bytes),
-                peer,
-                client_ip,
-                identity: identity.as_deref(),
-            }
-            .inspect(&self.engine)
+/// The flat lane's work (see `flat.rs`): read the request, inspect it, answer.
+fn flat(
+    engine: &edgeward::Engine,
+    text: Unknown<'_>,
+    body: Unknown<'_>,
+    peer: Unknown<'_>,
+    client_ip: Unknown<'_>,
+    identity: Unknown<'_>,
+    io: Unknown<'_>,
+) -> Res<Flat> {
+    let mut io = Float64ArraySlice::from_unknown(io).map_err(wrong_type("io", "a Float64Array"))?;
+    let text = flat::read_text(&text, &io)?;
+    let d = {
+        let body = match present(body) {
+            Some(b) => Some(bytes_of(b, "body", false)?),
+            None => None,
         };
-        if !Compact::common(&d) {
-            return Ok(Flat::Full(Box::new(Decision::from_core(d))));
+        // Checked in the general path's order, so a request with two bad fields
+        // names the same one either way.
+        let peer = ip(present(peer), "peer")?;
+        let client_ip = ip(present(client_ip), "clientIp")?;
+        let identity = opt_string(present(identity), "identity")?;
+        View {
+            method: text.part(0),
+            uri: text.part(1),
+            headers: text.headers(),
+            body: body.as_ref().map(Bytes::bytes),
+            peer,
+            client_ip,
+            identity: identity.as_deref(),
         }
-        let d = Arc::new(d);
-        let id = flat::keep(Arc::clone(&d));
-        // SAFETY: this runs on the JS thread inside a sync call, so no JS reads or writes
-        // `io` meanwhile, and nothing else borrowed from JS (the body may share its
-        // ArrayBuffer) is alive any more.
-        let out = unsafe { io.as_mut() };
-        Ok(match flat::write(out, &d, id) {
-            Some(s) => Flat::Strings(s),
-            None => Flat::Same,
-        })
-    }
+        .inspect(engine)
+    };
+    let Some(template) = Compact::common(&d).then(|| flat::template_of(&d)).flatten() else {
+        return Ok(Flat::Full(Box::new(Decision::from_core(d))));
+    };
+    // SAFETY: this runs on the JS thread inside a sync call, so no JS reads or writes
+    // `io` meanwhile, and nothing else borrowed from JS (the body may share its
+    // ArrayBuffer) is alive any more.
+    let out = unsafe { io.as_mut() };
+    Ok(match flat::write(out, &d, template) {
+        Some(s) => Flat::Strings(s),
+        None => Flat::Same,
+    })
+}
 
+/// A function bound to `engine` that runs [`flat`]: the engine (a clone, which shares the
+/// compiled policy) is the function's N-API data, freed by the finalizer of a wrap on the
+/// function (`napi_add_finalizer` would need N-API 5) once the function is collected.
+fn bound_flat(env: &Env, engine: edgeward::Engine) -> Result<Unknown<'_>> {
+    let data = Box::into_raw(Box::new(engine));
+    let mut f = std::ptr::null_mut();
+    let name = c"inspectFlat";
+    // SAFETY: `env` is the current call's; `name` is a NUL-terminated string that napi
+    // copies; `data` stays valid until the finalizer below frees it.
+    let made = check_status!(unsafe {
+        napi::sys::napi_create_function(
+            env.raw(),
+            name.as_ptr(),
+            name.count_bytes() as isize,
+            Some(flat_callback),
+            data.cast(),
+            &mut f,
+        )
+    })
+    .and_then(|()| {
+        // SAFETY: `f` was just created in `env` (and is wrapped by nothing else); the
+        // finalizer runs once, after `f` is collected, so no call of `f` sees `data` freed.
+        check_status!(unsafe {
+            napi::sys::napi_wrap(
+                env.raw(),
+                f,
+                data.cast(),
+                Some(drop_engine),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        })
+    });
+    if let Err(e) = made {
+        // SAFETY: no finalizer owns `data` (adding it failed, or the function was never
+        // made), so this is its only owner.
+        drop(unsafe { Box::from_raw(data) });
+        return Err(e);
+    }
+    // SAFETY: `f` is a live value of the current call.
+    Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), f) })
+}
+
+/// Frees the engine a function made by [`bound_flat`] was bound to.
+unsafe extern "C" fn drop_engine(
+    _env: napi::sys::napi_env,
+    data: *mut std::ffi::c_void,
+    _hint: *mut std::ffi::c_void,
+) {
+    // SAFETY: `data` is the box `bound_flat` leaked for this function, and napi calls
+    // this finalizer once.
+    drop(unsafe { Box::from_raw(data.cast::<edgeward::Engine>()) });
+}
+
+/// The raw N-API callback of a function made by [`bound_flat`].
+unsafe extern "C" fn flat_callback(
+    env: napi::sys::napi_env,
+    info: napi::sys::napi_callback_info,
+) -> napi::sys::napi_value {
+    let mut argc = 6;
+    let mut argv = [std::ptr::null_mut(); 6];
+    let mut data = std::ptr::null_mut();
+    // SAFETY: `env` and `info` are this callback's; `argv` has room for `argc` values
+    // (napi fills those not passed with undefined).
+    let status = unsafe {
+        napi::sys::napi_get_cb_info(
+            env,
+            info,
+            &mut argc,
+            argv.as_mut_ptr(),
+            std::ptr::null_mut(),
+            &mut data,
+        )
+    };
+    if status != napi::sys::Status::napi_ok {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: `data` is the engine `bound_flat` gave this function, freed only after the
+    // function is collected, and it is alive: it is being called.
+    let engine = unsafe { &*data.cast::<edgeward::Engine>() };
+    // SAFETY: the arguments are live values of this call.
+    let [text, body, peer, client_ip, identity, io] =
+        argv.map(|v| unsafe { Unknown::from_raw_unchecked(env, v) });
+    let answer = flat(engine, text, body, peer, client_ip, identity, io)
+        .map_err(|f| f.into_js(&Env::from_raw(env)))
+        // SAFETY: `env` is this callback's.
+        .and_then(|a| unsafe { Flat::to_napi_value(env, a) });
+    match answer {
+        Ok(v) => v,
+        Err(e) => {
+            // SAFETY: `env` is this callback's; napi throws when the callback returns.
+            unsafe { napi::JsError::from(e).throw_into(env) };
+            std::ptr::null_mut()
+        }
+    }
+}
+
+impl Engine {
     /// The core's decision on a request read from JS, on the calling thread.
     fn inspect_here(&self, p: Res<Parts<'_>>) -> Res<edgeward::Decision> {
         let p = p?;
@@ -703,23 +795,15 @@ impl Engine {
             .map_err(|f| f.into_js(&env))
     }
 
-    /// `inspect` for `lib/decision.js` when the method, URI and headers are strings: they
-    /// come as one string with their lengths in `io` (see `flat.rs`), and the common
-    /// allowed decision goes back through `io`.
-    #[napi(js_name = "_inspectFlat", skip_typescript)]
-    #[allow(clippy::too_many_arguments)]
-    pub fn inspect_flat<'env>(
-        &self,
-        env: Env,
-        text: Unknown<'env>,
-        body: Unknown<'env>,
-        peer: Unknown<'env>,
-        client_ip: Unknown<'env>,
-        identity: Unknown<'env>,
-        io: Unknown<'env>,
-    ) -> Result<Flat> {
-        self.flat(text, body, peer, client_ip, identity, io)
-            .map_err(|f| f.into_js(&env))
+    /// `inspect` for `lib/decision.js` when the method, URI and headers are strings: a
+    /// function bound to this engine, `(text, body, peer, clientIp, identity, io)`, that
+    /// takes them as one string with their lengths in `io` (see `flat.rs`) and answers the
+    /// common allowed decision through `io`. A raw N-API function, not a method: napi-rs's
+    /// bookkeeping for a method's `&self` (a borrow registered in a global map and a scope
+    /// allocated per call) cost a third of what the binding adds to a call.
+    #[napi(js_name = "_flat", skip_typescript)]
+    pub fn flat_entry<'env>(&self, env: &'env Env) -> Result<Unknown<'env>> {
+        bound_flat(env, self.engine.clone())
     }
 
     /// `inspectAsync` for `lib/decision.js`.

@@ -17,8 +17,8 @@ pub(crate) const ARGUMENT: &str = "node.argument";
 /// format).
 pub(crate) const NOT_FOUND: &str = "node.not_found";
 
-/// The code of a decision handle that no longer holds a decision (released after the
-/// garbage collector freed it, or never issued).
+/// The code of a decision handle the addon never issued (numbers that name no template
+/// of a common decision, which only the private entry points can be given).
 pub(crate) const RELEASED: &str = "node.released";
 
 /// A binding result: `napi::Result` is for errors already in their JS form.

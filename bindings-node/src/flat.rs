@@ -5,14 +5,13 @@
 //! the length of each part in a Float64Array (`io`) that `lib/decision.js` allocates once
 //! and reuses, so reading node's `rawHeaders` is one N-API call instead of one or two per
 //! string. Out: the common allowed decision's numbers in the same `io`, its strings as one
-//! string (or none when they equal the previous call's), and an integer id for the core
-//! decision, kept here in [`keep`] until the JS handle that carries the id is garbage
-//! collected (a `FinalizationRegistry` in `lib/decision.js` calls [`release`]). The
-//! per-decision N-API external this replaces cost a payload-registry entry, a finalizer
-//! and a reference in Node's tracker on every call.
+//! string (or none when JS has them already), and the index of its template: a common
+//! decision is a template the addon keeps for good (one per route, model and mode) plus
+//! numbers its JS handle carries, so the addon keeps nothing per decision (see
+//! [`TEMPLATES`]).
 
-use std::cell::RefCell;
-use std::sync::{Mutex, PoisonError};
+use std::cell::{Cell, RefCell};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use napi::bindgen_prelude::*;
 use napi::JsValue;
@@ -37,7 +36,8 @@ mod out {
     pub(super) const HAS_COST: usize = 6;
     /// Prompt tokens, low, high, output reserved, micro-dollars, exact: six slots.
     pub(super) const COST: usize = 7;
-    pub(super) const ID: usize = 13;
+    /// The template's index.
+    pub(super) const TEMPLATE: usize = 13;
     /// Lengths of stage, route, model and provider in the strings (-1 when absent).
     pub(super) const STRINGS: usize = 14;
 }
@@ -66,7 +66,9 @@ impl Text {
 
 /// A length or count in `io`: a whole number that fits.
 fn whole(v: f64) -> Option<usize> {
-    (v >= 0.0 && v.fract() == 0.0 && v <= f64::from(u32::MAX)).then_some(v as usize)
+    // The round trip through an integer, not `fract()`: that is a call into libm, once per
+    // header name and value.
+    ((0.0..=f64::from(u32::MAX)).contains(&v) && f64::from(v as u32) == v).then_some(v as usize)
 }
 
 /// Reads `text` and its parts' lengths. Each part's bytes follow the rule of
@@ -81,59 +83,69 @@ pub(crate) fn read_text(text: &Unknown<'_>, io: &[f64]) -> Res<Text> {
         .and_then(whole)
         .filter(|&n| n >= 2 && n % 2 == 0 && LENS + n <= io.len())
         .ok_or_else(bad)?;
-    let mut lens = Vec::with_capacity(parts);
+    // Where each part ends, in UTF-16 units (and in bytes, when every unit is a byte).
+    let mut ends = Vec::with_capacity(parts);
     let mut total = 0usize;
     for &l in &io[LENS..LENS + parts] {
-        let l = whole(l).ok_or_else(bad)?;
-        total = total.checked_add(l).ok_or_else(bad)?;
-        lens.push(l);
+        total = total
+            .checked_add(whole(l).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
+        ends.push(total);
     }
     let raw = text.value();
-    // Room for one unit more than expected (and napi's terminator): a longer string
-    // fills it, so a truncated copy is never taken for the whole.
-    let mut units: Vec<u16> = Vec::with_capacity(total + 2);
-    let mut got = 0usize;
-    // SAFETY: `raw` is a live value of the current call; napi writes at most `total + 2`
-    // units (the vector's capacity), its terminator included, and the count into `got`.
-    check_status!(unsafe {
-        napi::sys::napi_get_value_string_utf16(
-            raw.env,
-            raw.value,
-            units.as_mut_ptr(),
-            total + 2,
-            &mut got,
-        )
+    UNITS.with_borrow_mut(|units| {
+        units.clear();
+        // Room for one unit more than expected (and napi's terminator): a longer string
+        // fills it, so a truncated copy is never taken for the whole.
+        units.reserve(total + 2);
+        let mut got = 0usize;
+        // SAFETY: `raw` is a live value of the current call; napi writes at most
+        // `total + 2` units (within the capacity), its terminator included, and the count
+        // into `got`. No JS runs meanwhile, so nothing else borrows `UNITS`.
+        check_status!(unsafe {
+            napi::sys::napi_get_value_string_utf16(
+                raw.env,
+                raw.value,
+                units.as_mut_ptr(),
+                total + 2,
+                &mut got,
+            )
+        })
+        .map_err(|_| Fail::type_error("the request's text must be a string"))?;
+        if got != total {
+            return Err(bad());
+        }
+        // SAFETY: napi wrote `got` units (and a terminator after them, within the capacity).
+        unsafe { units.set_len(got) };
+        let text = text_of(units, ends);
+        // One long request must not pin its buffer for the life of the thread.
+        if units.capacity() > 1 << 16 {
+            *units = Vec::new();
+        }
+        Ok(text)
     })
-    .map_err(|_| Fail::type_error("the request's text must be a string"))?;
-    if got != total {
-        return Err(bad());
-    }
-    // SAFETY: napi wrote `got` units (and a terminator after them, within the capacity).
-    unsafe { units.set_len(got) };
-    let mut ends = Vec::with_capacity(parts);
-    // The common case, every character a byte, as two loops the compiler vectorizes.
+}
+
+/// The bytes of `units`, whose parts end at `ends` (rewritten to end in bytes).
+fn text_of(units: &[u16], mut ends: Vec<usize>) -> Text {
+    // The common case, every character a byte, as a loop the compiler vectorizes.
     if units.iter().fold(0, |m, &u| m | u) <= 0xff {
         let bytes = units.iter().map(|&u| u as u8).collect();
-        let mut end = 0;
-        for l in lens {
-            end += l;
-            ends.push(end);
-        }
-        return Ok(Text { bytes, ends });
+        return Text { bytes, ends };
     }
-    let mut bytes = Vec::with_capacity(total);
+    let mut bytes = Vec::with_capacity(units.len());
     let mut at = 0;
-    for l in lens {
-        let part = &units[at..at + l];
-        at += l;
+    for end in &mut ends {
+        let part = &units[at..*end];
+        at = *end;
         if part.iter().all(|&u| u <= 0xff) {
             bytes.extend(part.iter().map(|&u| u as u8));
         } else {
             bytes.extend_from_slice(String::from_utf16_lossy(part).as_bytes());
         }
-        ends.push(bytes.len());
+        *end = bytes.len();
     }
-    Ok(Text { bytes, ends })
+    Text { bytes, ends }
 }
 
 /// A string's length in UTF-16 code units (what JS's `slice` counts).
@@ -146,30 +158,134 @@ fn js_len(s: &str) -> f64 {
     n as f64
 }
 
+/// What a common decision shares with every other of its route and model: all but its
+/// numbers. A common decision is its template (an index into [`TEMPLATES`]) plus the
+/// numbers of [`HANDLE`], which the JS handle carries itself, so the addon keeps nothing
+/// per decision: a decision kept until the garbage collector reported its handle gone
+/// (a `FinalizationRegistry`) made every handle outlive the young generation and the
+/// addon's heap grow by a decision per call until the next full collection.
+static TEMPLATES: Mutex<Vec<Held>> = Mutex::new(Vec::new());
+
+/// Templates are never removed (a handle may come back at any time), so their number is
+/// bounded; a decision with no room for its template goes back as the full object. Each
+/// is a route, model and mode of some policy, so a process reaches this only by building
+/// engines from thousands of different policies.
+const MAX_TEMPLATES: usize = 4096;
+
+/// A common handle's numbers, in the order `lib/decision.js` keeps and passes them: the
+/// template, the score, the inspection's nanoseconds, then the cost's prompt tokens, low,
+/// high, output reserved, micro-dollars and exact (0 or 1; all 0 without a cost).
+pub(crate) const HANDLE: usize = 9;
+
 thread_local! {
-    /// The strings last sent to JS on this thread, with the token of the module instance
-    /// that received them.
-    static LAST: RefCell<(f64, String)> = const { RefCell::new((f64::NAN, String::new())) };
+    /// The request text's UTF-16 units, read anew by every call on this thread.
+    static UNITS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    /// The template this thread used last: consecutive requests mostly share one.
+    static LAST: RefCell<Option<(u32, Held)>> = const { RefCell::new(None) };
+    /// The template whose strings this thread last sent, with the token of the module
+    /// instance that received them.
+    static SENT: Cell<(f64, u32)> = const { Cell::new((f64::NAN, u32::MAX)) };
+}
+
+/// Whether `d` is `t` but for the numbers a handle carries (both common decisions).
+fn same_shape(t: &edgeward::Decision, d: &edgeward::Decision) -> bool {
+    t.stage == d.stage
+        && t.mode == d.mode
+        && t.threshold == d.threshold
+        && t.route == d.route
+        && match (&t.cost, &d.cost) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.model == b.model && a.provider == b.provider,
+            _ => false,
+        }
+}
+
+/// The template of a common decision, or `None` when there is no room for a new one.
+pub(crate) fn template_of(d: &edgeward::Decision) -> Option<u32> {
+    LAST.with_borrow_mut(|last| {
+        if let Some((i, t)) = last {
+            if same_shape(t, d) {
+                return Some(*i);
+            }
+        }
+        let found = {
+            let mut all = TEMPLATES.lock().unwrap_or_else(PoisonError::into_inner);
+            match all.iter().position(|t| same_shape(t, d)) {
+                Some(i) => Some((i, Arc::clone(&all[i]))),
+                None if all.len() < MAX_TEMPLATES => {
+                    all.push(Arc::new(d.clone()));
+                    Some((all.len() - 1, Arc::clone(&all[all.len() - 1])))
+                }
+                None => None,
+            }
+        };
+        let (i, t) = found?;
+        let i = i as u32;
+        *last = Some((i, t));
+        Some(i)
+    })
+}
+
+/// How many templates there are (for the tests that check they do not grow per call).
+pub(crate) fn templates() -> u32 {
+    TEMPLATES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .len() as u32
+}
+
+/// The common decision a handle's numbers describe.
+pub(crate) fn rebuild(h: &[f64]) -> Res<Held> {
+    let bad = || Fail::type_error("not a decision handle of this module");
+    let count = |v: f64| -> Res<u64> {
+        ((0.0..=9_007_199_254_740_992.0).contains(&v) && (v as u64) as f64 == v)
+            .then_some(v as u64)
+            .ok_or_else(bad)
+    };
+    if h.len() != HANDLE {
+        return Err(bad());
+    }
+    let n = h.iter().map(|&v| count(v)).collect::<Res<Vec<u64>>>()?;
+    let template = {
+        let all = TEMPLATES.lock().unwrap_or_else(PoisonError::into_inner);
+        usize::try_from(n[0])
+            .ok()
+            .and_then(|i| all.get(i))
+            .map(Arc::clone)
+    }
+    .ok_or_else(|| Fail::released("the decision's handle was never issued by this module"))?;
+    let mut d = (*template).clone();
+    d.score = u32::try_from(n[1]).map_err(|_| bad())?;
+    d.inspect_ns = edgeward::decision::Elapsed(n[2]);
+    if let Some(c) = &mut d.cost {
+        if n[8] > 1 {
+            return Err(bad());
+        }
+        c.prompt_tokens = n[3];
+        c.prompt_tokens_low = n[4];
+        c.prompt_tokens_high = n[5];
+        c.output_tokens_reserved = n[6];
+        c.micro_usd = n[7];
+        c.exact = n[8] == 1;
+    }
+    Ok(Arc::new(d))
 }
 
 /// Writes a common decision's numbers into `out` and returns its strings, or `None` when
 /// they are those this thread last sent to the same module instance.
-pub(crate) fn write(out: &mut [f64], d: &edgeward::Decision, id: f64) -> Option<String> {
+pub(crate) fn write(out: &mut [f64], d: &edgeward::Decision, template: u32) -> Option<String> {
     let token = out[TOKEN];
     out[out::MONITOR] = f64::from(u8::from(matches!(d.mode, edgeward::Mode::Monitor)));
     out[out::SCORE] = f64::from(d.score);
     out[out::THRESHOLD] = f64::from(d.threshold);
     out[out::INSPECT_NS] = d.inspect_ns.0 as f64;
-    out[out::ID] = id;
-    let stage = d.stage.as_str();
-    let model = d.cost.as_ref().and_then(|c| c.model.as_deref());
-    let provider = d
-        .cost
-        .as_ref()
-        .and_then(|c| c.provider)
-        .map(edgeward::cost::usage::Provider::as_str);
+    out[out::TEMPLATE] = f64::from(template);
     match &d.cost {
-        None => out[out::HAS_COST] = 0.0,
+        // The cost's slots are a handle's numbers too (0 without a cost).
+        None => {
+            out[out::HAS_COST] = 0.0;
+            out[out::COST..out::COST + 6].fill(0.0);
+        }
         Some(c) => {
             out[out::HAS_COST] = 1.0;
             out[out::COST..out::COST + 6].copy_from_slice(&[
@@ -182,6 +298,19 @@ pub(crate) fn write(out: &mut [f64], d: &edgeward::Decision, id: f64) -> Option<
             ]);
         }
     }
+    // The strings are the template's, so JS still has them when the template is the one
+    // it was last sent (the lengths go with them).
+    if SENT.get() == (token, template) {
+        return None;
+    }
+    SENT.set((token, template));
+    let stage = d.stage.as_str();
+    let model = d.cost.as_ref().and_then(|c| c.model.as_deref());
+    let provider = d
+        .cost
+        .as_ref()
+        .and_then(|c| c.provider)
+        .map(edgeward::cost::usage::Provider::as_str);
     out[out::STRINGS] = js_len(stage);
     out[out::STRINGS + 1] = js_len(&d.route);
     out[out::STRINGS + 2] = model.map_or(-1.0, js_len);
@@ -191,125 +320,10 @@ pub(crate) fn write(out: &mut [f64], d: &edgeward::Decision, id: f64) -> Option<
     s.push_str(&d.route);
     s.push_str(model.unwrap_or_default());
     s.push_str(provider.unwrap_or_default());
-    LAST.with_borrow_mut(|last| {
-        // The lengths tell the parts apart, so equal strings mean equal parts.
-        if last.0 == token && last.1 == s {
-            None
-        } else {
-            last.0 = token;
-            last.1.clone_from(&s);
-            Some(s)
-        }
-    })
+    Some(s)
 }
 
-/// Core decisions that JS holds by id: a slab, so keeping and finding one is an index
-/// (a hash map's hashing and growth cost more than the rest of `keep`).
-///
-/// An id is the slot's index plus its generation times 2^32, so an id whose slot was
-/// freed and reused finds nothing. A live handle's slot is never freed (it is released
-/// only after its handle is collected), so ids reach the addon only for kept decisions;
-/// the generation guards against ids built by hand through the private methods.
-struct Slab {
-    slots: Vec<Slot>,
-    free: Vec<u32>,
-    len: u32,
-}
-
-struct Slot {
-    generation: u32,
-    held: Option<Held>,
-}
-
-/// Generations wrap below 2^21, so every id stays an exact JS number (below 2^53).
-const GENERATIONS: u32 = 1 << 21;
-const INDEX: f64 = 4_294_967_296.0;
-
-/// One for the process, so a decision from one engine is still taken back by another (as
-/// an external handle is).
-static SLAB: Mutex<Slab> = Mutex::new(Slab {
-    slots: Vec::new(),
-    free: Vec::new(),
-    len: 0,
-});
-
-fn with_slab<T>(f: impl FnOnce(&mut Slab) -> T) -> T {
-    // Nothing panics while holding the lock; a poisoned one still holds a consistent slab.
-    f(&mut SLAB.lock().unwrap_or_else(PoisonError::into_inner))
-}
-
-/// An id's slot index and generation, if it is one.
-fn split(id: f64) -> Option<(usize, u32)> {
-    if !(0.0..INDEX * f64::from(GENERATIONS)).contains(&id) || id.fract() != 0.0 {
-        return None;
-    }
-    let generation = (id / INDEX).floor();
-    Some(((id - generation * INDEX) as usize, generation as u32))
-}
-
-/// Keeps a decision for JS; returns its id.
-pub(crate) fn keep(d: Held) -> f64 {
-    with_slab(|s| {
-        s.len += 1;
-        let index = match s.free.pop() {
-            Some(i) => {
-                let slot = &mut s.slots[i as usize];
-                slot.generation = (slot.generation + 1) % GENERATIONS;
-                slot.held = Some(d);
-                i
-            }
-            None => {
-                s.slots.push(Slot {
-                    generation: 0,
-                    held: Some(d),
-                });
-                (s.slots.len() - 1) as u32
-            }
-        };
-        f64::from(s.slots[index as usize].generation) * INDEX + f64::from(index)
-    })
-}
-
-/// The decision kept under `id`, if it is still kept.
-pub(crate) fn find(id: f64) -> Option<Held> {
-    let (index, generation) = split(id)?;
-    with_slab(|s| {
-        let slot = s.slots.get(index)?;
-        (slot.generation == generation)
-            .then(|| slot.held.clone())
-            .flatten()
-    })
-}
-
-/// Forgets the decisions under `ids` (unknown and already released ids are ignored).
-pub(crate) fn release(ids: &[f64]) {
-    // Dropped after the lock is let go: freeing a decision is the costly part.
-    let mut dropped = Vec::with_capacity(ids.len());
-    with_slab(|s| {
-        for &id in ids {
-            let Some((index, generation)) = split(id) else {
-                continue;
-            };
-            if let Some(slot) = s.slots.get_mut(index) {
-                if slot.generation == generation {
-                    if let Some(d) = slot.held.take() {
-                        dropped.push(d);
-                        s.free.push(index as u32);
-                        s.len -= 1;
-                    }
-                }
-            }
-        }
-    });
-    drop(dropped);
-}
-
-/// How many decisions are kept (for the tests that check handles are released).
-pub(crate) fn kept() -> u32 {
-    with_slab(|s| s.len)
-}
-
-/// What `_inspectFlat` answers: the strings of a common decision (its numbers are in
+/// What the flat lane (`_flat`) answers: the strings of a common decision (its numbers are in
 /// `io`), nothing when the strings are the previous call's, or the full decision object.
 pub enum Flat {
     /// The numbers are in `io` and the strings are the previous call's.

@@ -9,7 +9,6 @@
 
 #![deny(clippy::all)]
 
-use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 mod decision;
@@ -31,19 +30,10 @@ pub fn error_codes() -> Vec<&'static str> {
     errors::all_codes()
 }
 
-/// Forgets the decisions `lib/decision.js` held by these ids (their handles were
-/// garbage collected).
-#[napi(js_name = "_release", skip_typescript)]
-pub fn release(env: Env, ids: Unknown<'_>) -> Result<()> {
-    Float64ArraySlice::from_unknown(ids)
-        .map(|ids| flat::release(&ids))
-        .map_err(|e| errors::wrong_type("ids", "a Float64Array")(e).into_js(&env))
-}
-
-/// How many decisions are held by id (for the tests).
-#[napi(js_name = "_kept", skip_typescript)]
-pub fn kept() -> u32 {
-    flat::kept()
+/// How many common-decision templates the addon holds (for the tests).
+#[napi(js_name = "_templates", skip_typescript)]
+pub fn templates() -> u32 {
+    flat::templates()
 }
 
 /// The addon's version (the workspace's).

@@ -1,8 +1,8 @@
 // The sync inspect's flat lane (src/flat.rs, lib/decision.js): requests whose method, URI
 // and headers are strings go to the addon as one string, and the common allowed decision
-// comes back through a shared Float64Array with a handle the addon holds by id. Every
-// decision must equal the one the general path (headers as [name, value] pairs) gives,
-// and handles must be released once collected, never before.
+// comes back through a shared Float64Array, its handle a template index and numbers that
+// the addon keeps nothing for. Every decision must equal the one the general path (headers
+// as [name, value] pairs) gives, and every handle must serve for as long as it lives.
 import assert from 'node:assert/strict'
 import { createRequire } from 'node:module'
 import { test } from 'node:test'
@@ -51,13 +51,19 @@ function same(e, req) {
   return flat
 }
 
-/** Collects garbage until the kept decisions drop to `atMost` (or gives up). */
-async function collectedTo(atMost) {
-  for (let i = 0; i < 50 && native._kept() > atMost; i++) {
+/** Collects garbage, letting finalizers and other tasks run between collections. */
+async function collect() {
+  for (let i = 0; i < 3; i++) {
     gc()
     await new Promise((r) => setTimeout(r, 5))
   }
-  return native._kept()
+}
+
+/** The addon's methods before lib/decision.js wrapped them: a second instance of it. */
+function unwrapped() {
+  const m = { exports: {} }
+  process.dlopen(m, require.resolve('../edgeward.node'))
+  return m.exports.Engine.default()
 }
 
 test('the flat lane gives the general path decision, allowed or refused', () => {
@@ -74,6 +80,16 @@ test('the flat lane gives the general path decision, allowed or refused', () => 
   same(engine, { url: '/v1/models?x=1', headers: [] })
   const none = engine.inspect({ uri: '/v1/models' })
   assert.equal(none.allowed, true)
+})
+
+test('a frozen engine still takes the flat lane', () => {
+  const frozen = Object.freeze(Engine.default())
+  const req = { method: 'POST', uri: CHAT, headers: ['content-type', 'application/json'], body: BENIGN }
+  for (let i = 0; i < 3; i++) {
+    const d = frozen.inspect(req)
+    assert.ok(d.handle instanceof DecisionHandle)
+    assert.equal(frozen.decisionJson(d), engine.decisionJson(engine.inspect(req)))
+  }
 })
 
 test('header bytes: latin1, wider characters, lone surrogates, empty names, many headers', () => {
@@ -114,24 +130,31 @@ test('what the flat lane does not take goes the general way, with the same error
 
 test('the private flat entry refuses text that does not match its lengths', () => {
   const io = new Float64Array(64)
+  const flat = engine._flat()
   const is = (f) => assert.throws(f, (e) => e instanceof TypeError && e.code === 'node.argument')
   io[1] = 2
   io[20] = 3
   io[21] = 1
-  assert.equal(typeof engine._inspectFlat('GET/', undefined, undefined, undefined, undefined, io), 'string')
-  is(() => engine._inspectFlat('GET/x', undefined, undefined, undefined, undefined, io))
-  is(() => engine._inspectFlat('GET', undefined, undefined, undefined, undefined, io))
-  is(() => engine._inspectFlat(42, undefined, undefined, undefined, undefined, io))
-  is(() => engine._inspectFlat('GET/', undefined, undefined, undefined, undefined, [2, 3, 1]))
+  assert.equal(typeof flat('GET/', undefined, undefined, undefined, undefined, io), 'string')
+  is(() => flat('GET/x', undefined, undefined, undefined, undefined, io))
+  is(() => flat('GET', undefined, undefined, undefined, undefined, io))
+  is(() => flat(42, undefined, undefined, undefined, undefined, io))
+  is(() => flat('GET/', undefined, undefined, undefined, undefined, [2, 3, 1]))
   io[1] = 3
-  is(() => engine._inspectFlat('GET/', undefined, undefined, undefined, undefined, io))
+  is(() => flat('GET/', undefined, undefined, undefined, undefined, io))
   io[1] = 1e9
-  is(() => engine._inspectFlat('GET/', undefined, undefined, undefined, undefined, io))
+  is(() => flat('GET/', undefined, undefined, undefined, undefined, io))
   io[1] = 2
   io[21] = -1
-  is(() => engine._inspectFlat('GET/', undefined, undefined, undefined, undefined, io))
+  is(() => flat('GET/', undefined, undefined, undefined, undefined, io))
   io[21] = 0.5
-  is(() => engine._inspectFlat('GET/', undefined, undefined, undefined, undefined, io))
+  is(() => flat('GET/', undefined, undefined, undefined, undefined, io))
+  // The function holds its engine: it serves after the engine object is gone.
+  io[21] = 1
+  const orphan = Engine.default()._flat()
+  gc()
+  assert.equal(orphan('GET/', undefined, undefined, undefined, undefined, io), undefined)
+  assert.equal(io[3], 0)
 })
 
 test('strings follow the decision across routes, models and engines', () => {
@@ -159,50 +182,88 @@ test('a common decision\'s handle serves every method that takes a decision back
   assert.equal(engine.usageFromBody(d, '{"usage":{"prompt_tokens":3,"completion_tokens":4}}').promptTokens, 3)
   assert.equal(JSON.parse(engine.decisionJson(d)).route, 'openai-chat')
   assert.equal(JSON.parse(engine.eventJson(d)).action, 'allow')
-  // The handle alone keeps the decision; a number or a made-up handle is no decision.
+  // The handle alone stands for the decision; a number, numbers or a made-up handle do not.
   assert.equal(JSON.parse(engine.decisionJson({ handle: d.handle })).route, 'openai-chat')
   const A = (f) => assert.throws(f, (e) => e instanceof TypeError && e.code === 'node.argument')
-  A(() => engine.decisionJson(DecisionHandle.idOf(d.handle)))
-  A(() => engine.decisionJson({ handle: DecisionHandle.idOf(d.handle) }))
+  A(() => engine.decisionJson(0))
+  A(() => engine.decisionJson(new Float64Array(9)))
+  A(() => engine.decisionJson({ handle: new Float64Array(9) }))
   A(() => engine.settle({ handle: {} }, {}))
+  assert.throws(() => new DecisionHandle(Symbol('edgeward.DecisionHandle'), 0, 0, 0, 0, 0, 0, 0, 0, 0), TypeError)
+  assert.deepStrictEqual(Object.keys(d.handle), [])
   // The async lane's decisions carry the same handles.
   const a = await engine.inspectAsync({ method: 'POST', uri: CHAT, headers: ['content-type', 'application/json'], body: BENIGN })
   assert.ok(a.handle instanceof DecisionHandle)
   assert.equal(JSON.parse(engine.decisionJson(a)).route, 'openai-chat')
 })
 
-test('a released handle is a coded error, never a crash or another decision', () => {
+test('numbers the addon never issued as a handle are a coded error, never a crash or another decision', () => {
+  const raw = unwrapped()
   const d = engine.inspect({ uri: '/v1/models', headers: [] })
-  const id = DecisionHandle.idOf(d.handle)
-  native._release(Float64Array.of(id))
-  native._release(Float64Array.of(id, -1, 0.5, 2 ** 60, NaN))
-  const next = engine.inspect({ uri: '/v1/models', headers: [] })
-  assert.notEqual(DecisionHandle.idOf(next.handle), id)
-  for (const f of [
-    () => engine.decisionJson(d),
-    () => engine.settle(d, {}),
-    () => engine.refusalBody(d),
-    () => engine.usageTracker(d),
-  ]) {
-    assert.throws(f, (e) => e.code === 'node.released')
+  const h = new Float64Array(9)
+  assert.ok(DecisionHandle.write(d.handle, h))
+  assert.equal(raw.decisionJson(h), engine.decisionJson(d))
+  const is = (numbers, code) => assert.throws(() => raw.decisionJson(Float64Array.from(numbers)), (e) => e.code === code)
+  is([native._templates() + 5, ...h.slice(1)], 'node.released')
+  is([2 ** 40, ...h.slice(1)], 'node.released')
+  is(h.slice(0, 8), 'node.argument')
+  is([...h, 0], 'node.argument')
+  for (let i = 0; i < 9; i++) {
+    for (const bad of [-1, 0.5, NaN, Infinity, 2 ** 60]) {
+      const n = Float64Array.from(h)
+      n[i] = bad
+      is(n, 'node.argument')
+    }
   }
+  // A score beyond u32 and an `exact` other than 0 or 1 are no handle's.
+  const chat = engine.inspect({ method: 'POST', uri: CHAT, headers: ['content-type', 'application/json'], body: BENIGN })
+  const c = new Float64Array(9)
+  assert.ok(DecisionHandle.write(chat.handle, c))
+  assert.equal(raw.decisionJson(c), engine.decisionJson(chat))
+  is([c[0], 2 ** 32, ...c.slice(2)], 'node.argument')
+  is([...c.slice(0, 8), 2], 'node.argument')
+  assert.throws(() => raw.decisionJson(new Uint8Array(9)), (e) => e instanceof TypeError && e.code === 'node.argument')
   assert.ok(edgeward.errorCodes().includes('node.released'))
-  assert.equal(JSON.parse(engine.decisionJson(next)).route, next.route)
-  assert.throws(() => native._release([1, 2]), (e) => e instanceof TypeError && e.code === 'node.argument')
 })
 
-test('decisions are released once their handles are collected, and not before', async () => {
-  await collectedTo(0)
-  const base = native._kept()
+test('the addon keeps nothing per common decision, and every handle serves for as long as it lives', async () => {
+  const other = Engine.fromPolicy(POLICY)
+  const headers = ['content-type', 'application/json']
+  const requests = [
+    { method: 'POST', uri: CHAT, headers, body: BENIGN },
+    { method: 'GET', uri: '/v1/models', headers: [] },
+    { method: 'POST', uri: CHAT, headers, body: Buffer.from('{"model":"claude-x","messages":[]}') },
+  ]
+  for (const r of requests) engine.inspect(r)
+  await engine.inspectAsync(requests[0])
+  const templates = native._templates()
   const kept = []
-  ;(() => {
-    for (let i = 0; i < 200; i++) {
-      const d = engine.inspect({ method: 'POST', uri: CHAT, headers: ['content-type', 'application/json'], body: BENIGN })
-      if (i % 50 === 0) kept.push(d.handle)
-    }
-  })()
-  assert.ok(native._kept() >= base + 200)
-  const left = await collectedTo(base + kept.length)
-  assert.ok(left <= base + kept.length, `${left} decisions still kept`)
-  for (const handle of kept) assert.equal(JSON.parse(engine.decisionJson({ handle })).route, 'openai-chat')
+  for (let i = 0; i < 3000; i++) {
+    const d = engine.inspect(requests[i % 3])
+    if (i % 500 === 0) kept.push([d, engine.decisionJson(d), engine.eventJson(d)])
+  }
+  for (let i = 0; i < 100; i++) {
+    const d = await engine.inspectAsync(requests[i % 3])
+    if (i % 50 === 0) kept.push([d, engine.decisionJson(d), engine.eventJson(d)])
+  }
+  assert.equal(native._templates(), templates, 'templates grew with calls')
+  // Decisions with a reservation keep theirs in an external: they settle after as many
+  // calls and collections as the common ones serve.
+  const key = ['content-type', 'application/json', 'authorization', `Bearer ${KEYS.general}`]
+  const body = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }], max_tokens: 8 }))
+  const reserved = []
+  for (let i = 0; i < 3; i++) reserved.push(other.inspect({ method: 'POST', uri: CHAT, headers: key, body }))
+  for (const d of reserved) assert.ok(d.reservation && !(d.handle instanceof DecisionHandle))
+  for (let i = 0; i < 2000; i++) engine.inspect(requests[i % 3])
+  await collect()
+  for (const [d, json, event] of kept) {
+    assert.equal(engine.decisionJson(d), json)
+    assert.equal(engine.decisionJson({ handle: d.handle }), json)
+    const { ts: _, ...line } = JSON.parse(engine.eventJson(d))
+    const { ts: __, ...then } = JSON.parse(event)
+    assert.deepStrictEqual(line, then)
+    assert.equal(engine.settle(d, { promptTokens: 1, outputTokens: 1 }), false)
+  }
+  for (const d of reserved) assert.equal(other.settle(d, { promptTokens: 1, outputTokens: 1 }), true)
+  for (const d of reserved) assert.equal(other.settle(d, { promptTokens: 1, outputTokens: 1 }), false)
 })
