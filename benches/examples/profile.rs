@@ -83,7 +83,8 @@ fn main() {
         }
     }
     std::hint::black_box(&junk);
-    let per = start.elapsed() / iters as u32;
+    // `iters` may be 0 (a baseline run for instruction counts).
+    let per = start.elapsed() / iters.max(1) as u32;
     println!(
         "{kib} KiB, {} rules: {per:?} per inspect ({denied} denied)",
         policy.rules.len()

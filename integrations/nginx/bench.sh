@@ -257,18 +257,32 @@ echo "CRS active: SQL injection in query and in JSON body both refused with 403"
 # ---- the runs ----------------------------------------------------------------
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, POST $BODY_BYTES-byte chat body (unique=${UNIQUE:-0})," \
      "upstream=$BENCH_UPSTREAM, nginx workers=${NGINX_WORKERS:-1}, $(date -u '+%Y-%m-%d %H:%M UTC')"
-printf '%-15s %10s %9s %9s %9s %9s %8s\n' config req/s avg p50 p90 p99 non2xx
+printf '%-15s %10s %9s %9s %9s %9s %8s %12s\n' config req/s avg p50 p90 p99 non2xx 'cpu us/req'
+# CPU time (user + system) of a config's nginx workers, in clock ticks: less sensitive to
+# what else runs on the machine than requests per second.
+worker_ticks() {
+    local master t=0 w
+    master=$(cat "$work/$1/nginx.pid")
+    for w in $(pgrep -P "$master"); do
+        t=$((t + $(awk '{print $14 + $15}' "/proc/$w/stat")))
+    done
+    echo "$t"
+}
+hz=$(getconf CLK_TCK)
 for name in "${names[@]}"; do
     out="$work/$name.wrk"
+    t0=$(worker_ticks "$name")
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/post.lua" \
         "http://127.0.0.1:${ports[$name]}/v1/chat/completions" >"$out"
-    awk -v name="$name" '
+    t1=$(worker_ticks "$name")
+    awk -v name="$name" -v ticks=$((t1 - t0)) -v hz="$hz" '
         /^    Latency/          { avg = $2 }
         /^ +50%/                { p50 = $2 }
         /^ +90%/                { p90 = $2 }
         /^ +99%/                { p99 = $2 }
         /Non-2xx or 3xx/        { bad = $NF }
         /^Requests\/sec/        { rps = $2 }
-        END { printf "%-15s %10s %9s %9s %9s %9s %8s\n", name, rps, avg, p50, p90, p99, (bad == "" ? 0 : bad) }
+        / requests in /         { reqs = $1 }
+        END { printf "%-15s %10s %9s %9s %9s %9s %8s %12.1f\n", name, rps, avg, p50, p90, p99, (bad == "" ? 0 : bad), (reqs > 0 ? ticks * 1e6 / hz / reqs : 0) }
     ' "$out"
 done
