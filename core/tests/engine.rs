@@ -137,13 +137,16 @@ fn clean_field_memo_never_hides_a_match() {
 /// slots only evict; every role decides as without the memo.
 #[test]
 fn large_field_memo_never_hides_a_match() {
-    let engine = Engine::builder()
-        .config(Config {
-            large_field_memo: 2,
-            ..Config::default()
-        })
-        .build(&Policy::default_policy())
-        .unwrap();
+    let with_slots = |large_field_memo| {
+        Engine::builder()
+            .config(Config {
+                large_field_memo,
+                ..Config::default()
+            })
+            .build(&Policy::default_policy())
+            .unwrap()
+    };
+    let engine = with_slots(2);
     let mut s = engine.new_scratch();
     let filler = "Please summarise the attached shipping report for the board in plain \
                   language and keep every figure exactly as it is given in the text. "
@@ -179,13 +182,7 @@ fn large_field_memo_never_hides_a_match() {
             .is_allowed());
     }
     // Same decisions as an engine without the memo, on a mix of the above, twice over.
-    let off = Engine::builder()
-        .config(Config {
-            large_field_memo: 0,
-            ..Config::default()
-        })
-        .build(&Policy::default_policy())
-        .unwrap();
+    let off = with_slots(0);
     let mut s_off = off.new_scratch();
     for text in [&filler, &attack, &filler, &attack] {
         for role in ["user", "assistant", "tool", "system"] {
