@@ -36,6 +36,7 @@ pub mod field;
 pub mod heavy;
 pub mod identity;
 pub mod limits;
+mod memo;
 pub mod metrics;
 pub mod parse;
 pub mod policy;

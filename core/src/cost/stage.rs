@@ -50,11 +50,7 @@ const CLASS_MEMO_MIN: usize = 512;
 #[derive(Debug, Default)]
 pub(crate) struct ClassMemo {
     hasher: foldhash::fast::RandomState,
-    /// Per slot: the hash, the text (reserved at `max` bytes up front) and its classes.
-    slots: Vec<(Option<u64>, Vec<u8>, ByteClasses)>,
-    max: usize,
-    /// The slot the next insertion replaces when none is empty.
-    next: usize,
+    seen: crate::memo::SeenBytes<(), ByteClasses>,
 }
 
 impl ClassMemo {
@@ -62,41 +58,21 @@ impl ClassMemo {
     pub fn new(slots: usize, max: usize) -> ClassMemo {
         ClassMemo {
             hasher: foldhash::fast::RandomState::default(),
-            slots: (0..slots)
-                .map(|_| (None, Vec::with_capacity(max), ByteClasses::default()))
-                .collect(),
-            max,
-            next: 0,
+            seen: crate::memo::SeenBytes::new(slots, max),
         }
     }
 
     /// The byte classes of `text`, from the memo when it holds them.
     pub fn classes(&mut self, text: &[u8]) -> ByteClasses {
-        if self.slots.is_empty() || text.len() < CLASS_MEMO_MIN || text.len() > self.max {
+        if text.len() < CLASS_MEMO_MIN || !self.seen.takes(text.len()) {
             return ByteClasses::of(text);
         }
         let h = std::hash::BuildHasher::hash_one(&self.hasher, text);
-        if let Some((_, _, c)) = self
-            .slots
-            .iter()
-            .find(|(k, b, _)| *k == Some(h) && b.as_slice() == text)
-        {
-            return *c;
+        if let Some(c) = self.seen.get(h, (), &[text]) {
+            return c;
         }
         let c = ByteClasses::of(text);
-        let slot = match self.slots.iter().position(|s| s.0.is_none()) {
-            Some(s) => s,
-            None => {
-                let s = self.next;
-                self.next = (s + 1) % self.slots.len();
-                s
-            }
-        };
-        let (k, b, cs) = &mut self.slots[slot];
-        b.clear();
-        b.extend_from_slice(text);
-        *k = Some(h);
-        *cs = c;
+        self.seen.insert(h, (), &[text], c);
         c
     }
 }

@@ -883,69 +883,26 @@ pub(crate) struct MemoSize {
 /// hash and a compare of its bytes (~3 k). As with [`CleanFields`], only "no match" is
 /// stored and a hit is compared on the full bytes, so a collision or a flood of unique
 /// prompts costs the normal scan (plus the hash and a copy), never a wrong answer.
-#[derive(Debug, Clone)]
-pub(crate) struct LargeClean {
-    /// Per slot: hash, kind, role key and name length of the field held; `None` when empty.
-    keys: Vec<Option<(u64, u8, u8, usize)>>,
-    /// Per slot: name then value, reserved at `max` bytes up front so that a scan never
-    /// allocates.
-    bytes: Vec<Vec<u8>>,
-    /// Longest name plus value remembered.
-    max: usize,
-    /// The slot the next insertion replaces when none is empty (round robin: one-off
-    /// prompts pass through without pinning anything).
-    next: usize,
+///
+/// Keyed by kind, role key and name length; the bytes are name then value.
+type LargeClean = crate::memo::SeenBytes<(u8, u8, usize), ()>;
+
+/// The large-memo hash of a field if [`LargeClean`] takes it: longer than [`CleanFields`]
+/// takes, within the memo's bound.
+#[inline]
+fn large_key(
+    memo: &LargeClean,
+    hasher: &foldhash::fast::RandomState,
+    f: &Field<'_>,
+) -> Option<u64> {
+    let len = f.name.len() + f.value.len();
+    (len > CLEAN_MAX && memo.takes(len)).then(|| {
+        std::hash::BuildHasher::hash_one(hasher, (f.kind as u8, role_key(f.role), f.name, f.value))
+    })
 }
 
-impl LargeClean {
-    fn new(slots: usize, max: usize) -> LargeClean {
-        LargeClean {
-            keys: vec![None; slots],
-            bytes: (0..slots).map(|_| Vec::with_capacity(max)).collect(),
-            max,
-            next: 0,
-        }
-    }
-
-    /// The field's hash if it is one this memo takes: longer than [`CleanFields`] takes,
-    /// within `max`.
-    #[inline]
-    fn key(&self, hasher: &foldhash::fast::RandomState, f: &Field<'_>) -> Option<u64> {
-        let len = f.name.len() + f.value.len();
-        if self.keys.is_empty() || len <= CLEAN_MAX || len > self.max {
-            return None;
-        }
-        Some(std::hash::BuildHasher::hash_one(
-            hasher,
-            (f.kind as u8, role_key(f.role), f.name, f.value),
-        ))
-    }
-
-    fn contains(&self, h: u64, f: &Field<'_>) -> bool {
-        let key = (h, f.kind as u8, role_key(f.role) as u8, f.name.len());
-        self.keys.iter().zip(&self.bytes).any(|(k, b)| {
-            *k == Some(key) && b.len() == f.name.len() + f.value.len() && {
-                let (n, v) = b.split_at(f.name.len());
-                n == f.name && v == f.value
-            }
-        })
-    }
-
-    fn insert(&mut self, h: u64, f: &Field<'_>) {
-        let slot = match self.keys.iter().position(Option::is_none) {
-            Some(s) => s,
-            None => {
-                let s = self.next;
-                self.next = (s + 1) % self.keys.len();
-                s
-            }
-        };
-        let b = &mut self.bytes[slot];
-        b.clear();
-        b.extend_from_slice(f.name);
-        b.extend_from_slice(f.value);
-        self.keys[slot] = Some((h, f.kind as u8, role_key(f.role) as u8, f.name.len()));
-    }
+fn large_id(f: &Field<'_>) -> (u8, u8, usize) {
+    (f.kind as u8, role_key(f.role) as u8, f.name.len())
 }
 
 /// Per-worker mutable search state for one [`Program`]. Every vector is sized at creation,
@@ -1213,11 +1170,15 @@ impl Program {
             }
         }
         let large = match memo {
-            None => caches.large.key(&caches.clean.hasher, field),
+            None => large_key(&caches.large, &caches.clean.hasher, field),
             Some(_) => None,
         };
         if let Some(h) = large {
-            if caches.large.contains(h, field) {
+            if caches
+                .large
+                .get(h, large_id(field), &[field.name, field.value])
+                .is_some()
+            {
                 return;
             }
         }
@@ -1374,7 +1335,9 @@ impl Program {
             caches.clean.insert(slot, key, field);
         }
         if let (Some(h), false) = (large, matched) {
-            caches.large.insert(h, field);
+            caches
+                .large
+                .insert(h, large_id(field), &[field.name, field.value], ());
         }
     }
 
