@@ -20,14 +20,10 @@ pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Runs `wide` compiled for AVX2 when the CPU supports it, and `narrow` otherwise: for
-/// kernels whose block size follows the vector width (one CPU check decides both the
-/// instruction set and the kernel).
+/// The AVX2 token, for kernels written with explicit (safe, pulp-wrapped) intrinsics rather
+/// than loops left to the compiler; `None` on CPUs without AVX2.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) fn wide_or<R>(wide: impl FnOnce() -> R, narrow: impl FnOnce() -> R) -> R {
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if let Some(v3) = pulp::x86::V3::try_new() {
-        return v3.vectorize(wide);
-    }
-    narrow()
+pub(crate) fn v3() -> Option<pulp::x86::V3> {
+    pulp::x86::V3::try_new()
 }

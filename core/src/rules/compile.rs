@@ -1035,8 +1035,11 @@ impl TransformCache {
 /// machine) and sixteen gained nothing more.
 const LANES: usize = 8;
 
-/// Reports every occurrence of every literal of `dfa` in `value` (pattern index, in no
-/// particular order, possibly more than once) until `on_hit` returns `true`.
+/// Reports every literal of `dfa` that occurs in `value` (as `first` + its pattern index,
+/// in no particular order) until `on_hit` returns `true`. Each is reported once: `seen`
+/// (a bit per reported index, cleared by the caller) remembers those reported, checked
+/// here rather than behind the `dyn` call because ordinary prose repeats common literals
+/// hundreds of times.
 ///
 /// A DFA walk is a chain of dependent table loads, one per byte, so a single walk runs at
 /// load latency rather than at the core's throughput. The value is cut into [`LANES`]
@@ -1046,28 +1049,30 @@ const LANES: usize = 8;
 fn scan_literals(
     automaton: &LiteralAutomaton,
     value: &[u8],
+    seen: (&mut [u64], usize),
     on_hit: &mut dyn FnMut(usize) -> bool,
 ) {
     match automaton {
-        LiteralAutomaton::Dfa(a) => scan_literals_with(a, value, on_hit),
-        LiteralAutomaton::Nfa(a) => scan_literals_with(a, value, on_hit),
+        LiteralAutomaton::Dfa(a) => scan_literals_with(a, value, seen, on_hit),
+        LiteralAutomaton::Nfa(a) => scan_literals_with(a, value, seen, on_hit),
     }
 }
 
 fn scan_literals_with<A: aho_corasick::automaton::Automaton>(
     dfa: &A,
     value: &[u8],
+    seen: (&mut [u64], usize),
     on_hit: &mut dyn FnMut(usize) -> bool,
 ) {
     let back = dfa.max_pattern_len().saturating_sub(1);
     // Each lane re-walks `back` bytes of its predecessor: worth it only when a lane's own
     // part is well longer than that.
     if value.len() / LANES > back * 2 {
-        scan_lanes::<A, LANES>(dfa, value, back, on_hit);
+        scan_lanes::<A, LANES>(dfa, value, back, seen, on_hit);
     } else if value.len() / 4 > back * 2 {
-        scan_lanes::<A, 4>(dfa, value, back, on_hit);
+        scan_lanes::<A, 4>(dfa, value, back, seen, on_hit);
     } else {
-        scan_lanes::<A, 1>(dfa, value, back, on_hit);
+        scan_lanes::<A, 1>(dfa, value, back, seen, on_hit);
     }
 }
 
@@ -1076,17 +1081,24 @@ fn scan_lanes<A: aho_corasick::automaton::Automaton, const N: usize>(
     dfa: &A,
     value: &[u8],
     back: usize,
+    (seen, first): (&mut [u64], usize),
     on_hit: &mut dyn FnMut(usize) -> bool,
 ) {
     use aho_corasick::Anchored;
     let Ok(start) = dfa.start_state(Anchored::No) else {
         return;
     };
-    // Reports the literals ending at a match state; `true` to stop.
+    // Reports the literals ending at a match state that were not reported before; `true`
+    // to stop.
     let mut report = |sid| {
         for k in 0..dfa.match_len(sid) {
-            if on_hit(dfa.match_pattern(sid, k).as_usize()) {
-                return true;
+            let pid = first + dfa.match_pattern(sid, k).as_usize();
+            let (w, bit) = (pid / 64, 1u64 << (pid % 64));
+            if seen[w] & bit == 0 {
+                seen[w] |= bit;
+                if on_hit(pid) {
+                    return true;
+                }
             }
         }
         false
@@ -1411,22 +1423,19 @@ impl Program {
         // prose repeats common literals hundreds of times.
         let seen = &mut seen[..pf.lit_hits.len().div_ceil(64)];
         seen.fill(0);
+        // `scan_literals` reports each literal once (`seen`).
         let mut hit = |pid: usize, pending: &mut u32| {
-            let (w, bit) = (pid / 64, 1u64 << (pid % 64));
-            if seen[w] & bit == 0 {
-                seen[w] |= bit;
-                for h in &pf.lit_hits[pid] {
-                    mark(h, pending);
-                }
+            for h in &pf.lit_hits[pid] {
+                mark(h, pending);
             }
             *pending == 0
         };
         if let (Some(dfa), true) = (&pf.dfa, *pending > 0) {
-            scan_literals(dfa, value, &mut |pid| hit(pid, pending));
+            scan_literals(dfa, value, (seen, 0), &mut |pid| hit(pid, pending));
         }
         if let (Some(wide), true) = (&pf.wide, *pending > 0) {
             if !value.is_ascii() {
-                scan_literals(wide, value, &mut |pid| hit(pf.narrow + pid, pending));
+                scan_literals(wide, value, (seen, pf.narrow), &mut |pid| hit(pid, pending));
             }
         }
     }
@@ -1638,18 +1647,29 @@ mod tests {
         }
 
         /// The interleaved walk finds exactly the literals a naive search finds, whatever
-        /// the length of the value and wherever the lane cuts fall.
+        /// the length of the value and wherever the lane cuts fall, and reports each once
+        /// (offset by `first`), and never one its caller had marked seen before.
         #[test]
         fn scan_literals_finds_every_literal(
             lits in proptest::collection::vec(proptest::collection::vec(b'a'..=b'd', 1..6), 1..8),
             value in proptest::collection::vec(b'a'..=b'e', 0..600),
+            first in 0usize..70,
+            marked in proptest::option::of(0usize..8),
         ) {
             for d in [dfa(&lits), nfa(&lits)] {
-                let mut seen = vec![false; lits.len()];
-                scan_literals(&d, &value, &mut |p| { seen[p] = true; false });
+                let mut reported = vec![0; lits.len()];
+                let mut bits = vec![0u64; 2];
+                if let Some(m) = marked {
+                    bits[(first + m) / 64] |= 1 << ((first + m) % 64);
+                }
+                scan_literals(&d, &value, (&mut bits, first), &mut |p| {
+                    reported[p - first] += 1;
+                    false
+                });
                 for (i, l) in lits.iter().enumerate() {
                     let naive = value.windows(l.len()).any(|w| w == l.as_slice());
-                    prop_assert_eq!(seen[i], naive, "literal {:?}", l);
+                    let want = usize::from(naive && marked != Some(i));
+                    prop_assert_eq!(reported[i], want, "literal {:?}", l);
                 }
             }
         }
@@ -1680,11 +1700,11 @@ mod tests {
                 let mut v = vec![b'x'; len];
                 v[at..at + 6].copy_from_slice(b"needle");
                 let mut n = 0;
-                scan_literals(&d, &v, &mut |_| {
+                scan_literals(&d, &v, (&mut [0], 0), &mut |_| {
                     n += 1;
                     false
                 });
-                assert!(n >= 1, "len {len} at {at}");
+                assert_eq!(n, 1, "len {len} at {at}");
             }
         }
     }
