@@ -30,6 +30,7 @@ use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind, PatternSet};
 
 use super::detect::Detector;
+use super::literals::{scan_literals, LiteralAutomaton};
 use super::prefilter::{canonical_whitespace, parse_pattern, required_literals};
 use super::{Category, RuleDef, Target};
 use crate::error::{CompileError, CompileErrorKind};
@@ -230,15 +231,6 @@ pub(crate) struct KindPrefilter {
     lit_hits: Vec<Vec<Hit>>,
 }
 
-/// The automaton of a [`KindPrefilter`]: a dense DFA (one table load per byte) where speed
-/// matters, a contiguous NFA (a fraction of the memory, a few loads per byte) for large
-/// literal sets of fields that are not prompts.
-#[derive(Debug)]
-enum LiteralAutomaton {
-    Dfa(aho_corasick::dfa::DFA),
-    Nfa(aho_corasick::nfa::contiguous::NFA),
-}
-
 /// Literal bytes above which a prefilter for fields that are not prompts is built as a
 /// contiguous NFA. The dense DFA costs about 500 bytes per literal byte: the web rules'
 /// literals over JSON leaves reach ~30 KB, which made a 15 MB DFA for fields (`model`,
@@ -319,21 +311,9 @@ fn automaton(lits: &[Vec<u8>], prompt: bool) -> Result<Option<LiteralAutomaton>,
     Ok(if lits.is_empty() {
         None
     } else if !prompt && bytes > DFA_MAX_LITERAL_BYTES {
-        Some(LiteralAutomaton::Nfa(
-            aho_corasick::nfa::contiguous::Builder::new()
-                .match_kind(aho_corasick::MatchKind::Standard)
-                .prefilter(false)
-                .build(lits)
-                .map_err(err)?,
-        ))
+        Some(LiteralAutomaton::nfa(lits).map_err(err)?)
     } else {
-        Some(LiteralAutomaton::Dfa(
-            aho_corasick::dfa::Builder::new()
-                .match_kind(aho_corasick::MatchKind::Standard)
-                .prefilter(false)
-                .build(lits)
-                .map_err(err)?,
-        ))
+        Some(LiteralAutomaton::dfa(lits).map_err(err)?)
     })
 }
 
@@ -1029,123 +1009,6 @@ impl TransformCache {
     }
 }
 
-/// Independent walks interleaved by [`scan_literals`] over long values. A walk waits on one
-/// table load per byte, mostly an L2 hit for a prompt prefilter's DFA; eight walks in flight
-/// kept the load ports busier than four (about a third less time per 4 KiB on the bench
-/// machine) and sixteen gained nothing more.
-const LANES: usize = 8;
-
-/// Reports every literal of `dfa` that occurs in `value` (as `first` + its pattern index,
-/// in no particular order) until `on_hit` returns `true`. Each is reported once: `seen`
-/// (a bit per reported index, cleared by the caller) remembers those reported, checked
-/// here rather than behind the `dyn` call because ordinary prose repeats common literals
-/// hundreds of times.
-///
-/// A DFA walk is a chain of dependent table loads, one per byte, so a single walk runs at
-/// load latency rather than at the core's throughput. The value is cut into [`LANES`]
-/// slices (four, or one, when the value is too short for that many) walked in lockstep;
-/// each slice starts `max_pattern_len` bytes early so that a literal crossing a cut is
-/// still seen whole by the lane it ends in.
-fn scan_literals(
-    automaton: &LiteralAutomaton,
-    value: &[u8],
-    seen: (&mut [u64], usize),
-    on_hit: &mut dyn FnMut(usize) -> bool,
-) {
-    match automaton {
-        LiteralAutomaton::Dfa(a) => scan_literals_with(a, value, seen, on_hit),
-        LiteralAutomaton::Nfa(a) => scan_literals_with(a, value, seen, on_hit),
-    }
-}
-
-fn scan_literals_with<A: aho_corasick::automaton::Automaton>(
-    dfa: &A,
-    value: &[u8],
-    seen: (&mut [u64], usize),
-    on_hit: &mut dyn FnMut(usize) -> bool,
-) {
-    let back = dfa.max_pattern_len().saturating_sub(1);
-    // Each lane re-walks `back` bytes of its predecessor: worth it only when a lane's own
-    // part is well longer than that.
-    if value.len() / LANES > back * 2 {
-        scan_lanes::<A, LANES>(dfa, value, back, seen, on_hit);
-    } else if value.len() / 4 > back * 2 {
-        scan_lanes::<A, 4>(dfa, value, back, seen, on_hit);
-    } else {
-        scan_lanes::<A, 1>(dfa, value, back, seen, on_hit);
-    }
-}
-
-/// The walk of [`scan_literals`] with `N` lanes.
-fn scan_lanes<A: aho_corasick::automaton::Automaton, const N: usize>(
-    dfa: &A,
-    value: &[u8],
-    back: usize,
-    (seen, first): (&mut [u64], usize),
-    on_hit: &mut dyn FnMut(usize) -> bool,
-) {
-    use aho_corasick::Anchored;
-    let Ok(start) = dfa.start_state(Anchored::No) else {
-        return;
-    };
-    // Reports the literals ending at a match state that were not reported before; `true`
-    // to stop.
-    let mut report = |sid| {
-        for k in 0..dfa.match_len(sid) {
-            let pid = first + dfa.match_pattern(sid, k).as_usize();
-            let (w, bit) = (pid / 64, 1u64 << (pid % 64));
-            if seen[w] & bit == 0 {
-                seen[w] |= bit;
-                if on_hit(pid) {
-                    return true;
-                }
-            }
-        }
-        false
-    };
-    // Lane k covers ends in (k*chunk, (k+1)*chunk] (the last lane up to the end) and
-    // starts `back` bytes before its first end (lane 0 at 0). The lockstep part walks
-    // `chunk` bytes of each lane from N equal-length slices (no bounds checks, states in
-    // registers); match states are rare, so one `is_special` test per lane and byte is all
-    // the common path pays.
-    let chunk = value.len() / N;
-    let begin = |k: usize| (k * chunk).saturating_sub(back);
-    let lanes: [&[u8]; N] = std::array::from_fn(|k| &value[begin(k)..][..chunk]);
-    let mut sid = [start; N];
-    // Indexed rather than zipped: the zipped form kept fewer states in registers and ran
-    // about 2,000 instructions more per 4 KiB.
-    #[allow(clippy::needless_range_loop)]
-    for i in 0..chunk {
-        let mut special = false;
-        for k in 0..N {
-            sid[k] = dfa.next_state(Anchored::No, sid[k], lanes[k][i]);
-            special |= dfa.is_special(sid[k]);
-        }
-        if special {
-            for s in sid {
-                if dfa.is_match(s) && report(s) {
-                    return;
-                }
-            }
-        }
-    }
-    // Finish each lane on its own: lanes 1.. still have `back` bytes, the last lane the
-    // remainder of the value as well.
-    for (k, mut s) in sid.into_iter().enumerate() {
-        let end = if k + 1 == N {
-            value.len()
-        } else {
-            (k + 1) * chunk
-        };
-        for &b in &value[begin(k) + chunk..end] {
-            s = dfa.next_state(Anchored::No, s, b);
-            if dfa.is_match(s) && report(s) {
-                return;
-            }
-        }
-    }
-}
-
 /// What a scan reports for each matching rule: the rule index, the transformed value and the
 /// match span in it.
 pub(crate) type OnMatch<'m> = dyn FnMut(u32, &[u8], (usize, usize)) + 'm;
@@ -1565,26 +1428,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn dfa(lits: &[Vec<u8>]) -> LiteralAutomaton {
-        LiteralAutomaton::Dfa(
-            aho_corasick::dfa::Builder::new()
-                .match_kind(aho_corasick::MatchKind::Standard)
-                .prefilter(false)
-                .build(lits)
-                .unwrap(),
-        )
-    }
-
-    fn nfa(lits: &[Vec<u8>]) -> LiteralAutomaton {
-        LiteralAutomaton::Nfa(
-            aho_corasick::nfa::contiguous::Builder::new()
-                .match_kind(aho_corasick::MatchKind::Standard)
-                .prefilter(false)
-                .build(lits)
-                .unwrap(),
-        )
-    }
-
     /// Two programs over the same patterns: the first as written (line-start strategy where
     /// it applies), the second with a dead alternative that turns the strategy off.
     fn line_start_programs(pats: &[&str]) -> (Program, Program) {
@@ -1645,34 +1488,6 @@ mod tests {
                 );
             }
         }
-
-        /// The interleaved walk finds exactly the literals a naive search finds, whatever
-        /// the length of the value and wherever the lane cuts fall, and reports each once
-        /// (offset by `first`), and never one its caller had marked seen before.
-        #[test]
-        fn scan_literals_finds_every_literal(
-            lits in proptest::collection::vec(proptest::collection::vec(b'a'..=b'd', 1..6), 1..8),
-            value in proptest::collection::vec(b'a'..=b'e', 0..600),
-            first in 0usize..70,
-            marked in proptest::option::of(0usize..8),
-        ) {
-            for d in [dfa(&lits), nfa(&lits)] {
-                let mut reported = vec![0; lits.len()];
-                let mut bits = vec![0u64; 2];
-                if let Some(m) = marked {
-                    bits[(first + m) / 64] |= 1 << ((first + m) % 64);
-                }
-                scan_literals(&d, &value, (&mut bits, first), &mut |p| {
-                    reported[p - first] += 1;
-                    false
-                });
-                for (i, l) in lits.iter().enumerate() {
-                    let naive = value.windows(l.len()).any(|w| w == l.as_slice());
-                    let want = usize::from(naive && marked != Some(i));
-                    prop_assert_eq!(reported[i], want, "literal {:?}", l);
-                }
-            }
-        }
     }
 
     #[test]
@@ -1689,23 +1504,5 @@ mod tests {
         assert_eq!(rare_first_bytes(&parse(r"\b(?:ignore|forget)\s+all")), None);
         assert_eq!(rare_first_bytes(&parse(r"(?:^|\n)\s*system:")), None);
         assert_eq!(rare_first_bytes(&parse(r"x?<a")), None);
-    }
-
-    #[test]
-    fn scan_literals_sees_literals_across_lane_cuts() {
-        let lits = vec![b"needle".to_vec()];
-        let d = dfa(&lits);
-        for len in [64usize, 150, 257, 1000, 4096] {
-            for at in 0..len - 6 {
-                let mut v = vec![b'x'; len];
-                v[at..at + 6].copy_from_slice(b"needle");
-                let mut n = 0;
-                scan_literals(&d, &v, (&mut [0], 0), &mut |_| {
-                    n += 1;
-                    false
-                });
-                assert_eq!(n, 1, "len {len} at {at}");
-            }
-        }
     }
 }

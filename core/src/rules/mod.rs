@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod detect;
+mod literals;
 pub mod prefilter;
 pub mod prompt_model;
 pub mod prompt_scorer;

@@ -1,0 +1,488 @@
+//! The literal automata of the rule prefilters and their interleaved walk.
+//!
+//! aho-corasick builds the automata. For the dense DFA (prompt fields, the hot path) its
+//! transitions are then copied into [`LaneDfa`], a layout made for the walk below: the
+//! table's length is a power of two, so a masked index needs no bounds check, and a match
+//! state is flagged in the high bit of the ids that lead to it, so the walk tests all its
+//! lanes with one OR instead of a compare per lane. Callgrind put aho-corasick's own
+//! `next_state` (bounds check, special-state compare, lane pointers spilled) at ~10
+//! instructions per lane and byte; see `benches/RESULTS.md` for what this layout gives.
+
+use aho_corasick::automaton::Automaton;
+use aho_corasick::Anchored;
+
+/// The automaton of a prefilter: a dense DFA (one table load per byte) where speed
+/// matters, a contiguous NFA (a fraction of the memory, a few loads per byte) for large
+/// literal sets of fields that are not prompts.
+#[derive(Debug)]
+pub(crate) enum LiteralAutomaton {
+    Dfa(LaneDfa),
+    Nfa(aho_corasick::nfa::contiguous::NFA),
+}
+
+impl LiteralAutomaton {
+    /// A dense DFA over `lits` (standard match semantics: every occurrence).
+    pub(crate) fn dfa(lits: &[Vec<u8>]) -> Result<LiteralAutomaton, aho_corasick::BuildError> {
+        let dfa = aho_corasick::dfa::Builder::new()
+            .match_kind(aho_corasick::MatchKind::Standard)
+            .prefilter(false)
+            .build(lits)?;
+        match LaneDfa::new(&dfa, lits) {
+            Some(d) => Ok(LiteralAutomaton::Dfa(d)),
+            // Past 2^31 table entries (8 GiB), or no unanchored start: never seen, but an
+            // NFA still answers.
+            None => Self::nfa(lits),
+        }
+    }
+
+    /// A contiguous NFA over `lits`.
+    pub(crate) fn nfa(lits: &[Vec<u8>]) -> Result<LiteralAutomaton, aho_corasick::BuildError> {
+        Ok(LiteralAutomaton::Nfa(
+            aho_corasick::nfa::contiguous::Builder::new()
+                .match_kind(aho_corasick::MatchKind::Standard)
+                .prefilter(false)
+                .build(lits)?,
+        ))
+    }
+}
+
+/// Set in a transition's target when the target is a match state.
+const MATCH: u32 = 1 << 31;
+
+/// A dense DFA for the lane walk: state ids are a state's index times `stride` (a power of
+/// two at least the number of byte classes), the transition of state `s` on byte `b` is
+/// `trans[(s + class[b]) & (len - 1)]` with [`MATCH`] set when it leads to a match state (the
+/// mask drops that bit again, and proves the index in bounds).
+#[derive(Debug)]
+pub(crate) struct LaneDfa {
+    /// Transitions; the length is a power of two (the tail past the last state is never
+    /// read: the ids in the table are all below it).
+    trans: Vec<u32>,
+    /// The byte classes: every byte that occurs in a literal has its own class, all other
+    /// bytes share class 0 (from any state they lead where the start state leads, since no
+    /// literal continues with them).
+    class: [u8; 256],
+    /// log2 of the stride.
+    shift: u32,
+    /// The literals (pattern indices) ending at each state, by state index, as ranges of
+    /// `pids`.
+    ends: Vec<(u32, u32)>,
+    pids: Vec<u32>,
+    /// The longest literal's length.
+    max_len: usize,
+}
+
+impl LaneDfa {
+    /// Copies `dfa` (built from `lits`) by a breadth-first walk from its start state;
+    /// `None` if the table would not fit below the [`MATCH`] bit or `dfa` has no
+    /// unanchored start.
+    fn new(dfa: &aho_corasick::dfa::DFA, lits: &[Vec<u8>]) -> Option<LaneDfa> {
+        let mut used = [false; 256];
+        for l in lits {
+            for &b in l {
+                used[usize::from(b)] = true;
+            }
+        }
+        // Class 0 for the bytes no literal has, unless every byte is used (then each
+        // byte is its own class and there is no "other").
+        let mut class = [0u8; 256];
+        let mut reps: Vec<u8> = Vec::new();
+        let all = used.iter().all(|&u| u);
+        if !all {
+            reps.push(used.iter().position(|&u| !u).unwrap_or(0) as u8);
+        }
+        for b in 0..=255u8 {
+            if used[usize::from(b)] {
+                class[usize::from(b)] = reps.len() as u8;
+                reps.push(b);
+            }
+        }
+        let stride = reps.len().next_power_of_two();
+        let shift = stride.trailing_zeros();
+        // An unanchored start always exists for a DFA built with the default start kind;
+        // without one the caller falls back to the NFA rather than walk nothing.
+        let start = dfa.start_state(Anchored::No).ok()?;
+        // Our index + 1 of each aho-corasick state id seen (0: not seen yet). Its ids are
+        // offsets into its own table, so a vector is a cheap map (a hash map took half of
+        // the engine's build time here).
+        let mut index: Vec<u32> = Vec::new();
+        let slot = |index: &mut Vec<u32>, sid: aho_corasick::automaton::StateID| {
+            let i = sid.as_usize();
+            if i >= index.len() {
+                index.resize(i + 1, 0);
+            }
+            i
+        };
+        let mut order = vec![start];
+        let i = slot(&mut index, start);
+        index[i] = 1;
+        let mut trans: Vec<u32> = Vec::new();
+        let mut ends = Vec::new();
+        let mut pids = Vec::new();
+        let mut k = 0;
+        while k < order.len() {
+            let sid = order[k];
+            let from = pids.len() as u32;
+            if dfa.is_match(sid) {
+                for m in 0..dfa.match_len(sid) {
+                    pids.push(dfa.match_pattern(sid, m).as_u32());
+                }
+            }
+            ends.push((from, pids.len() as u32));
+            let row = trans.len();
+            if !Self::fits(k + 1, stride) {
+                return None;
+            }
+            trans.resize(row + stride, 0);
+            for (c, &b) in reps.iter().enumerate() {
+                let next = dfa.next_state(Anchored::No, sid, b);
+                let i = slot(&mut index, next);
+                if index[i] == 0 {
+                    order.push(next);
+                    index[i] = order.len() as u32;
+                }
+                let n = index[i] - 1;
+                trans[row + c] = (n << shift) | if dfa.is_match(next) { MATCH } else { 0 };
+            }
+            k += 1;
+        }
+        // Padded to a power of two: zeroed by the allocator (fresh pages for a large
+        // table), so the padding, never read, costs address space rather than memory.
+        let mut table = vec![0u32; trans.len().next_power_of_two()];
+        table[..trans.len()].copy_from_slice(&trans);
+        Some(LaneDfa {
+            trans: table,
+            class,
+            shift,
+            ends,
+            pids,
+            max_len: dfa.max_pattern_len(),
+        })
+    }
+
+    /// Whether the table fits the layout (ids below the [`MATCH`] bit).
+    fn fits(states: usize, stride: usize) -> bool {
+        states
+            .checked_mul(stride)
+            .and_then(usize::checked_next_power_of_two)
+            .is_some_and(|n| n <= MATCH as usize)
+    }
+}
+
+/// Independent walks interleaved by [`scan_literals`] over long values. A walk waits on one
+/// table load per byte, mostly an L2 hit for a prompt prefilter's DFA; eight walks in flight
+/// kept the load ports busier than four (about a third less time per 4 KiB on the bench
+/// machine) and sixteen gained nothing more.
+const LANES: usize = 8;
+
+/// Reports every literal of `dfa` that occurs in `value` (as `first` + its pattern index,
+/// in no particular order) until `on_hit` returns `true`. Each is reported once: `seen`
+/// (a bit per reported index, cleared by the caller) remembers those reported, checked
+/// here rather than behind the `dyn` call because ordinary prose repeats common literals
+/// hundreds of times.
+///
+/// A DFA walk is a chain of dependent table loads, one per byte, so a single walk runs at
+/// load latency rather than at the core's throughput. The value is cut into [`LANES`]
+/// slices (four, or one, when the value is too short for that many) walked in lockstep;
+/// each slice starts `max_pattern_len` bytes early so that a literal crossing a cut is
+/// still seen whole by the lane it ends in.
+pub(crate) fn scan_literals(
+    automaton: &LiteralAutomaton,
+    value: &[u8],
+    seen: (&mut [u64], usize),
+    on_hit: &mut dyn FnMut(usize) -> bool,
+) {
+    match automaton {
+        LiteralAutomaton::Dfa(a) => scan_literals_with(a, value, seen, on_hit),
+        LiteralAutomaton::Nfa(a) => scan_literals_with(a, value, seen, on_hit),
+    }
+}
+
+fn scan_literals_with<A: Walk>(
+    dfa: &A,
+    value: &[u8],
+    seen: (&mut [u64], usize),
+    on_hit: &mut dyn FnMut(usize) -> bool,
+) {
+    let back = dfa.max_len().saturating_sub(1);
+    // Each lane re-walks `back` bytes of its predecessor: worth it only when a lane's own
+    // part is well longer than that.
+    if value.len() / LANES > back * 2 {
+        scan_lanes::<A, LANES>(dfa, value, back, seen, on_hit);
+    } else if value.len() / 4 > back * 2 {
+        scan_lanes::<A, 4>(dfa, value, back, seen, on_hit);
+    } else {
+        scan_lanes::<A, 1>(dfa, value, back, seen, on_hit);
+    }
+}
+
+/// The walk of [`scan_literals`] with `N` lanes.
+fn scan_lanes<A: Walk, const N: usize>(
+    dfa: &A,
+    value: &[u8],
+    back: usize,
+    (seen, first): (&mut [u64], usize),
+    on_hit: &mut dyn FnMut(usize) -> bool,
+) {
+    let (true, Some(start)) = (dfa.ready(), dfa.start()) else {
+        return;
+    };
+    // Reports the literals ending at a match state that were not reported before; `true`
+    // to stop.
+    let mut report = |sid| {
+        dfa.each_match(sid, |p| {
+            let pid = first + p;
+            let (w, bit) = (pid / 64, 1u64 << (pid % 64));
+            if seen[w] & bit != 0 {
+                return false;
+            }
+            seen[w] |= bit;
+            on_hit(pid)
+        })
+    };
+    // Lane k covers ends in (k*chunk, (k+1)*chunk] (the last lane up to the end) and
+    // starts `back` bytes before its first end (lane 0 at 0). The lockstep part walks
+    // `chunk` bytes of each lane from N equal-length slices (no bounds checks, states in
+    // registers); match states are rare, so one OR per lane and byte and one test per step
+    // is all the common path pays.
+    let chunk = value.len() / N;
+    let begin = |k: usize| (k * chunk).saturating_sub(back);
+    let lanes: [&[u8]; N] = std::array::from_fn(|k| &value[begin(k)..][..chunk]);
+    let mut sid = [start; N];
+    // Indexed rather than zipped: the zipped form kept fewer states in registers and ran
+    // about 2,000 instructions more per 4 KiB.
+    #[allow(clippy::needless_range_loop)]
+    for i in 0..chunk {
+        let mut special = 0;
+        for k in 0..N {
+            sid[k] = dfa.next(sid[k], lanes[k][i]);
+            special |= dfa.special(sid[k]);
+        }
+        if special != 0 {
+            for s in sid {
+                if dfa.is_match(s) && report(s) {
+                    return;
+                }
+            }
+        }
+    }
+    // Finish each lane on its own: lanes 1.. still have `back` bytes, the last lane the
+    // remainder of the value as well.
+    for (k, mut s) in sid.into_iter().enumerate() {
+        let end = if k + 1 == N {
+            value.len()
+        } else {
+            (k + 1) * chunk
+        };
+        for &b in &value[begin(k) + chunk..end] {
+            s = dfa.next(s, b);
+            if dfa.is_match(s) && report(s) {
+                return;
+            }
+        }
+    }
+}
+
+/// One walk step and the match test, as the lane walk needs them.
+trait Walk {
+    type State: Copy;
+    fn start(&self) -> Option<Self::State>;
+    /// Tested once before a walk: lets the compiler drop per-byte checks that it implies.
+    #[inline(always)]
+    fn ready(&self) -> bool {
+        true
+    }
+    fn max_len(&self) -> usize;
+    fn next(&self, s: Self::State, b: u8) -> Self::State;
+    /// Nonzero when `s` may be a match state (OR-ed over lanes, tested once per step).
+    fn special(&self, s: Self::State) -> u32;
+    fn is_match(&self, s: Self::State) -> bool;
+    /// Calls `f` with each literal ending at `s` until it returns `true`; returns that.
+    fn each_match(&self, s: Self::State, f: impl FnMut(usize) -> bool) -> bool;
+}
+
+impl Walk for LaneDfa {
+    type State = u32;
+
+    fn start(&self) -> Option<u32> {
+        Some(0)
+    }
+
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    #[inline(always)]
+    fn next(&self, s: u32, b: u8) -> u32 {
+        // The mask is taken from the length (not stored) so that the compiler sees the
+        // index in bounds, given the `ready` test before the walk.
+        let t = &self.trans;
+        t[(s as usize + usize::from(self.class[usize::from(b)])) & (t.len().wrapping_sub(1))]
+    }
+
+    #[inline(always)]
+    fn ready(&self) -> bool {
+        !self.trans.is_empty()
+    }
+
+    #[inline(always)]
+    fn special(&self, s: u32) -> u32 {
+        s & MATCH
+    }
+
+    #[inline(always)]
+    fn is_match(&self, s: u32) -> bool {
+        s & MATCH != 0
+    }
+
+    #[inline(always)]
+    fn each_match(&self, s: u32, mut f: impl FnMut(usize) -> bool) -> bool {
+        let (from, to) = self.ends[((s & !MATCH) >> self.shift) as usize];
+        (from..to).any(|i| self.pids.get(i as usize).is_some_and(|&p| f(p as usize)))
+    }
+}
+
+impl Walk for aho_corasick::nfa::contiguous::NFA {
+    type State = aho_corasick::automaton::StateID;
+
+    fn start(&self) -> Option<Self::State> {
+        self.start_state(Anchored::No).ok()
+    }
+
+    fn max_len(&self) -> usize {
+        self.max_pattern_len()
+    }
+
+    #[inline(always)]
+    fn next(&self, s: Self::State, b: u8) -> Self::State {
+        self.next_state(Anchored::No, s, b)
+    }
+
+    #[inline(always)]
+    fn special(&self, s: Self::State) -> u32 {
+        u32::from(self.is_special(s))
+    }
+
+    #[inline(always)]
+    fn is_match(&self, s: Self::State) -> bool {
+        Automaton::is_match(self, s)
+    }
+
+    fn each_match(&self, s: Self::State, mut f: impl FnMut(usize) -> bool) -> bool {
+        (0..self.match_len(s)).any(|k| f(self.match_pattern(s, k).as_usize()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn dfa(lits: &[Vec<u8>]) -> LiteralAutomaton {
+        LiteralAutomaton::dfa(lits).unwrap()
+    }
+
+    fn nfa(lits: &[Vec<u8>]) -> LiteralAutomaton {
+        LiteralAutomaton::nfa(lits).unwrap()
+    }
+
+    proptest! {
+        /// The interleaved walk finds exactly the literals a naive search finds, whatever
+        /// the length of the value and wherever the lane cuts fall, and reports each once
+        /// (offset by `first`), and never one its caller had marked seen before.
+        #[test]
+        fn scan_literals_finds_every_literal(
+            lits in proptest::collection::vec(proptest::collection::vec(b'a'..=b'd', 1..6), 1..8),
+            value in proptest::collection::vec(b'a'..=b'e', 0..600),
+            first in 0usize..70,
+            marked in proptest::option::of(0usize..8),
+        ) {
+            for d in [dfa(&lits), nfa(&lits)] {
+                let mut reported = vec![0; lits.len()];
+                let mut bits = vec![0u64; 2];
+                if let Some(m) = marked {
+                    bits[(first + m) / 64] |= 1 << ((first + m) % 64);
+                }
+                scan_literals(&d, &value, (&mut bits, first), &mut |p| {
+                    reported[p - first] += 1;
+                    false
+                });
+                for (i, l) in lits.iter().enumerate() {
+                    let naive = value.windows(l.len()).any(|w| w == l.as_slice());
+                    let want = usize::from(naive && marked != Some(i));
+                    prop_assert_eq!(reported[i], want, "literal {:?}", l);
+                }
+            }
+        }
+
+        /// The same over any bytes, with literals that share prefixes and suffixes and
+        /// values that repeat them: the byte classes and the copied transitions (failure
+        /// paths included) agree with a naive search.
+        #[test]
+        fn lane_dfa_finds_what_a_naive_search_finds(
+            lits in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(vec![0u8, b'a', b'b', 0x7f, 0x80, 0xff]), 1..5),
+                1..10),
+            value in proptest::collection::vec(
+                proptest::sample::select(vec![0u8, b'a', b'b', b'c', 0x7f, 0x80, 0xfe, 0xff]), 0..300),
+        ) {
+            let d = dfa(&lits);
+            let mut reported = vec![false; lits.len()];
+            scan_literals(&d, &value, (&mut [0], 0), &mut |p| {
+                reported[p] = true;
+                false
+            });
+            for (i, l) in lits.iter().enumerate() {
+                let naive = value.windows(l.len()).any(|w| w == l.as_slice());
+                prop_assert_eq!(reported[i], naive, "literal {:?}", l);
+            }
+        }
+    }
+
+    /// Literals that use every byte value: no byte is left for the shared "other" class.
+    #[test]
+    fn lane_dfa_with_every_byte_in_a_literal() {
+        let lits: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b, b]).collect();
+        let d = dfa(&lits);
+        let value: Vec<u8> = (0..=255u8).chain([7, 7, 200, 9, 200]).collect();
+        let mut reported = vec![false; lits.len()];
+        let mut bits = [0u64; 4];
+        scan_literals(&d, &value, (&mut bits, 0), &mut |p| {
+            reported[p] = true;
+            false
+        });
+        let found: Vec<usize> = (0..256).filter(|&p| reported[p]).collect();
+        assert_eq!(found, vec![7]);
+    }
+
+    /// Stopping: `on_hit` returning `true` ends the walk.
+    #[test]
+    fn scan_stops_when_asked() {
+        let lits = vec![b"ab".to_vec(), b"cd".to_vec()];
+        let d = dfa(&lits);
+        let mut n = 0;
+        scan_literals(&d, &b"ab cd ".repeat(100), (&mut [0], 0), &mut |_| {
+            n += 1;
+            true
+        });
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn scan_literals_sees_literals_across_lane_cuts() {
+        let lits = vec![b"needle".to_vec()];
+        let d = dfa(&lits);
+        for len in [64usize, 150, 257, 1000, 4096] {
+            for at in 0..len - 6 {
+                let mut v = vec![b'x'; len];
+                v[at..at + 6].copy_from_slice(b"needle");
+                let mut n = 0;
+                scan_literals(&d, &v, (&mut [0], 0), &mut |_| {
+                    n += 1;
+                    false
+                });
+                assert_eq!(n, 1, "len {len} at {at}");
+            }
+        }
+    }
+}
