@@ -224,7 +224,7 @@ fn scan_lanes<A: Walk, const N: usize>(
     (seen, first): (&mut [u64], usize),
     on_hit: &mut dyn FnMut(usize) -> bool,
 ) {
-    let (true, Some(start)) = (dfa.ready(), dfa.start()) else {
+    let Some(start) = dfa.start() else {
         return;
     };
     // Reports the literals ending at a match state that were not reported before; `true`
@@ -258,12 +258,13 @@ fn scan_lanes<A: Walk, const N: usize>(
         // registers and the pointers were reloaded on every step; interleaved (SSE2
         // transpose, ~0.6 instructions per byte) the whole scan runs ~6 % fewer
         // instructions (callgrind, 4 KiB prompt). Some states still spill.
+        let lanes8: [&[u8]; LANES] = std::array::from_fn(|k| lanes[k]);
         let mut rows = [0u8; ROWS * LANES];
         let mut i = 0;
         while i < chunk {
             let m = ROWS.min(chunk - i);
             let rows = &mut rows[..m * N];
-            interleave(&lanes, i, rows);
+            interleave(&lanes8, i, rows);
             for row in rows.chunks_exact(N) {
                 let row: &[u8; N] = row.try_into().expect("N bytes");
                 if step(dfa, &mut sid, row) && report_all(sid) {
@@ -314,22 +315,20 @@ fn step<A: Walk, const N: usize>(dfa: &A, sid: &mut [A::State; N], bytes: &[u8; 
     special != 0
 }
 
-/// Writes bytes `from..from + rows.len() / N` of every lane row by row: byte `from + i` of
-/// lane `k` at `rows[i * N + k]`.
-fn interleave<const N: usize>(lanes: &[&[u8]; N], from: usize, rows: &mut [u8]) {
+/// Writes bytes `from..from + rows.len() / LANES` of every lane row by row: byte
+/// `from + i` of lane `k` at `rows[i * LANES + k]`.
+fn interleave(lanes: &[&[u8]; LANES], from: usize, rows: &mut [u8]) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if N == 8 {
-        if let Some(simd) = crate::simd::v3() {
-            done = simd.vectorize(Interleave {
-                simd,
-                lanes: std::array::from_fn(|k| lanes[k % N]),
-                from,
-                rows: &mut *rows,
-            });
-        }
+    if let Some(simd) = crate::simd::v3() {
+        done = simd.vectorize(Interleave {
+            simd,
+            lanes: *lanes,
+            from,
+            rows: &mut *rows,
+        });
     }
-    for (i, row) in rows.chunks_exact_mut(N).enumerate().skip(done) {
+    for (i, row) in rows.chunks_exact_mut(LANES).enumerate().skip(done) {
         for (k, b) in row.iter_mut().enumerate() {
             *b = lanes[k][from + i];
         }
@@ -342,7 +341,7 @@ fn interleave<const N: usize>(lanes: &[&[u8]; N], from: usize, rows: &mut [u8]) 
 #[cfg(target_arch = "x86_64")]
 struct Interleave<'a, 'r> {
     simd: pulp::x86::V3,
-    lanes: [&'a [u8]; 8],
+    lanes: [&'a [u8]; LANES],
     from: usize,
     rows: &'r mut [u8],
 }
@@ -370,37 +369,25 @@ impl pulp::NullaryFnOnce for Interleave<'_, '_> {
                 load16(src[6], i),
                 load16(src[7], i),
             ];
-            // Bytes of lane pairs, then words of pair pairs, then double words.
-            let b = [
-                sse2._mm_unpacklo_epi8(a[0], a[1]),
-                sse2._mm_unpackhi_epi8(a[0], a[1]),
-                sse2._mm_unpacklo_epi8(a[2], a[3]),
-                sse2._mm_unpackhi_epi8(a[2], a[3]),
-                sse2._mm_unpacklo_epi8(a[4], a[5]),
-                sse2._mm_unpackhi_epi8(a[4], a[5]),
-                sse2._mm_unpacklo_epi8(a[6], a[7]),
-                sse2._mm_unpackhi_epi8(a[6], a[7]),
-            ];
-            let c = [
-                sse2._mm_unpacklo_epi16(b[0], b[2]),
-                sse2._mm_unpackhi_epi16(b[0], b[2]),
-                sse2._mm_unpacklo_epi16(b[1], b[3]),
-                sse2._mm_unpackhi_epi16(b[1], b[3]),
-                sse2._mm_unpacklo_epi16(b[4], b[6]),
-                sse2._mm_unpackhi_epi16(b[4], b[6]),
-                sse2._mm_unpacklo_epi16(b[5], b[7]),
-                sse2._mm_unpackhi_epi16(b[5], b[7]),
-            ];
-            let d = [
-                sse2._mm_unpacklo_epi32(c[0], c[4]),
-                sse2._mm_unpackhi_epi32(c[0], c[4]),
-                sse2._mm_unpacklo_epi32(c[1], c[5]),
-                sse2._mm_unpackhi_epi32(c[1], c[5]),
-                sse2._mm_unpacklo_epi32(c[2], c[6]),
-                sse2._mm_unpackhi_epi32(c[2], c[6]),
-                sse2._mm_unpacklo_epi32(c[3], c[7]),
-                sse2._mm_unpackhi_epi32(c[3], c[7]),
-            ];
+            // Bytes of lane pairs (b), then words of pair pairs (c), then double words of
+            // the two halves (d): d[2m] and d[2m + 1] hold rows 4m .. 4m + 3, two each.
+            let zero = sse2._mm_setzero_si128();
+            let (mut b, mut c, mut d) = ([zero; 8], [zero; 8], [zero; 8]);
+            for j in 0..4 {
+                b[2 * j] = sse2._mm_unpacklo_epi8(a[2 * j], a[2 * j + 1]);
+                b[2 * j + 1] = sse2._mm_unpackhi_epi8(a[2 * j], a[2 * j + 1]);
+            }
+            for g in [0, 4] {
+                for h in 0..2 {
+                    let (x, y) = (b[g + h], b[g + h + 2]);
+                    c[g + 2 * h] = sse2._mm_unpacklo_epi16(x, y);
+                    c[g + 2 * h + 1] = sse2._mm_unpackhi_epi16(x, y);
+                }
+            }
+            for m in 0..4 {
+                d[2 * m] = sse2._mm_unpacklo_epi32(c[m], c[m + 4]);
+                d[2 * m + 1] = sse2._mm_unpackhi_epi32(c[m], c[m + 4]);
+            }
             // Two rows per vector.
             for (o, v) in out.chunks_exact_mut(16).zip(d) {
                 o.copy_from_slice(&pulp::cast::<_, [u8; 16]>(v));
@@ -427,11 +414,6 @@ fn load16(s: &[u8], i: usize) -> core::arch::x86_64::__m128i {
 trait Walk {
     type State: Copy;
     fn start(&self) -> Option<Self::State>;
-    /// Tested once before a walk: lets the compiler drop per-byte checks that it implies.
-    #[inline(always)]
-    fn ready(&self) -> bool {
-        true
-    }
     fn max_len(&self) -> usize;
     fn next(&self, s: Self::State, b: u8) -> Self::State;
     /// Nonzero when `s` may be a match state (OR-ed over lanes, tested once per step).
@@ -444,8 +426,11 @@ trait Walk {
 impl Walk for LaneDfa {
     type State = u32;
 
+    #[inline(always)]
     fn start(&self) -> Option<u32> {
-        Some(0)
+        // `None` for an empty table (never built): tested before the walk, it also lets
+        // the compiler see the masked index in bounds.
+        (!self.trans.is_empty()).then_some(0)
     }
 
     fn max_len(&self) -> usize {
@@ -455,14 +440,9 @@ impl Walk for LaneDfa {
     #[inline(always)]
     fn next(&self, s: u32, b: u8) -> u32 {
         // The mask is taken from the length (not stored) so that the compiler sees the
-        // index in bounds, given the `ready` test before the walk.
+        // index in bounds, given the non-empty test of `start` before the walk.
         let t = &self.trans;
         t[(s as usize + usize::from(self.class[usize::from(b)])) & (t.len().wrapping_sub(1))]
-    }
-
-    #[inline(always)]
-    fn ready(&self) -> bool {
-        !self.trans.is_empty()
     }
 
     #[inline(always)]
