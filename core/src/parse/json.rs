@@ -401,12 +401,95 @@ fn small_unescape<'o>(raw: &[u8], out: &'o mut [u8; SMALL]) -> Option<&'o [u8]> 
 fn skip_string(doc: &[u8], open: usize) -> Option<usize> {
     let mut i = open + 1;
     loop {
-        let k = memchr2(b'"', b'\\', doc.get(i..)?)?;
-        i += k;
-        if doc[i] == b'"' {
-            return Some(i + 1);
+        i += string_stop(doc.get(i..)?)?;
+        match doc[i] {
+            b'"' => return Some(i + 1),
+            b'\\' => i += 2,
+            // A control character: invalid, but the walk proper reports it.
+            _ => i += 1,
         }
-        i += 2;
+    }
+}
+
+/// Whether `b` ends a run of plain string bytes: a quote, a backslash, or a control
+/// character (RFC 8259 forbids those raw in strings).
+#[inline(always)]
+fn stops(b: u8) -> bool {
+    b == b'"' || b == b'\\' || b < 0x20
+}
+
+/// The index of the first byte of `s` that [`stops`] a string's plain run. `s` runs to the
+/// end of the document, not of the string, so even a short string is one block: what
+/// follows its closing quote is never reached. One pass for the three kinds of byte: a
+/// search for the quote and the backslash (`memchr2`) with a separate test of the run for
+/// control characters was two passes over every string, and a search restarted after
+/// every escape.
+#[inline]
+fn string_stop(s: &[u8]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = crate::simd::v3() {
+        return simd.vectorize(StopScan { simd, s });
+    }
+    string_stop_blocks(s)
+}
+
+/// [`string_stop`] 16 bytes at a time: each block is tested branch-free (the compiler
+/// vectorizes the fold), and only a block that has a stop is searched.
+fn string_stop_blocks(s: &[u8]) -> Option<usize> {
+    let mut blocks = s.chunks_exact(16);
+    for (k, b) in blocks.by_ref().enumerate() {
+        if b.iter().fold(false, |a, &c| a | stops(c)) {
+            return b.iter().position(|&c| stops(c)).map(|i| 16 * k + i);
+        }
+    }
+    stop_in_tail(s, blocks.remainder())
+}
+
+/// [`string_stop`] in `tail`, the last bytes of `s` after its whole blocks.
+#[inline(always)]
+fn stop_in_tail(s: &[u8], tail: &[u8]) -> Option<usize> {
+    tail.iter()
+        .position(|&c| stops(c))
+        .map(|i| s.len() - tail.len() + i)
+}
+
+/// The AVX2 body of [`string_stop`]: 32 bytes per step, three compares and one mask.
+/// pulp's callable as a struct (see `cost::tokens::wide` for why not a closure).
+#[cfg(target_arch = "x86_64")]
+struct StopScan<'a> {
+    simd: pulp::x86::V3,
+    s: &'a [u8],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::NullaryFnOnce for StopScan<'_> {
+    type Output = Option<usize>;
+
+    #[inline(always)]
+    fn call(self) -> Option<usize> {
+        let (avx, avx2) = (self.simd.avx, self.simd.avx2);
+        let quote = avx._mm256_set1_epi8(b'"' as i8);
+        let backslash = avx._mm256_set1_epi8(b'\\' as i8);
+        let below = avx._mm256_set1_epi8(0x1F);
+        let mut blocks = self.s.chunks_exact(32);
+        for (k, b) in blocks.by_ref().enumerate() {
+            let bytes: [u8; 32] = b.try_into().unwrap_or([0; 32]);
+            let v: core::arch::x86_64::__m256i = pulp::cast(bytes);
+            // A byte is at most 0x1F exactly when max(byte, 0x1F) is 0x1F (unsigned).
+            let control = avx2._mm256_cmpeq_epi8(avx2._mm256_max_epu8(v, below), below);
+            let hit = avx2._mm256_or_si256(
+                avx2._mm256_or_si256(
+                    avx2._mm256_cmpeq_epi8(v, quote),
+                    avx2._mm256_cmpeq_epi8(v, backslash),
+                ),
+                control,
+            );
+            let mask = avx2._mm256_movemask_epi8(hit) as u32;
+            if mask != 0 {
+                return Some(32 * k + mask.trailing_zeros() as usize);
+            }
+        }
+        stop_in_tail(self.s, blocks.remainder())
     }
 }
 
@@ -433,13 +516,6 @@ fn hex4(doc: &[u8], at: usize) -> Option<u32> {
     Some(v)
 }
 
-/// Whether any byte is a control character, which RFC 8259 forbids raw in strings.
-#[inline]
-fn has_control(s: &[u8]) -> bool {
-    // Branch-free so that it vectorizes; strings are usually short or clean.
-    s.iter().fold(false, |acc, &b| acc | (b < 0x20))
-}
-
 fn push_utf8(out: &mut Vec<u8>, c: char) {
     let mut tmp = [0u8; 4];
     out.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
@@ -461,22 +537,20 @@ struct Str {
 fn parse_string(doc: &[u8], open: usize, out: &mut Vec<u8>, decode: bool) -> Result<Str, usize> {
     let start = open + 1;
     let rest = doc.get(start..).unwrap_or_default();
-    let Some(k) = memchr2(b'"', b'\\', rest) else {
-        return Err(control_or(doc, start, doc.len()));
+    let Some(k) = string_stop(rest) else {
+        return Err(doc.len());
     };
     let mut i = start + k;
-    if doc[i] == b'"' {
-        if has_control(&doc[start..i]) {
-            return Err(control_or(doc, start, i));
+    match doc[i] {
+        b'"' => {
+            return Ok(Str {
+                end: i + 1,
+                escaped: false,
+                bad_escape: false,
+            })
         }
-        return Ok(Str {
-            end: i + 1,
-            escaped: false,
-            bad_escape: false,
-        });
-    }
-    if has_control(&doc[start..i]) {
-        return Err(control_or(doc, start, i));
+        b'\\' => {}
+        _ => return Err(i),
     }
     if decode {
         out.clear();
@@ -537,32 +611,25 @@ fn parse_string(doc: &[u8], open: usize, out: &mut Vec<u8>, decode: bool) -> Res
         }
         let seg_start = i;
         let rest = doc.get(i..).unwrap_or_default();
-        let Some(k) = memchr2(b'"', b'\\', rest) else {
-            return Err(control_or(doc, seg_start, doc.len()));
+        let Some(k) = string_stop(rest) else {
+            return Err(doc.len());
         };
         i += k;
-        if has_control(&doc[seg_start..i]) {
-            return Err(control_or(doc, seg_start, i));
-        }
         if decode {
             out.extend_from_slice(&doc[seg_start..i]);
         }
-        if doc[i] == b'"' {
-            return Ok(Str {
-                end: i + 1,
-                escaped: true,
-                bad_escape,
-            });
+        match doc[i] {
+            b'"' => {
+                return Ok(Str {
+                    end: i + 1,
+                    escaped: true,
+                    bad_escape,
+                })
+            }
+            b'\\' => {}
+            _ => return Err(i),
         }
     }
-}
-
-/// The offset of the first control character in `doc[from..to]`, else `to`.
-fn control_or(doc: &[u8], from: usize, to: usize) -> usize {
-    doc[from..to]
-        .iter()
-        .position(|&b| b < 0x20)
-        .map_or(to, |k| from + k)
 }
 
 /// Validates the number starting at `doc[p]`; returns the index after it.
@@ -1248,6 +1315,57 @@ mod tests {
     use super::*;
     use crate::field::{FieldSink, ParseLimits};
     use crate::parse::testutil::{p, Collect, Rec};
+
+    mod string_stop {
+        use super::super::{stops, string_stop, string_stop_blocks};
+        use proptest::prelude::*;
+
+        fn naive(s: &[u8]) -> Option<usize> {
+            s.iter().position(|&b| stops(b))
+        }
+
+        #[test]
+        fn every_stop_byte_at_every_offset() {
+            // Both paths, each kind of stop at every position of the blocks and the tail.
+            for len in 0..100 {
+                for at in 0..len {
+                    for stop in [b'"', b'\\', 0x00, 0x1F, b'\n'] {
+                        let mut s = vec![b'a'; len];
+                        s[at] = stop;
+                        assert_eq!(string_stop(&s), Some(at), "{len} {at} {stop}");
+                        assert_eq!(string_stop_blocks(&s), Some(at), "{len} {at} {stop}");
+                    }
+                }
+                // 0x20 and bytes past 0x7F are plain.
+                let s: Vec<u8> = (0..len).map(|i| [0x20, 0x7F, 0x80, 0xFF][i % 4]).collect();
+                assert_eq!(string_stop(&s), None);
+                assert_eq!(string_stop_blocks(&s), None);
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn matches_a_naive_search(s in proptest::collection::vec(any::<u8>(), 0..300)) {
+                prop_assert_eq!(string_stop(&s), naive(&s));
+                prop_assert_eq!(string_stop_blocks(&s), naive(&s));
+            }
+
+            #[test]
+            fn matches_on_rare_stops(
+                s in proptest::collection::vec(0x20u8..=0xFF, 0..300),
+                at in any::<prop::sample::Index>(),
+                stop in prop::sample::select(vec![b'"', b'\\', 0x00, 0x09, 0x1F]),
+            ) {
+                let mut s = s;
+                if !s.is_empty() {
+                    let i = at.index(s.len());
+                    s[i] = stop;
+                }
+                prop_assert_eq!(string_stop(&s), naive(&s));
+                prop_assert_eq!(string_stop_blocks(&s), naive(&s));
+            }
+        }
+    }
 
     fn run_with(body: &[u8], shape: ChatShape, limits: ParseLimits) -> Collect {
         let mut sink = Collect::default();
