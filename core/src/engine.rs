@@ -382,6 +382,9 @@ pub struct Scratch {
     caches: Vec<ProgramCaches>,
     path: Vec<u8>,
     scored: Vec<u64>,
+    /// Hashes long field values once for both memos (see [`crate::memo::ValueHash`]);
+    /// seeded per scratch.
+    value_hasher: foldhash::fast::RandomState,
     cost: CostScratch,
     jwt: crate::identity::JwtCache,
     /// The request's charges, the index of each one's limit, and their states.
@@ -697,6 +700,7 @@ impl Engine {
                 })
                 .collect(),
             path: Vec::new(),
+            value_hasher: foldhash::fast::RandomState::default(),
             scored: vec![0; max_rules.div_ceil(64) + 1],
             cost: CostScratch {
                 memo: crate::cost::stage::ClassMemo::new(
@@ -1012,6 +1016,7 @@ impl Engine {
             path,
             scored,
             cost,
+            value_hasher,
             jwt,
             limit_of,
             charge_list,
@@ -1222,6 +1227,7 @@ impl Engine {
             part: FieldKind::Body,
             same_site: req.same_site(),
             cost: chat.then_some(&mut *cost),
+            value_hasher,
         };
         if truncated {
             insp.builtin(BODY_TRUNCATED, "body");
@@ -2050,6 +2056,8 @@ struct Inspector<'e, 's> {
     same_site: bool,
     /// The cost stages' state, on routes with an inference-API schema.
     cost: Option<&'s mut CostScratch>,
+    /// See [`Scratch::value_hasher`].
+    value_hasher: &'s foldhash::fast::RandomState,
 }
 
 const EXCERPT: usize = 80;
@@ -2198,8 +2206,9 @@ impl FieldSink for Inspector<'_, '_> {
             .as_ref()
             .and_then(|g| g.promote(f));
         let f = promoted.as_ref().unwrap_or(f);
+        let mut hash = crate::memo::ValueHash::new(self.value_hasher, f.value);
         if let Some(c) = self.cost.as_deref_mut() {
-            c.field(f);
+            c.field(f, &mut hash);
         }
         let Inspector {
             program,
@@ -2215,38 +2224,45 @@ impl FieldSink for Inspector<'_, '_> {
             same_site,
             ..
         } = self;
-        program.scan(caches, transforms, f, *prefilter, &mut |ri, value, span| {
-            let rule = &program.rules[ri as usize];
-            if rule.cross_site && *same_site {
-                return;
-            }
-            if !route.field_exclusions.is_empty() && route.excluded(rule.id, rule.category, f) {
-                return;
-            }
-            let (w, bit) = (ri as usize / 64, 1u64 << (ri % 64));
-            let score = if scored[w] & bit == 0 {
-                scored[w] |= bit;
-                rule.score
-            } else {
-                0
-            };
-            record(
-                scores,
-                matches,
-                truncated_matches,
-                *max_matches,
-                (rule.category, score),
-                || RuleMatch {
-                    rule_id: rule.id,
-                    name: rule.name.clone(),
-                    category: rule.category,
-                    score,
-                    location: location(f),
-                    span: (span.0 as u32, span.1 as u32),
-                    excerpt: excerpt(value, span),
-                },
-            );
-        });
+        program.scan(
+            caches,
+            transforms,
+            f,
+            *prefilter,
+            &mut hash,
+            &mut |ri, value, span| {
+                let rule = &program.rules[ri as usize];
+                if rule.cross_site && *same_site {
+                    return;
+                }
+                if !route.field_exclusions.is_empty() && route.excluded(rule.id, rule.category, f) {
+                    return;
+                }
+                let (w, bit) = (ri as usize / 64, 1u64 << (ri % 64));
+                let score = if scored[w] & bit == 0 {
+                    scored[w] |= bit;
+                    rule.score
+                } else {
+                    0
+                };
+                record(
+                    scores,
+                    matches,
+                    truncated_matches,
+                    *max_matches,
+                    (rule.category, score),
+                    || RuleMatch {
+                        rule_id: rule.id,
+                        name: rule.name.clone(),
+                        category: rule.category,
+                        score,
+                        location: location(f),
+                        span: (span.0 as u32, span.1 as u32),
+                        excerpt: excerpt(value, span),
+                    },
+                );
+            },
+        );
     }
 
     fn finding(&mut self, finding: Finding) {

@@ -67,3 +67,38 @@ impl<K: Copy + PartialEq, V: Copy> SeenBytes<K, V> {
         self.heads[slot] = Some((hash, key, value));
     }
 }
+
+/// A field value's hash for the memos, computed on first use and then shared: a long
+/// prompt is looked up in the rules' memo and in the byte-class memo, and hashing its
+/// bytes once for each was a tenth of what recognising a seen 4 KiB prompt cost. Any
+/// hash will do for either memo (both compare the full bytes).
+#[derive(Debug)]
+pub(crate) struct ValueHash<'a> {
+    hasher: &'a foldhash::fast::RandomState,
+    value: &'a [u8],
+    hash: Option<u64>,
+}
+
+impl<'a> ValueHash<'a> {
+    /// The (not yet computed) hash of `value` under `hasher`.
+    pub(crate) fn new(hasher: &'a foldhash::fast::RandomState, value: &'a [u8]) -> Self {
+        ValueHash {
+            hasher,
+            value,
+            hash: None,
+        }
+    }
+
+    /// The value's hash.
+    pub(crate) fn get(&mut self) -> u64 {
+        let (hasher, value) = (self.hasher, self.value);
+        *self
+            .hash
+            .get_or_insert_with(|| std::hash::BuildHasher::hash_one(hasher, value))
+    }
+
+    /// The value hashed.
+    pub(crate) fn value(&self) -> &'a [u8] {
+        self.value
+    }
+}

@@ -49,7 +49,6 @@ const CLASS_MEMO_MIN: usize = 512;
 /// [`crate::Config::large_field_memo_bytes`], the same knobs as the rules' memo.
 #[derive(Debug, Default)]
 pub(crate) struct ClassMemo {
-    hasher: foldhash::fast::RandomState,
     seen: crate::memo::SeenBytes<(), ByteClasses>,
 }
 
@@ -57,17 +56,17 @@ impl ClassMemo {
     /// A memo of `slots` texts of up to `max` bytes; 0 slots turns it off.
     pub fn new(slots: usize, max: usize) -> ClassMemo {
         ClassMemo {
-            hasher: foldhash::fast::RandomState::default(),
             seen: crate::memo::SeenBytes::new(slots, max),
         }
     }
 
-    /// The byte classes of `text`, from the memo when it holds them.
-    pub fn classes(&mut self, text: &[u8]) -> ByteClasses {
+    /// The byte classes of the text `hash` is of, from the memo when it holds them.
+    pub fn classes(&mut self, hash: &mut crate::memo::ValueHash<'_>) -> ByteClasses {
+        let text = hash.value();
         if text.len() < CLASS_MEMO_MIN || !self.seen.takes(text.len()) {
             return ByteClasses::of(text);
         }
-        let h = std::hash::BuildHasher::hash_one(&self.hasher, text);
+        let h = hash.get();
         if let Some(c) = self.seen.get(h, (), &[text]) {
             return c;
         }
@@ -84,11 +83,12 @@ impl CostScratch {
         self.prompt_fields = 0;
     }
 
-    /// Takes a field of the walk: prompt text adds to the prompt.
+    /// Takes a field of the walk: prompt text adds to the prompt. `hash` is of the
+    /// field's value.
     #[inline]
-    pub fn field(&mut self, f: &Field<'_>) {
+    pub fn field(&mut self, f: &Field<'_>, hash: &mut crate::memo::ValueHash<'_>) {
         if is_prompt_text(f) && !f.value.is_empty() {
-            self.prompt.add(&self.memo.classes(f.value));
+            self.prompt.add(&self.memo.classes(hash));
             self.prompt_fields += 1;
             if f.role == Some(Role::User) {
                 self.print.field(f.name);
@@ -671,6 +671,7 @@ mod tests {
     #[test]
     fn class_memo_answers_what_counting_answers() {
         let mut m = ClassMemo::new(2, 4096);
+        let hasher = foldhash::fast::RandomState::default();
         let base: Vec<u8> = "Quarterly figures: shipping rose 4% on northern routes; Ünïcödé ok. "
             .repeat(20)
             .into_bytes();
@@ -683,11 +684,13 @@ mod tests {
         texts.push(b"Another long prompt with digits 12345 and tabs\t\t. ".repeat(15));
         for round in 0..3 {
             for t in &texts {
-                assert_eq!(m.classes(t), ByteClasses::of(t), "round {round}");
+                let mut h = crate::memo::ValueHash::new(&hasher, t);
+                assert_eq!(m.classes(&mut h), ByteClasses::of(t), "round {round}");
             }
         }
         // Off: counts every time.
         let mut off = ClassMemo::new(0, 4096);
-        assert_eq!(off.classes(&base), ByteClasses::of(&base));
+        let mut h = crate::memo::ValueHash::new(&hasher, &base);
+        assert_eq!(off.classes(&mut h), ByteClasses::of(&base));
     }
 }

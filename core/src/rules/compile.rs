@@ -35,6 +35,7 @@ use super::prefilter::{canonical_whitespace, parse_pattern, required_literals};
 use super::{Category, RuleDef, Target};
 use crate::error::{CompileError, CompileErrorKind};
 use crate::field::{Field, FieldKind, Role};
+use crate::memo::ValueHash;
 use crate::transform::Transform;
 
 /// Lazy-DFA cache bound per multi-pattern regex. Past it the meta regex falls back to
@@ -867,18 +868,14 @@ pub(crate) struct MemoSize {
 /// Keyed by kind, role key and name length; the bytes are name then value.
 type LargeClean = crate::memo::SeenBytes<(u8, u8, usize), ()>;
 
-/// The large-memo hash of a field if [`LargeClean`] takes it: longer than [`CleanFields`]
-/// takes, within the memo's bound.
+/// The large-memo hash of a field if [`LargeClean`] takes it (longer than [`CleanFields`]
+/// takes, within the memo's bound): the hash of its value, shared with the byte-class
+/// memo. Kind, role and name are compared by the memo, not hashed: fields with the same
+/// long value under different names are rare, and a collision costs a compare.
 #[inline]
-fn large_key(
-    memo: &LargeClean,
-    hasher: &foldhash::fast::RandomState,
-    f: &Field<'_>,
-) -> Option<u64> {
+fn large_key(memo: &LargeClean, f: &Field<'_>, hash: &mut ValueHash<'_>) -> Option<u64> {
     let len = f.name.len() + f.value.len();
-    (len > CLEAN_MAX && memo.takes(len)).then(|| {
-        std::hash::BuildHasher::hash_one(hasher, (f.kind as u8, role_key(f.role), f.name, f.value))
-    })
+    (len > CLEAN_MAX && memo.takes(len)).then(|| hash.get())
 }
 
 fn large_id(f: &Field<'_>) -> (u8, u8, usize) {
@@ -1032,6 +1029,7 @@ impl Program {
         tc: &mut TransformCache,
         field: &Field<'_>,
         prefilter_on: bool,
+        hash: &mut ValueHash<'_>,
         on_match: &mut OnMatch<'_>,
     ) {
         let groups = &self.by_kind[field.kind as usize * ROLE_KEYS.len() + role_key(field.role)];
@@ -1045,7 +1043,7 @@ impl Program {
             }
         }
         let large = match memo {
-            None => large_key(&caches.large, &caches.clean.hasher, field),
+            None => large_key(&caches.large, field, hash),
             Some(_) => None,
         };
         if let Some(h) = large {
